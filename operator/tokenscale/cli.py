@@ -1,0 +1,44 @@
+"""The `tokenscale` command: run | crd | backtest | demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+
+def _crd(args: argparse.Namespace) -> int:
+    from tokenscale.crd import render
+
+    sys.stdout.write(render())
+    return 0
+
+
+def _not_yet(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        print(f"tokenscale {name}: not implemented yet", file=sys.stderr)
+        return 2
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with one sub-parser per command."""
+    parser = argparse.ArgumentParser(prog="tokenscale", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("crd", help="print the TokenBudget CRD (YAML)").set_defaults(func=_crd)
+    sub.add_parser("run", help="run the operator").set_defaults(func=_not_yet("run"))
+    sub.add_parser("backtest", help="replay traces").set_defaults(func=_not_yet("backtest"))
+    sub.add_parser("demo", help="local demo").set_defaults(func=_not_yet("demo"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

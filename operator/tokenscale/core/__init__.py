@@ -1,0 +1,1 @@
+"""Pure decision logic: no kopf, kubernetes, HTTP, clock or environment access."""

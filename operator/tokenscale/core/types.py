@@ -1,0 +1,140 @@
+"""Plain value types the decision core takes and returns.
+
+The core is pure: everything it knows arrives in these values (the parsed spec from
+:mod:`tokenscale.api`, an :class:`Observation`, the :class:`Memory` carried in status, and
+``now``), and everything it decides leaves in a :class:`Plan`. Times are timezone-aware
+``datetime`` values; rates are tokens/s; costs are in the budget's currency; cost rates
+currency/h.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+#: Failure kinds of a metric read, as reported by the Prometheus adapter.
+METRIC_FAILURES = (
+    "Unreachable",  # connection refused / DNS / TLS
+    "Timeout",  # no answer within prometheus.timeoutSeconds
+    "HTTPError",  # non-2xx answer
+    "BadResponse",  # not JSON / not the Prometheus API shape
+    "Empty",  # the query returned no series for this target
+    "NotANumber",  # NaN sample
+    "Infinite",  # +Inf / -Inf sample
+    "MultipleSeries",  # several series where one was expected
+    "Stale",  # newest sample older than the freshness limit
+)
+
+
+@dataclass(frozen=True)
+class TargetObservation:
+    """What was observed of one target this cycle.
+
+    ``token_rate_samples`` are ``(time, tokens/s)`` pairs over the forecast window, oldest
+    first, the last one the current rate. ``metrics_error`` is ``None`` when the metrics are
+    usable, else one of :data:`METRIC_FAILURES` (then the samples must not be trusted).
+    ``conflict`` names another autoscaler on the same workload (e.g. ``"HorizontalPodAutoscaler
+    llama-8b"``), ``target_error`` a problem with the workload itself (missing, wrong kind).
+    """
+
+    current_replicas: int
+    ready_replicas: int
+    token_rate_samples: tuple[tuple[datetime, float], ...] = ()
+    queue_length: float = 0.0  # waiting requests (vllm:num_requests_waiting summed)
+    tokens_per_request: float | None = None  # mean tokens per request, to size the queue
+    metrics_error: str | None = None
+    conflict: str | None = None
+    target_error: str | None = None
+    quality_samples: tuple[tuple[float, float], ...] = ()  # (tokens/s, quality) for the fit
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything read from the world this cycle, per target name."""
+
+    targets: dict[str, TargetObservation]
+    #: Tokens served since period start (Prometheus ``increase()``), None if unknown.
+    tokens_in_period: float | None = None
+
+
+@dataclass(frozen=True)
+class RecommendationEntry:
+    """A past recommendation (for scale-down stabilization)."""
+
+    target: str
+    time: datetime
+    replicas: int
+
+
+@dataclass(frozen=True)
+class Memory:
+    """State carried between cycles in the TokenBudget's status (lossless on restart)."""
+
+    period_start: datetime | None = None
+    spend_cost: float = 0.0  # currency spent in the current period
+    spend_tokens: float = 0.0  # tokens served in the current period
+    last_accounted: datetime | None = None  # end of the last cost integration
+    recommendations: tuple[RecommendationEntry, ...] = ()
+    metrics_unavailable_since: datetime | None = None
+    last_scale_time: dict[str, datetime] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelFit:
+    """Quality model P = a + b·ln(tokens/s) used for a target."""
+
+    a: float
+    b: float
+    r2: float | None = None
+    samples: int = 0
+    source: str = "Default"  # Spec | Fitted | Default
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do with one target, why (a CamelCase reason of DESIGN.md), and the numbers."""
+
+    replicas: int
+    reason: str
+    message: str
+    scale: bool = False  # True when replicas differ from current and the plan may patch
+    tokens_per_second: float | None = None
+    forecast_tokens_per_second: float | None = None
+    queue_length: float | None = None
+    cost_per_hour: float | None = None  # at the decided replicas, currency/h
+    model: ModelFit | None = None
+
+
+@dataclass(frozen=True)
+class Spend:
+    """Spending figures for status."""
+
+    cost: float
+    tokens: float
+    projected_cost: float
+    projected_tokens: float
+    cost_per_hour: float
+    cost_per_million_tokens: float | None
+
+
+@dataclass(frozen=True)
+class ConditionValue:
+    """A condition as decided by the core (the adapter adds lastTransitionTime)."""
+
+    type: str
+    status: str  # "True" | "False" | "Unknown"
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The output of one planning cycle."""
+
+    decisions: dict[str, Decision]
+    memory: Memory
+    spend: Spend
+    period_start: datetime
+    period_end: datetime
+    phase: str
+    conditions: tuple[ConditionValue, ...] = ()
