@@ -282,17 +282,18 @@ class TokenBudgetSpec(_Model):
     prometheus: PrometheusSpec = Field(default_factory=PrometheusSpec)
     targets: list[TargetSpec] = Field(..., min_length=1, max_length=MAX_TARGETS)
 
-    @model_validator(mode="after")
-    def _unique_targets(self) -> TokenBudgetSpec:
-        names = [t.name for t in self.targets]
+    @field_validator("targets")
+    @classmethod
+    def _unique_targets(cls, targets: list[TargetSpec]) -> list[TargetSpec]:
+        names = [t.name for t in targets]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"targets: duplicate target name(s) {dupes}")
-        refs = [(t.scale_target_ref.kind, t.scale_target_ref.name) for t in self.targets]
+            raise ValueError(f"duplicate target name(s) {dupes}")
+        refs = [(t.scale_target_ref.kind, t.scale_target_ref.name) for t in targets]
         dref = sorted({f"{k}/{n}" for k, n in refs if refs.count((k, n)) > 1})
         if dref:
-            raise ValueError(f"targets: several targets scale the same workload {dref}")
-        return self
+            raise ValueError(f"several targets scale the same workload {dref}")
+        return targets
 
 
 # --------------------------------------------------------------------------------- status
