@@ -1,0 +1,292 @@
+"""Kubernetes adapter: workloads and their scale subresource, autoscaler lookups, Events,
+and TokenBudget status patches.
+
+Built on the official ``kubernetes`` client (synchronous) run in a bounded thread pool, with
+raw JSON answers (``_preload_content=False``) so nothing is lost or slowed by model
+deserialisation. All writes are JSON merge patches (RFC 7386), which every API server
+accepts for built-in kinds, their scale subresource and custom resources alike.
+Nothing here sets ownerReferences: deleting a TokenBudget leaves the workloads as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from tokenscale import api
+
+T = TypeVar("T")
+MERGE_PATCH = "application/merge-patch+json"
+_KINDS = {"Deployment": "deployments", "StatefulSet": "statefulsets"}
+
+
+class KubeError(Exception):
+    """A failed Kubernetes API call; ``status`` is the HTTP status (0: no answer)."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Replica counts of a Deployment or StatefulSet."""
+
+    kind: str
+    name: str
+    replicas: int  # spec.replicas (what the scale subresource reports)
+    ready_replicas: int  # status.readyReplicas
+
+
+@dataclass(frozen=True)
+class Autoscaler:
+    """Another autoscaler and the workload it scales."""
+
+    kind: str  # HorizontalPodAutoscaler | ScaledObject
+    name: str
+    target_kind: str
+    target_name: str
+
+    def describe(self) -> str:
+        """e.g. ``HorizontalPodAutoscaler llama-8b``."""
+        return f"{self.kind} {self.name}"
+
+
+def load_client(timeout_seconds: float = 10.0) -> kubernetes.client.ApiClient:
+    """An API client from the in-cluster service account, else from the kubeconfig."""
+    configuration = kubernetes.client.Configuration()
+    try:
+        kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration
+        )
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            client_configuration=configuration
+        )
+    configuration.retries = 0
+    client = kubernetes.client.ApiClient(configuration)
+    client.user_agent = "tokenscale-operator"
+    return client
+
+
+def _rfc3339(now: datetime) -> str:
+    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class KubeAdapter:
+    """Async facade over the Kubernetes API calls the operator makes."""
+
+    def __init__(
+        self,
+        client: kubernetes.client.ApiClient,
+        workers: int = 8,
+        timeout_seconds: float = 10.0,
+        instance: str = "",
+    ):
+        self._client = client
+        self._apps = kubernetes.client.AppsV1Api(client)
+        self._core = kubernetes.client.CoreV1Api(client)
+        self._autoscaling = kubernetes.client.AutoscalingV2Api(client)
+        self._custom = kubernetes.client.CustomObjectsApi(client)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
+        self._timeout = timeout_seconds
+        self._instance = instance or socket.gethostname()
+        self._keda_absent = False
+
+    def close(self) -> None:
+        """Stop the thread pool and close connections."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._client.close()  # type: ignore[no-untyped-call]
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("_request_timeout", self._timeout)
+        kwargs.setdefault("_preload_content", False)
+
+        def run() -> Any:
+            try:
+                response = fn(*args, **kwargs)
+            except ApiException as exc:
+                raise KubeError(int(exc.status or 0), _api_reason(exc)) from None
+            except Exception as exc:  # connection refused, timeouts, TLS
+                raise KubeError(0, f"{type(exc).__name__}: {exc}") from None
+            data = response.data
+            return json.loads(data) if data else {}
+
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, run)
+
+    # ---------------------------------------------------------------------- workloads
+
+    async def list_workloads(self, namespace: str, kind: str) -> dict[str, Workload]:
+        """All Deployments (or StatefulSets) of a namespace by name (one LIST call)."""
+        fn = (
+            self._apps.list_namespaced_deployment
+            if kind == "Deployment"
+            else self._apps.list_namespaced_stateful_set
+        )
+        answer = await self._call(fn, namespace)
+        out = {}
+        for item in answer.get("items") or []:
+            meta = item.get("metadata") or {}
+            spec = item.get("spec") or {}
+            status = item.get("status") or {}
+            name = str(meta.get("name", ""))
+            replicas = spec.get("replicas")
+            out[name] = Workload(
+                kind=kind,
+                name=name,
+                replicas=int(replicas) if replicas is not None else 1,
+                ready_replicas=int(status.get("readyReplicas") or 0),
+            )
+        return out
+
+    async def read_scale(self, namespace: str, kind: str, name: str) -> int:
+        """spec.replicas from the workload's scale subresource (autoscaling/v1 Scale)."""
+        fn = (
+            self._apps.read_namespaced_deployment_scale
+            if kind == "Deployment"
+            else self._apps.read_namespaced_stateful_set_scale
+        )
+        answer = await self._call(fn, name, namespace)
+        return int((answer.get("spec") or {}).get("replicas") or 0)
+
+    async def patch_scale(self, namespace: str, kind: str, name: str, replicas: int) -> int:
+        """Set spec.replicas through the scale subresource; returns the answered value."""
+        fn = (
+            self._apps.patch_namespaced_deployment_scale
+            if kind == "Deployment"
+            else self._apps.patch_namespaced_stateful_set_scale
+        )
+        body = {"spec": {"replicas": int(replicas)}}
+        answer = await self._call(fn, name, namespace, body, _content_type=MERGE_PATCH)
+        return int((answer.get("spec") or {}).get("replicas", replicas))
+
+    # -------------------------------------------------------------------- autoscalers
+
+    async def list_autoscalers(self, namespace: str) -> list[Autoscaler]:
+        """HPAs (autoscaling/v2) and KEDA ScaledObjects of a namespace.
+
+        A cluster without KEDA answers 404 for ScaledObjects: that is "none", remembered so
+        the lookup is not repeated every cycle (restart the operator after installing KEDA).
+        """
+        found: list[Autoscaler] = []
+        try:
+            hpas = await self._call(
+                self._autoscaling.list_namespaced_horizontal_pod_autoscaler, namespace
+            )
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
+            hpas = {}
+        for item in hpas.get("items") or []:
+            ref = (item.get("spec") or {}).get("scaleTargetRef") or {}
+            found.append(Autoscaler(
+                "HorizontalPodAutoscaler",
+                str((item.get("metadata") or {}).get("name", "")),
+                str(ref.get("kind", "")),
+                str(ref.get("name", "")),
+            ))
+        if not self._keda_absent:
+            try:
+                scaled = await self._call(
+                    self._custom.list_namespaced_custom_object,
+                    "keda.sh", "v1alpha1", namespace, "scaledobjects",
+                )
+            except KubeError as exc:
+                if exc.status != 404:
+                    raise
+                self._keda_absent = True
+                scaled = {}
+            for item in scaled.get("items") or []:
+                ref = (item.get("spec") or {}).get("scaleTargetRef") or {}
+                found.append(Autoscaler(
+                    "ScaledObject",
+                    str((item.get("metadata") or {}).get("name", "")),
+                    str(ref.get("kind") or "Deployment"),
+                    str(ref.get("name", "")),
+                ))
+        return found
+
+    # ------------------------------------------------------------------ TokenBudgets
+
+    async def patch_budget_status(
+        self, namespace: str, name: str, status_patch: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Merge-patch the status subresource of a TokenBudget; returns the object."""
+        answer: dict[str, Any] = await self._call(
+            self._custom.patch_namespaced_custom_object_status,
+            api.GROUP, api.VERSION, namespace, api.PLURAL, name,
+            {"status": status_patch},
+            _content_type=MERGE_PATCH,
+        )
+        return answer
+
+    async def get_budget(self, namespace: str, name: str) -> dict[str, Any]:
+        """Read one TokenBudget."""
+        answer: dict[str, Any] = await self._call(
+            self._custom.get_namespaced_custom_object,
+            api.GROUP, api.VERSION, namespace, api.PLURAL, name,
+        )
+        return answer
+
+    # ------------------------------------------------------------------------- events
+
+    async def post_event(
+        self,
+        involved: dict[str, Any],
+        reason: str,
+        message: str,
+        type_: str = "Normal",
+        now: datetime | None = None,
+    ) -> None:
+        """Create a core/v1 Event about ``involved`` (an object with apiVersion, kind,
+        metadata.name/namespace/uid)."""
+        meta = involved.get("metadata") or {}
+        namespace = str(meta.get("namespace") or "default")
+        stamp = _rfc3339(now or datetime.now(UTC))
+        ref = {
+            "apiVersion": involved.get("apiVersion", f"{api.GROUP}/{api.VERSION}"),
+            "kind": involved.get("kind", api.KIND),
+            "name": meta.get("name", ""),
+            "namespace": namespace,
+        }
+        if meta.get("uid"):
+            ref["uid"] = meta["uid"]
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{meta.get('name', 'tokenbudget')}.{uuid.uuid4().hex[:16]}",
+                "namespace": namespace,
+            },
+            "involvedObject": ref,
+            "reason": reason[:128],
+            "message": message[:1024],
+            "type": type_,
+            "source": {"component": "tokenscale"},
+            "reportingComponent": "tokenscale.dev/operator",
+            "reportingInstance": self._instance[:128],
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        await self._call(self._core.create_namespaced_event, namespace, body)
+
+
+def _api_reason(exc: ApiException) -> str:
+    try:
+        body = json.loads(exc.body or "{}")
+        return str(body.get("message") or exc.reason)
+    except (ValueError, TypeError):
+        return str(exc.reason)

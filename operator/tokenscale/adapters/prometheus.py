@@ -1,0 +1,238 @@
+"""Prometheus adapter on prometheus-api-client: instant and range queries, failure kinds.
+
+Every failure is one of :data:`tokenscale.core.types.METRIC_FAILURES`, raised as
+:class:`MetricFailure` (query-wide: Unreachable, Timeout, HTTPError, BadResponse) or
+reported per target by :func:`group_by_target` (Empty, NotANumber, Infinite,
+MultipleSeries, Stale). The client is synchronous (requests); calls run in a thread so the
+event loop never blocks. Retries are off: the planning loop holds on failures and tries
+again next interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import requests
+from prometheus_api_client import PrometheusConnect
+from prometheus_api_client.exceptions import PrometheusApiClientException
+from urllib3.util.retry import Retry
+
+from tokenscale.adapters.promql import PodIndex, WorkloadRef
+
+Sample = tuple[float, float]  # (unix time s, value)
+
+
+class MetricFailure(Exception):
+    """A query that gave no usable answer; ``kind`` is one of METRIC_FAILURES."""
+
+    def __init__(self, kind: str, detail: str):
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Series:
+    """One series of an answer: its labels and samples (oldest first)."""
+
+    labels: Mapping[str, str]
+    samples: tuple[Sample, ...]
+
+
+def _number(raw: Any) -> float:
+    if not isinstance(raw, str | int | float):
+        raise MetricFailure("BadResponse", f"sample value {raw!r} is not a number")
+    try:
+        return float(raw)  # Prometheus sends "NaN", "+Inf", "-Inf" as strings
+    except ValueError:
+        raise MetricFailure("BadResponse", f"sample value {raw!r} is not a number") from None
+
+
+def _pair(raw: Any) -> Sample:
+    if not (isinstance(raw, list | tuple) and len(raw) == 2):
+        raise MetricFailure("BadResponse", f"sample {raw!r} is not [time, value]")
+    return _number(raw[0]), _number(raw[1])
+
+
+def parse_result(result: Any) -> list[Series]:
+    """Turn the `data.result` of a vector or matrix answer into :class:`Series`."""
+    if not isinstance(result, list):
+        raise MetricFailure("BadResponse", "result is not a list")
+    out = []
+    for item in result:
+        if not isinstance(item, dict) or not isinstance(item.get("metric", {}), dict):
+            raise MetricFailure("BadResponse", f"series {item!r:.200} has no metric labels")
+        labels = {str(k): str(v) for k, v in item.get("metric", {}).items()}
+        if "value" in item:
+            samples: tuple[Sample, ...] = (_pair(item["value"]),)
+        elif "values" in item and isinstance(item["values"], list):
+            samples = tuple(_pair(v) for v in item["values"])
+        else:
+            raise MetricFailure("BadResponse", f"series {labels} has neither value nor values")
+        out.append(Series(labels, samples))
+    return out
+
+
+class PrometheusReader:
+    """Instant and range queries against one Prometheus, with failure kinds.
+
+    ``on_query(kind)`` is called once per HTTP query sent (kind: instant | range) and
+    ``on_failure(kind)`` once per failed one; the operator counts both in /metrics.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        timeout_seconds: float,
+        on_query: Callable[[str], None] | None = None,
+        on_failure: Callable[[str], None] | None = None,
+    ):
+        self.url = url.rstrip("/")
+        self.timeout_seconds = timeout_seconds
+        self._client = PrometheusConnect(
+            url=self.url, disable_ssl=False, retry=Retry(total=0, raise_on_status=False)
+        )
+        self._on_query = on_query
+        self._on_failure = on_failure
+
+    def close(self) -> None:
+        """Release the HTTP session."""
+        self._client._session.close()
+
+    async def instant(self, query: str, at: datetime, timeout: float | None = None) -> list[Series]:
+        """Evaluate ``query`` at ``at``."""
+        params = {"time": f"{at.timestamp():.3f}"}
+        return await self._run("instant", query, params, timeout)
+
+    async def range(
+        self, query: str, start: datetime, end: datetime, step_seconds: float,
+        timeout: float | None = None,
+    ) -> list[Series]:
+        """Evaluate ``query`` from ``start`` to ``end`` every ``step_seconds``."""
+        params = {
+            "start": f"{start.timestamp():.3f}",
+            "end": f"{end.timestamp():.3f}",
+            "step": f"{max(step_seconds, 0.001):g}",
+        }
+        return await self._run("range", query, params, timeout)
+
+    async def _run(
+        self, kind: str, query: str, params: dict[str, str], timeout: float | None
+    ) -> list[Series]:
+        seconds = self.timeout_seconds if timeout is None else timeout
+        if self._on_query is not None:
+            self._on_query(kind)
+        try:
+            return await asyncio.to_thread(self._request, kind, query, params, seconds)
+        except MetricFailure as failure:
+            if self._on_failure is not None:
+                self._on_failure(failure.kind)
+            raise
+
+    def _request(
+        self, kind: str, query: str, params: dict[str, str], seconds: float
+    ) -> list[Series]:
+        # Prometheus also stops evaluating after its own `timeout` parameter.
+        params = {**params, "timeout": f"{seconds:g}s"}
+        try:
+            if kind == "instant":
+                result = self._client.custom_query(query, params=params, timeout=seconds)
+            else:
+                result = self._range_request(query, params, seconds)
+        except requests.Timeout as exc:
+            raise MetricFailure("Timeout", f"no answer within {seconds:g}s: {exc}") from None
+        except requests.ConnectionError as exc:
+            raise MetricFailure("Unreachable", f"{self.url}: {exc}") from None
+        except requests.RequestException as exc:
+            raise MetricFailure("Unreachable", f"{self.url}: {exc}") from None
+        except PrometheusApiClientException as exc:
+            raise MetricFailure("HTTPError", str(exc)[:500]) from None
+        except (ValueError, KeyError, TypeError) as exc:  # not JSON / not the API shape
+            raise MetricFailure("BadResponse", f"{type(exc).__name__}: {exc}"[:500]) from None
+        return parse_result(result)
+
+    def _range_request(self, query: str, params: dict[str, str], seconds: float) -> Any:
+        # custom_query_range wants datetimes and a step string; the raw call keeps float
+        # precision and the same error handling as custom_query.
+        response = self._client._session.request(
+            method="GET",
+            url=f"{self.url}/api/v1/query_range",
+            params={"query": query, **params},
+            timeout=seconds,
+        )
+        if response.status_code != 200:
+            raise PrometheusApiClientException(
+                f"HTTP Status Code {response.status_code} ({response.content[:300]!r})"
+            )
+        return response.json()["data"]["result"]
+
+
+# ----------------------------------------------------------------- grouping to targets
+
+
+@dataclass
+class TargetSeries:
+    """The per-pod series of one workload, or the per-target failure kind."""
+
+    pods: dict[str, tuple[Sample, ...]] = field(default_factory=dict)
+    failure: str | None = None
+    detail: str = ""
+
+
+def group_by_target(
+    series: Iterable[Series], workloads: Iterable[WorkloadRef]
+) -> dict[WorkloadRef, TargetSeries]:
+    """Group per-pod series to workloads (namespace label + pod name pattern).
+
+    A workload that gets the same pod twice is MultipleSeries; a series without a ``pod``
+    label is ignored (it cannot be attributed). Workloads with no series are absent from
+    the answer's ``pods`` (the caller decides whether that is Empty).
+    """
+    refs = list(workloads)
+    index = PodIndex(refs)
+    out = {ref: TargetSeries() for ref in refs}
+    for s in series:
+        pod = s.labels.get("pod")
+        namespace = s.labels.get("namespace")
+        if pod is None:
+            continue
+        candidates = (
+            [index.owner(namespace, pod)]
+            if namespace is not None
+            else [index.owner(ref.namespace, pod) for ref in refs]
+        )
+        for ref in {c for c in candidates if c is not None}:
+            group = out[ref]
+            if pod in group.pods:
+                group.failure = "MultipleSeries"
+                group.detail = f"several series for pod {pod}"
+            group.pods[pod] = s.samples
+    return out
+
+
+def sum_by_time(pods: Mapping[str, tuple[Sample, ...]]) -> list[Sample]:
+    """Sum per-pod samples that share a timestamp (range answers are step-aligned)."""
+    total: dict[float, float] = {}
+    for samples in pods.values():
+        for t, v in samples:
+            total[t] = total.get(t, 0.0) + v
+    return sorted(total.items())
+
+
+def check_samples(samples: list[Sample], at: float, stale_after: float) -> tuple[str, str] | None:
+    """The failure kind of a target's summed samples, or None if usable."""
+    if not samples:
+        return "Empty", "no series for this target"
+    last_t, last_v = samples[-1]
+    if math.isnan(last_v):
+        return "NotANumber", "newest sample is NaN"
+    if math.isinf(last_v):
+        return "Infinite", "newest sample is infinite"
+    if at - last_t > stale_after:
+        return "Stale", f"newest sample is {at - last_t:.0f}s old (limit {stale_after:.0f}s)"
+    return None

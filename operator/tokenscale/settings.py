@@ -1,0 +1,93 @@
+"""Operator settings, read from the environment (prefix ``TOKENSCALE_``).
+
+Every field maps to one variable, e.g. ``TOKENSCALE_PROMETHEUS_URL``. Lists accept a
+comma-separated string (``TOKENSCALE_NAMESPACES=inference,batch``). Durations are seconds.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_PROMQL_DURATION = re.compile(r"^[0-9]+(ms|s|m|h)$")
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+class OperatorSettings(BaseSettings):
+    """How `tokenscale run` connects, listens and paces itself."""
+
+    model_config = SettingsConfigDict(env_prefix="TOKENSCALE_", extra="ignore", frozen=True)
+
+    prometheus_url: str = Field(
+        "http://prometheus.monitoring:9090",
+        description="Default Prometheus base URL (a TokenBudget's spec.prometheus.url wins).",
+    )
+    prometheus_timeout_seconds: float = Field(
+        5.0, gt=0, le=60, description="Default per-query timeout (s)."
+    )
+    namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Namespaces to serve; empty serves the whole cluster.",
+    )
+    metrics_port: int = Field(8080, ge=0, le=65535, description="Port of /metrics (0: off).")
+    health_port: int = Field(8081, ge=0, le=65535, description="Port of /healthz (0: off).")
+    bind_address: str = Field("0.0.0.0", description="Address the HTTP endpoints listen on.")
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    peering_name: str | None = Field(
+        None, description="kopf peering object name; unset runs standalone (one replica)."
+    )
+    rate_window: str = Field("1m", description="PromQL range of rate()/the token rate.")
+    stale_after_seconds: float = Field(
+        120.0, gt=0, description="A target whose newest sample is older than this is Stale."
+    )
+    tick_seconds: float = Field(
+        1.0, gt=0, le=60, description="Granularity of the planning loop (s)."
+    )
+    status_heartbeat_seconds: float = Field(
+        60.0, ge=0, description="Patch status at least this often even if nothing changed."
+    )
+    concurrency: int = Field(16, ge=1, le=1024, description="Budgets reconciled at once.")
+    api_workers: int = Field(8, ge=1, le=256, description="Threads for Kubernetes API calls.")
+    api_timeout_seconds: float = Field(10.0, gt=0, description="Kubernetes request timeout.")
+    instance: str = Field("", description="Reporting instance in Events (default hostname).")
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("namespaces")
+    @classmethod
+    def _valid_namespaces(cls, value: list[str]) -> list[str]:
+        bad = [ns for ns in value if not _NAMESPACE.match(ns)]
+        if bad:
+            raise ValueError(f"not namespace names: {bad}")
+        return value
+
+    @field_validator("rate_window")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        if not _PROMQL_DURATION.match(value):
+            raise ValueError(f"not a PromQL duration like 1m or 30s: {value!r}")
+        return value
+
+    @field_validator("prometheus_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://\S+$", value):
+            raise ValueError(f"not an http(s) URL: {value!r}")
+        return value.rstrip("/")
+
+    def rate_window_seconds(self) -> float:
+        """`rate_window` in seconds."""
+        m = _PROMQL_DURATION.match(self.rate_window)
+        assert m is not None
+        unit = m.group(1)
+        number = float(self.rate_window[: -len(unit)])
+        return number * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]

@@ -1,0 +1,309 @@
+"""TokenBudget status <-> core values: memory restore, status building, conditions, patches.
+
+Status patch policy (see :func:`needs_patch`): the operator compares the new status with the
+last one it wrote (or read) in a *significant view*: ``lastReconcileTime`` left out, the
+recommendation history reduced to its replica values (its timestamps move every cycle), and
+floats rounded to 3 significant digits (spend grows continuously). It patches when that
+view changed, or when ``heartbeat`` seconds passed since the last patch, so the stored spend
+is never older than the heartbeat. Skipping a patch loses nothing on restart: the memory
+pairs ``spend.cost`` with ``lastReconcileTime`` of the same write, and the cost accrued
+since then is integrated again from the replicas observed after the restart.
+
+Conditions keep their ``lastTransitionTime`` while their status stays the same (reason and
+message may change); a changed status gets ``now``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from tokenscale import api
+from tokenscale.core.types import (
+    ConditionValue,
+    Memory,
+    Observation,
+    Plan,
+    RecommendationEntry,
+)
+
+CONDITION_ORDER = (
+    "Ready", "SpecValid", "MetricsAvailable", "BudgetAtRisk", "BudgetExhausted",
+    "ScalingLimited", "Conflict",
+)
+#: Condition statuses that are worth an Event when a condition first appears.
+_ABNORMAL = {
+    "Ready": "False", "SpecValid": "False", "MetricsAvailable": "False",
+    "BudgetAtRisk": "True", "BudgetExhausted": "True", "ScalingLimited": "True",
+    "Conflict": "True",
+}
+
+
+def to_rfc3339(when: datetime) -> str:
+    """UTC RFC 3339; microseconds only when there are any."""
+    when = when.astimezone(UTC)
+    if when.microsecond:
+        return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str | None) -> datetime | None:
+    """Parse an RFC 3339 timestamp (``Z`` or offset); None if missing or malformed."""
+    if not text:
+        return None
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+# ------------------------------------------------------------------------------- memory
+
+
+def memory_from_status(status: api.TokenBudgetStatus) -> Memory:
+    """The core's memory as persisted in status (what makes a restart lossless)."""
+    recs = []
+    for r in status.recommendations:
+        t = parse_time(r.time)
+        if t is not None:
+            recs.append(RecommendationEntry(target=r.target, time=t, replicas=r.replicas))
+    last_scale: dict[str, datetime] = {}
+    for target in status.targets:
+        t = parse_time(target.last_scale_time)
+        if t is not None:
+            last_scale[target.name] = t
+    return Memory(
+        period_start=parse_time(status.period.start) if status.period else None,
+        spend_cost=status.spend.cost if status.spend else 0.0,
+        spend_tokens=status.spend.tokens if status.spend else 0.0,
+        last_accounted=parse_time(status.last_reconcile_time),
+        recommendations=tuple(recs),
+        metrics_unavailable_since=parse_time(status.metrics_unavailable_since),
+        last_scale_time=last_scale,
+    )
+
+
+# --------------------------------------------------------------------------- conditions
+
+
+@dataclass(frozen=True)
+class ConditionChange:
+    """A condition whose status changed (``before`` None: it is new)."""
+
+    before: api.Condition | None
+    after: api.Condition
+
+    def worth_event(self) -> bool:
+        """Status flips always; a new condition only when it is abnormal."""
+        if self.before is not None:
+            return self.before.status != self.after.status
+        return _ABNORMAL.get(self.after.type) == self.after.status
+
+
+def merge_conditions(
+    old: Sequence[api.Condition],
+    new: Iterable[ConditionValue],
+    now: datetime,
+    generation: int | None,
+) -> tuple[list[api.Condition], list[ConditionChange]]:
+    """New conditions with lastTransitionTime carried over where the status is unchanged.
+
+    Old conditions of types not in ``new`` are kept as they are.
+    """
+    by_type: dict[str, api.Condition] = {c.type: c for c in old}
+    merged: dict[str, api.Condition] = dict(by_type)
+    changes = []
+    stamp = to_rfc3339(now.replace(microsecond=0))
+    for value in new:
+        before = by_type.get(value.type)
+        unchanged = before is not None and before.status == value.status
+        after = api.Condition(
+            type=value.type,
+            status=value.status,
+            reason=value.reason,
+            message=value.message[:32768],
+            last_transition_time=before.last_transition_time if unchanged and before else stamp,
+            observed_generation=generation,
+        )
+        merged[after.type] = after
+        if not unchanged:
+            changes.append(ConditionChange(before, after))
+    ordered = sorted(
+        merged.values(),
+        key=lambda c: CONDITION_ORDER.index(c.type) if c.type in CONDITION_ORDER else 99,
+    )
+    return ordered, changes
+
+
+# ------------------------------------------------------------------------------- status
+
+
+def _finite(x: float | None) -> float | None:
+    if x is None or not math.isfinite(x):
+        return None
+    return float(x)
+
+
+def build_status(
+    plan: Plan,
+    observation: Observation,
+    old: api.TokenBudgetStatus,
+    now: datetime,
+    generation: int | None,
+    extra_conditions: Iterable[ConditionValue] = (),
+) -> tuple[api.TokenBudgetStatus, list[ConditionChange]]:
+    """The status that reports ``plan`` (and the memory it carries)."""
+    targets = []
+    for name, decision in plan.decisions.items():
+        seen = observation.targets.get(name)
+        last_scale = plan.memory.last_scale_time.get(name)
+        model = None
+        if decision.model is not None:
+            source = decision.model.source if decision.model.source in (
+                "Spec", "Fitted", "Default") else "Default"
+            model = api.ModelStatus(
+                a=decision.model.a, b=decision.model.b, r2=_finite(decision.model.r2),
+                samples=decision.model.samples, source=source,
+            )
+        targets.append(api.TargetStatus(
+            name=name,
+            current_replicas=seen.current_replicas if seen else None,
+            ready_replicas=seen.ready_replicas if seen else None,
+            desired_replicas=decision.replicas,
+            reason=decision.reason,
+            message=decision.message,
+            tokens_per_second=_finite(decision.tokens_per_second),
+            forecast_tokens_per_second=_finite(decision.forecast_tokens_per_second),
+            queue_length=_finite(decision.queue_length),
+            cost_per_hour=_finite(decision.cost_per_hour),
+            last_scale_time=to_rfc3339(last_scale) if last_scale else None,
+            model=model,
+        ))
+    conditions, changes = merge_conditions(
+        old.conditions, [*extra_conditions, *plan.conditions], now, generation
+    )
+    recs = sorted(plan.memory.recommendations, key=lambda r: r.time)[-api.MAX_RECOMMENDATIONS:]
+    scale_times = list(plan.memory.last_scale_time.values())
+    spend = plan.spend
+    observed_rates = [t.tokens_per_second for t in targets if t.tokens_per_second is not None]
+    status = api.TokenBudgetStatus(
+        observed_generation=generation,
+        phase=plan.phase,
+        conditions=conditions,
+        period=api.PeriodStatus(
+            start=to_rfc3339(plan.period_start), end=to_rfc3339(plan.period_end)
+        ),
+        spend=api.SpendStatus(
+            cost=spend.cost,
+            tokens=spend.tokens,
+            projected_cost=spend.projected_cost,
+            projected_tokens=spend.projected_tokens,
+            cost_per_hour=spend.cost_per_hour,
+            cost_per_million_tokens=_finite(spend.cost_per_million_tokens),
+        ),
+        targets=targets,
+        replicas=sum(t.current_replicas or 0 for t in targets),
+        desired_replicas=sum(t.desired_replicas or 0 for t in targets),
+        tokens_per_second=sum(observed_rates) if observed_rates else None,
+        last_scale_time=to_rfc3339(max(scale_times)) if scale_times else None,
+        last_reconcile_time=to_rfc3339(now),
+        metrics_unavailable_since=(
+            to_rfc3339(plan.memory.metrics_unavailable_since)
+            if plan.memory.metrics_unavailable_since else None
+        ),
+        recommendations=[
+            api.Recommendation(target=r.target, time=to_rfc3339(r.time), replicas=r.replicas)
+            for r in recs
+        ],
+    )
+    return status, changes
+
+
+def invalid_status(
+    old: api.TokenBudgetStatus, problems: Sequence[str], now: datetime, generation: int | None
+) -> tuple[api.TokenBudgetStatus, list[ConditionChange]]:
+    """Status of a TokenBudget whose spec does not validate: phase Invalid, nothing scaled.
+
+    Spend and memory stay as they are, so fixing the spec continues the period's accounting.
+    """
+    message = "; ".join(problems)[:32768]
+    conditions, changes = merge_conditions(
+        old.conditions,
+        [
+            ConditionValue("SpecValid", "False", "InvalidSpec", message),
+            ConditionValue("Ready", "False", "InvalidSpec", "the spec does not validate"),
+        ],
+        now,
+        generation,
+    )
+    status = old.model_copy(update={
+        "phase": "Invalid", "conditions": conditions, "observed_generation": generation,
+    })
+    return status, changes
+
+
+def spec_valid_condition() -> ConditionValue:
+    """SpecValid=True."""
+    return ConditionValue("SpecValid", "True", "Valid", "the spec validates")
+
+
+# ---------------------------------------------------------------------- patch policy
+
+
+def _round(value: Any) -> Any:
+    if isinstance(value, float):
+        if value == 0 or not math.isfinite(value):
+            return value
+        return float(f"{value:.3g}")
+    if isinstance(value, dict):
+        return {k: _round(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_round(v) for v in value]
+    return value
+
+
+def significant(status: Mapping[str, Any]) -> dict[str, Any]:
+    """The view of a wire-form status that decides whether to patch."""
+    view = {k: v for k, v in status.items() if k != "lastReconcileTime"}
+    recs = view.pop("recommendations", None) or []
+    view["recommendations"] = [
+        (r.get("target"), r.get("replicas")) for r in recs if isinstance(r, dict)
+    ]
+    result: dict[str, Any] = _round(view)
+    return result
+
+
+def needs_patch(
+    old: Mapping[str, Any] | None,
+    new: Mapping[str, Any],
+    seconds_since_patch: float | None,
+    heartbeat: float,
+) -> bool:
+    """True when the significant view changed or the heartbeat is due."""
+    if old is None or seconds_since_patch is None:
+        return True
+    if significant(old) != significant(new):
+        return True
+    return seconds_since_patch >= heartbeat
+
+
+def merge_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
+    """An RFC 7386 merge patch turning ``old`` into ``new`` (null removes a key)."""
+    old = old or {}
+    patch: dict[str, Any] = {}
+    for key in old:
+        if key not in new:
+            patch[key] = None
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            sub = merge_patch(before, value)
+            if sub:
+                patch[key] = sub
+        elif before != value:
+            patch[key] = value
+    return patch
