@@ -103,6 +103,8 @@ class Decision:
     queue_length: float | None = None
     cost_per_hour: float | None = None  # at the decided replicas, currency/h
     model: ModelFit | None = None
+    #: Demand-driven replicas within [min, max], before behaviour and budget (None on hold).
+    needed_replicas: int | None = None
 
 
 @dataclass(frozen=True)
@@ -138,3 +140,11 @@ class Plan:
     period_end: datetime
     phase: str
     conditions: tuple[ConditionValue, ...] = ()
+    #: Cost rate (currency/h) the rest of the cost budget allows; None without maxCost.
+    affordable_cost_per_hour: float | None = None
+    #: Token rate (tokens/s) the rest of the token budget allows; None without maxTokens.
+    affordable_tokens_per_second: float | None = None
+    #: Price multiplier of the pricing schedule at ``now``.
+    price_multiplier: float = 1.0
+    #: Final cost of the period that closed since the last plan (rollover), else None.
+    previous_period_cost: float | None = None

@@ -1,0 +1,213 @@
+"""Budget periods, time-of-day prices, spend accounting, pacing and projections.
+
+Units: costs in the budget's currency, cost rates in currency/h, token rates in tokens/s,
+times tz-aware ``datetime`` (returned in UTC).
+
+Periods (``budget.period``) are calendar periods in ``budget.timeZone``: ``Hour`` starts at the
+local full hour and lasts 3600 s; ``Day`` runs from local midnight to the next local midnight
+(23 or 25 h on DST change days); ``Week`` from Monday 00:00 local; ``Month`` from the 1st 00:00
+local. A local midnight that does not exist (DST gap at 00:00) maps to the instant of the gap.
+
+Price multipliers (``pricing.schedule``): the first window whose weekday and local
+``[start, end)`` clock range contain the instant wins, otherwise 1. Windows are read in the
+budget's time zone.
+
+Accounting: cost is integrated as ``Σ currentReplicas × costPerReplicaHour × multiplier`` over
+the time since the last accounting, split at period boundaries and at the clock times where the
+multiplier can change, so a long gap (operator restart) is priced correctly. The part before the
+current period belongs to the closed period.
+
+Pacing: the affordable cost rate is ``remaining cost / hours left`` (currency/h); a token budget
+caps served capacity at ``remaining tokens / seconds left`` (tokens/s). The time left is at
+least one second, so the last instant of a period does not divide by zero. Exhausted means the
+spend reached the limit (≥ maxCost or ≥ maxTokens).
+
+Projection: spend so far + rate × time left (cost at the price multiplier of now).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta, tzinfo
+from zoneinfo import ZoneInfo
+
+from tokenscale.api import WEEKDAYS, BudgetSpec, PriceWindow, TokenBudgetSpec
+
+_HOUR = timedelta(hours=1)
+_DAY_MINUTES = 24 * 60
+#: Cached bounds per (period, zone): the last period computed, reused while ``now`` is in it.
+_PERIOD_CACHE: dict[tuple[str, str], tuple[datetime, datetime]] = {}
+
+
+def _zone(name: str) -> tzinfo:
+    return UTC if name == "UTC" else ZoneInfo(name)
+
+
+def _local_midnight(year: int, month: int, day: int, zone: tzinfo) -> datetime:
+    return datetime(year, month, day, tzinfo=zone).astimezone(UTC)
+
+
+def _compute_period(period: str, zone: tzinfo, now: datetime) -> tuple[datetime, datetime]:
+    local = now.astimezone(zone)
+    if period == "Hour":
+        start = local.replace(minute=0, second=0, microsecond=0).astimezone(UTC)
+        return start, start + _HOUR
+    if period == "Day":
+        first = local.date()
+        following = first + timedelta(days=1)
+    elif period == "Week":
+        first = local.date() - timedelta(days=local.weekday())
+        following = first + timedelta(days=7)
+    else:  # Month
+        first = local.date().replace(day=1)
+        following = (first + timedelta(days=32)).replace(day=1)
+    start = _local_midnight(first.year, first.month, first.day, zone)
+    end = _local_midnight(following.year, following.month, following.day, zone)
+    if end <= now:  # an ambiguous local midnight resolved to its first occurrence
+        end = datetime(following.year, following.month, following.day, fold=1, tzinfo=zone)
+        end = end.astimezone(UTC)
+    return min(start, now), max(end, now + timedelta(microseconds=1))
+
+
+def period_bounds(budget: BudgetSpec, now: datetime) -> tuple[datetime, datetime]:
+    """The budget period ``[start, end)`` (UTC) that contains ``now`` (tz-aware)."""
+    key = (budget.period, budget.time_zone)
+    cached = _PERIOD_CACHE.get(key)
+    if cached is not None and cached[0] <= now < cached[1]:
+        return cached
+    bounds = _compute_period(budget.period, _zone(budget.time_zone), now)
+    if len(_PERIOD_CACHE) > 4096:
+        _PERIOD_CACHE.clear()
+    _PERIOD_CACHE[key] = bounds
+    return bounds
+
+
+def _clock_minutes(text: str) -> int:
+    return int(text[:2]) * 60 + int(text[3:5])
+
+
+def multiplier_at(schedule: list[PriceWindow], zone: tzinfo, at: datetime) -> float:
+    """Price multiplier of ``schedule`` at instant ``at`` (first matching window, else 1)."""
+    if not schedule:
+        return 1.0
+    local = at.astimezone(zone)
+    day = WEEKDAYS[local.weekday()]
+    minute = local.hour * 60 + local.minute + (local.second + local.microsecond / 1e6) / 60
+    for window in schedule:
+        if day in window.days and (
+            _clock_minutes(window.start) <= minute < _clock_minutes(window.end)
+        ):
+            return window.multiplier
+    return 1.0
+
+
+def price_multiplier(spec: TokenBudgetSpec, at: datetime) -> float:
+    """Price multiplier of the budget's pricing schedule at ``at`` (in ``budget.timeZone``)."""
+    return multiplier_at(spec.pricing.schedule, _zone(spec.budget.time_zone), at)
+
+
+def _next_price_change(schedule: list[PriceWindow], zone: tzinfo, at: datetime) -> datetime:
+    """The next instant after ``at`` where the multiplier may change (a window edge or midnight)."""
+    local = at.astimezone(zone)
+    seconds = local.hour * 3600 + local.minute * 60 + local.second + local.microsecond / 1e6
+    cuts = {_DAY_MINUTES}
+    for window in schedule:
+        cuts.add(_clock_minutes(window.start))
+        cuts.add(_clock_minutes(window.end))
+    cut = min(c for c in cuts if c * 60 > seconds)
+    midnight = datetime(local.year, local.month, local.day, tzinfo=zone)
+    nxt = (midnight + timedelta(minutes=cut)).astimezone(UTC)  # wall-clock arithmetic
+    if nxt <= at:  # DST fold: the wall clock repeats; step forward a little
+        nxt = at + timedelta(minutes=1)
+    return nxt
+
+
+def accrue_cost(
+    spec: TokenBudgetSpec, cost_per_hour: float, since: datetime, until: datetime
+) -> list[tuple[datetime, float]]:
+    """Cost of running at a base ``cost_per_hour`` (currency/h, before multipliers) from
+    ``since`` to ``until``, as ``(period_start, cost)`` pairs in time order.
+
+    The interval is split at period boundaries and at price-window edges. Empty when
+    ``until <= since``.
+    """
+    if until <= since:
+        return []
+    budget = spec.budget
+    schedule = spec.pricing.schedule
+    zone = _zone(budget.time_zone)
+    out: list[tuple[datetime, float]] = []
+    t = since
+    while t < until:
+        p_start, p_end = period_bounds(budget, t)
+        seg_end = min(until, p_end)
+        cost = 0.0
+        if not schedule or cost_per_hour == 0:
+            cost = cost_per_hour * (seg_end - t).total_seconds() / 3600.0
+        else:
+            s = t
+            while s < seg_end:
+                e = min(seg_end, _next_price_change(schedule, zone, s))
+                mult = multiplier_at(schedule, zone, s)
+                cost += cost_per_hour * mult * (e - s).total_seconds() / 3600.0
+                s = e
+        if out and out[-1][0] == p_start:
+            out[-1] = (p_start, out[-1][1] + cost)
+        else:
+            out.append((p_start, cost))
+        t = seg_end
+    return out
+
+
+def seconds_left(now: datetime, period_end: datetime) -> float:
+    """Seconds from ``now`` to the end of the period, at least 1."""
+    return max(1.0, (period_end - now).total_seconds())
+
+
+def affordable_cost_rate(
+    max_cost: float | None, spent: float, now: datetime, period_end: datetime
+) -> float:
+    """Cost rate (currency/h) that spends the rest of ``max_cost`` evenly until period end.
+
+    ``inf`` without a cost limit; 0 once spent.
+    """
+    if max_cost is None:
+        return math.inf
+    return max(0.0, max_cost - spent) * 3600.0 / seconds_left(now, period_end)
+
+
+def affordable_token_rate(
+    max_tokens: float | None, used: float, now: datetime, period_end: datetime
+) -> float:
+    """Token rate (tokens/s) that uses the rest of ``max_tokens`` evenly until period end.
+
+    ``inf`` without a token limit; 0 once used.
+    """
+    if max_tokens is None:
+        return math.inf
+    return max(0.0, max_tokens - used) / seconds_left(now, period_end)
+
+
+def project(spent: float, rate_per_second: float, now: datetime, period_end: datetime) -> float:
+    """Spend at period end if ``rate_per_second`` continues: ``spent + rate × seconds left``."""
+    return spent + rate_per_second * max(0.0, (period_end - now).total_seconds())
+
+
+def is_exhausted(limit: float | None, spent: float) -> bool:
+    """True when a limit is set and ``spent`` reached it."""
+    return limit is not None and spent >= limit
+
+
+def counter_increase(values: list[float] | tuple[float, ...]) -> float:
+    """Increase of a monotonic counter over successive readings, counting resets.
+
+    Like Prometheus ``increase()`` without extrapolation: a reading below the previous one is a
+    restart of the counter from 0, so it adds its own value. Used for token accounting.
+    """
+    total = 0.0
+    previous: float | None = None
+    for v in values:
+        if previous is not None:
+            total += v - previous if v >= previous else v
+        previous = v
+    return total

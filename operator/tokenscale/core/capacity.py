@@ -1,0 +1,165 @@
+"""Capacity planning: demand forecast, replicas needed, tolerance, step limits, stabilization.
+
+Units: token rates in tokens/s, durations in seconds, replicas as counts.
+
+Demand (DESIGN.md step 2). The observed rate is the newest sample. The trend is a least-squares
+line through the samples of the last ``forecastWindowSeconds``; the forecast is that line's value
+``coldStartSeconds`` after now (never negative), i.e. the rate when a replica requested now would
+be ready. Fewer than two samples, or all at one instant, forecast the observed rate. Queued
+requests add ``queue × tokensPerRequest / drainSeconds`` tokens/s, with ``tokensPerRequest`` from
+the observation or :data:`DEFAULT_TOKENS_PER_REQUEST`, and ``drainSeconds =
+max(intervalSeconds, coldStartSeconds)``: new replicas cannot help sooner than they start, and
+the queue is re-evaluated every interval anyway. ``demand = max(observed, forecast) + drain``.
+
+Need (step 3). ``demand × (1 + headroom) / (tokensPerReplicaPerSecond × targetUtilization)``
+replicas, rounded up (with a 1e-9 slack against float noise), then clamped to
+``[minReplicas, maxReplicas]``.
+
+Behaviour (step 6), HPA-like:
+* Tolerance: when the unrounded need is within ``±tolerance`` of the current replicas (ratio
+  ``need / current``), the current count is kept (only if current is within [min, max]).
+* Scale-up is limited to ``max(current + 4, 2 × current)`` per interval (never below min).
+* Scale-down is stabilized: the target goes to the highest recommendation recorded within
+  ``scaleDownStabilizationSeconds`` (including this one), never below it. Recommendations are the
+  demand-driven counts after tolerance, before limits and budget.
+* A budget-forced scale-down is applied after these steps and is never delayed (planner).
+
+Recommendation memory is compacted losslessly: per target only a run with strictly falling
+replica counts over time is kept (an older entry not above a newer one can never again be the
+window maximum), then entries older than the window are dropped and at most ``limit`` per
+target are kept (the newest).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+
+from tokenscale.core.types import RecommendationEntry
+
+#: Tokens per queued request when the observation does not say (prompt + output, typical chat).
+DEFAULT_TOKENS_PER_REQUEST = 1000.0
+#: Scale-up step: at most this many replicas more, or doubling, whichever is larger.
+SCALE_UP_MIN_STEP = 4
+
+
+def trend_forecast(
+    samples: Sequence[tuple[datetime, float]],
+    now: datetime,
+    window_seconds: float,
+    horizon_seconds: float,
+) -> tuple[float, float]:
+    """``(observed, forecast)`` in tokens/s from ``(time, tokens/s)`` samples, oldest first.
+
+    ``observed`` is the newest sample; ``forecast`` the least-squares trend over the samples in
+    ``[now - window_seconds, now]`` evaluated ``horizon_seconds`` after now, at least 0.
+    """
+    if not samples:
+        return 0.0, 0.0
+    observed = max(0.0, samples[-1][1])
+    n = 0
+    sx = sy = sxx = sxy = 0.0
+    for t, y in samples:
+        x = (t - now).total_seconds()
+        if x < -window_seconds or x > 0:
+            continue
+        n += 1
+        sx += x
+        sy += y
+        sxx += x * x
+        sxy += x * y
+    if n < 2:
+        return observed, observed
+    denom = n * sxx - sx * sx
+    if denom <= 1e-9 * max(1.0, sxx):
+        return observed, observed
+    slope = (n * sxy - sx * sy) / denom
+    intercept = (sy - slope * sx) / n
+    return observed, max(0.0, intercept + slope * horizon_seconds)
+
+
+def queue_drain_rate(
+    queue_length: float, tokens_per_request: float | None, drain_seconds: float
+) -> float:
+    """Token rate (tokens/s) that drains ``queue_length`` waiting requests in ``drain_seconds``."""
+    if queue_length <= 0:
+        return 0.0
+    per_request = (
+        tokens_per_request
+        if tokens_per_request is not None and tokens_per_request > 0
+        else DEFAULT_TOKENS_PER_REQUEST
+    )
+    return queue_length * per_request / max(1.0, drain_seconds)
+
+
+def raw_need(
+    demand: float, headroom: float, tokens_per_replica: float, utilization: float
+) -> float:
+    """Unrounded replicas for ``demand`` tokens/s: ``demand·(1+headroom)/(capacity·util)``."""
+    return max(0.0, demand) * (1.0 + headroom) / (tokens_per_replica * utilization)
+
+
+def round_need(raw: float) -> int:
+    """Replicas for an unrounded need (ceil, ignoring float noise below 1e-9)."""
+    return max(0, math.ceil(raw - 1e-9))
+
+
+def clamp(value: int, low: int, high: int) -> int:
+    """``value`` within ``[low, high]``."""
+    return low if value < low else high if value > high else value
+
+
+def within_tolerance(raw: float, current: int, tolerance: float) -> bool:
+    """True when ``raw / current`` is within ``1 ± tolerance`` (never for ``current == 0``)."""
+    if current <= 0:
+        return False
+    return abs(raw / current - 1.0) <= tolerance
+
+
+def scale_up_limit(current: int) -> int:
+    """Most replicas reachable from ``current`` in one interval: ``max(current+4, 2·current)``."""
+    return max(current + SCALE_UP_MIN_STEP, 2 * current)
+
+
+def stabilized_recommendation(
+    history: Iterable[RecommendationEntry],
+    target: str,
+    now: datetime,
+    window_seconds: float,
+    recommendation: int,
+) -> int:
+    """Highest recommendation for ``target`` in ``[now - window, now]``, this one included."""
+    best = recommendation
+    if window_seconds <= 0:
+        return best
+    oldest = now - timedelta(seconds=window_seconds)
+    for entry in history:
+        if entry.target == target and oldest <= entry.time <= now and entry.replicas > best:
+            best = entry.replicas
+    return best
+
+
+def compact_recommendations(
+    entries: Iterable[RecommendationEntry],
+    now: datetime,
+    window_seconds: float,
+    limit: int,
+) -> list[RecommendationEntry]:
+    """One target's entries (any order) reduced to what future windows can still need.
+
+    Keeps entries in ``[now - window, now]`` whose replicas exceed every newer entry's, oldest
+    first, at most ``limit`` (the newest).
+    """
+    oldest = now - timedelta(seconds=window_seconds)
+    live = sorted(
+        (e for e in entries if oldest <= e.time <= now), key=lambda e: e.time, reverse=True
+    )
+    kept: list[RecommendationEntry] = []
+    highest = -1
+    for e in live:  # newest first
+        if e.replicas > highest:
+            kept.append(e)
+            highest = e.replicas
+    kept.reverse()
+    return kept[-limit:] if limit > 0 else []
