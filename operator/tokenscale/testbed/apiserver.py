@@ -114,7 +114,7 @@ class RequestRecord:
     status: int
 
 
-@dataclass
+@dataclass(eq=False)
 class _Watcher:
     queue: asyncio.Queue[tuple[str, Obj] | None]
     match: Callable[[Obj], bool]
