@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokenscale", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("crd", help="print the TokenBudget CRD (YAML)").set_defaults(func=_crd)
-    sub.add_parser("run", help="run the operator").set_defaults(func=_not_yet("run"))
+    sub.add_parser("run", help="run the operator (settings: TOKENSCALE_* env)").set_defaults(
+        func=lambda args: __import__("tokenscale.runner").runner.run())
     sub.add_parser("backtest", help="replay traces").set_defaults(func=_not_yet("backtest"))
     sub.add_parser("demo", help="local demo").set_defaults(func=_not_yet("demo"))
     return parser
