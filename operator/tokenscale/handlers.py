@@ -18,7 +18,13 @@ from tokenscale.reconcile import Reconciler
 
 
 def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
-    """Register the TokenBudget handlers on ``registry``."""
+    """Register the TokenBudget handlers (and the API login) on ``registry``."""
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        """Credentials as the kubernetes client finds them (in-cluster, else kubeconfig)."""
+        info: kopf.ConnectionInfo | None = kopf.login_via_client(**kwargs)
+        return info
 
     @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL, registry=registry)
     async def tokenbudget_event(
