@@ -13,8 +13,10 @@ Allocation (DESIGN.md "The decision", step 5): when the replicas the targets nee
 the affordable cost rate (currency/h) or token rate (tokens/s), every target starts at its
 floor (``minReplicas``, which the budget never breaks) and replicas are added one at a time
 where the marginal value is highest, up to each target's cap (its need), while they fit. A
-replica that does not fit is skipped and cheaper replicas of other targets may still be
-added, so the rate is used as fully as whole replicas allow. Ties go to the target listed first.
+allocation stops at the first replica (in falling value) that does not fit: replicas are
+never traded for cheaper, less valuable ones, so every target's count only grows with the
+budget (more budget never yields fewer replicas; up to one replica's price of the rate may
+stay unused). Ties go to the target listed first.
 
 The continuous optimum of ``max Σ w_i·b_i·ln(x_i)`` subject to ``Σ c_i·x_i = R`` is
 ``x_i = (w_i·b_i / c_i) · R / Σ_j w_j·b_j``, i.e. ``x_i ∝ w_i·b_i / c_i``; the greedy result
@@ -147,7 +149,8 @@ def allocate(
     Every item gets at least its floor (even when the floors alone exceed the rates) and at
     most its cap. When all caps fit both rates the caps are returned unchanged. Otherwise
     replicas are added one at a time to the item with the highest marginal value (ties: the
-    earlier item) while they fit; an item whose next replica does not fit stops growing.
+    earlier item) until the most valuable next replica does not fit. Each item's count is
+    non-decreasing in both rates.
     """
     total_cost = 0.0
     total_tokens = 0.0
@@ -180,7 +183,7 @@ def allocate(
         if it.cost_per_hour > cost_left + eps * max(1.0, abs(cost_rate)) or (
             it.tokens_per_second > tokens_left + eps * max(1.0, abs(token_rate))
         ):
-            continue  # this target's next replica does not fit; others may
+            break  # the most valuable next replica does not fit: the rate is used
         counts[i] += 1
         cost_left -= it.cost_per_hour
         tokens_left -= it.tokens_per_second
