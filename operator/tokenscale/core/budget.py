@@ -6,7 +6,8 @@ times tz-aware ``datetime`` (returned in UTC).
 Periods (``budget.period``) are calendar periods in ``budget.timeZone``: ``Hour`` starts at the
 local full hour and lasts 3600 s; ``Day`` runs from local midnight to the next local midnight
 (23 or 25 h on DST change days); ``Week`` from Monday 00:00 local; ``Month`` from the 1st 00:00
-local. A local midnight that does not exist (DST gap at 00:00) maps to the instant of the gap.
+local. A local midnight that does not exist (DST gap at 00:00) maps to the instant of the gap;
+an ambiguous one (clocks back at 00:00) to its second occurrence, when the old date really ends.
 
 Price multipliers (``pricing.schedule``): the first window whose weekday and local
 ``[start, end)`` clock range contain the instant wins, otherwise 1. Windows are read in the
@@ -44,7 +45,12 @@ def _zone(name: str) -> tzinfo:
 
 
 def _local_midnight(year: int, month: int, day: int, zone: tzinfo) -> datetime:
-    return datetime(year, month, day, tzinfo=zone).astimezone(UTC)
+    """The instant (UTC) local ``day`` begins: the later reading of an ambiguous midnight
+    (the previous date only ends after the repeated hour), and the instant of the gap for a
+    midnight that does not exist."""
+    first = datetime(year, month, day, tzinfo=zone).astimezone(UTC)
+    second = datetime(year, month, day, fold=1, tzinfo=zone).astimezone(UTC)
+    return max(first, second)
 
 
 def _compute_period(period: str, zone: tzinfo, now: datetime) -> tuple[datetime, datetime]:
@@ -63,9 +69,6 @@ def _compute_period(period: str, zone: tzinfo, now: datetime) -> tuple[datetime,
         following = (first + timedelta(days=32)).replace(day=1)
     start = _local_midnight(first.year, first.month, first.day, zone)
     end = _local_midnight(following.year, following.month, following.day, zone)
-    if end <= now:  # an ambiguous local midnight resolved to its first occurrence
-        end = datetime(following.year, following.month, following.day, fold=1, tzinfo=zone)
-        end = end.astimezone(UTC)
     return min(start, now), max(end, now + timedelta(microseconds=1))
 
 
