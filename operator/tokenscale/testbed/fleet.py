@@ -1,0 +1,556 @@
+"""A simulated vLLM fleet: the Deployment controller for model workloads plus their metrics.
+
+For every :class:`ModelConfig` the fleet
+
+- acts as the Deployment (or StatefulSet) controller against the API emulator: it watches the
+  workload's ``spec.replicas``, creates Pods named like a ReplicaSet's
+  (``<deploy>-<10 char hash>-<5 char suffix>``, StatefulSets ``<name>-<ordinal>``), marks them
+  Ready after ``cold_start_seconds`` and writes ``status.replicas/readyReplicas/
+  availableReplicas`` back;
+- serves vLLM-style metrics for the ready pods on one ``/metrics`` endpoint (Prometheus text
+  format, labels ``namespace``, ``pod``, ``model_name``): counters
+  ``vllm:prompt_tokens_total``, ``vllm:generation_tokens_total``, ``vllm:request_success_total``
+  and gauges ``vllm:num_requests_waiting``, ``vllm:num_requests_running``
+  (``underscore_names=True`` writes ``vllm_…``, the prometheus-client >= 0.23 spelling);
+- queues work FIFO: served tokens/s = min(demand + backlog, ready replicas × capacity), split
+  evenly across the ready pods; the rest waits in the backlog.
+
+Time compression: ``speedup`` compresses the *time axis* (demand curve, cold starts), not the
+rates: ``demand(t)`` is in tokens per real second at simulated time ``t`` seconds, so
+Prometheus' ``rate()`` over the counters equals the demand the curve says. A day-shaped curve
+plays in 24 h / speedup. Tokens are totals (prompt + generation), split by ``prompt_fraction``.
+
+Runs in-process (``async with Fleet(...)``, or :class:`FleetThread`) and standalone:
+``python -m tokenscale.testbed.fleet --config fleet.json`` (see :func:`load_config`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import json
+import logging
+import math
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self
+
+import aiohttp
+import yaml
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+Demand = Callable[[float], float]
+_SAFE = "bcdfghjklmnpqrstvwxz2456789"  # Kubernetes' rand.SafeEncodeString alphabet
+
+
+@dataclass
+class ModelConfig:
+    """One model workload.
+
+    ``demand(t)``: offered tokens/s (prompt + generation) at simulated second ``t`` since the
+    fleet started; ``tokens_per_request`` converts tokens into requests for the request
+    counters and gauges; ``max_num_seqs`` bounds ``num_requests_running`` per pod.
+    """
+
+    namespace: str
+    name: str
+    tokens_per_replica_per_second: float
+    cold_start_seconds: float
+    demand: Demand
+    tokens_per_request: float = 1000.0
+    prompt_fraction: float = 0.5
+    model_name: str | None = None
+    kind: str = "Deployment"
+    max_num_seqs: int = 256
+
+
+@dataclass
+class Pod:
+    """A simulated vLLM pod with its own counters (they vanish with the pod, as in vLLM)."""
+
+    name: str
+    created_at: float  # simulated seconds
+    ready_at: float
+    ready: bool = False
+    announced: bool = False  # Ready written to the API
+    prompt_tokens: float = 0.0
+    generation_tokens: float = 0.0
+    requests: float = 0.0
+    waiting: float = 0.0
+    running: float = 0.0
+
+
+@dataclass
+class ModelState:
+    """Controller and queue state of one model."""
+
+    config: ModelConfig
+    desired: int | None = None  # spec.replicas; None until the workload is seen
+    generation: int = 0
+    pods: list[Pod] = field(default_factory=list)
+    backlog: float = 0.0  # tokens waiting
+    served_rate: float = 0.0  # tokens/s served in the last step
+    demand_rate: float = 0.0  # tokens/s offered in the last step
+    served_total: float = 0.0
+    offered_total: float = 0.0
+    pod_hash: str = ""
+    selector: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    reported: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> list[Pod]:
+        return [p for p in self.pods if p.ready]
+
+
+class SimClock:
+    """Simulated seconds since start: ``(monotonic - t0) × speedup``."""
+
+    def __init__(self, speedup: float = 1.0) -> None:
+        self.speedup = speedup
+        self._t0 = time.monotonic()
+
+    def now(self) -> float:
+        return (time.monotonic() - self._t0) * self.speedup
+
+
+def step(state: ModelState, t: float, dt_real: float) -> None:
+    """Advance one model by ``dt_real`` real seconds ending at simulated time ``t``.
+
+    Pure bookkeeping (no I/O): readiness, FIFO queue, per-pod counters and gauges.
+    """
+    cfg = state.config
+    for pod in state.pods:
+        pod.ready = pod.ready or t >= pod.ready_at
+    ready = state.ready
+    offered = max(0.0, cfg.demand(t)) * dt_real
+    capacity = len(ready) * cfg.tokens_per_replica_per_second * dt_real
+    served = min(state.backlog + offered, capacity)
+    state.backlog = state.backlog + offered - served
+    state.served_rate = served / dt_real if dt_real > 0 else 0.0
+    state.demand_rate = offered / dt_real if dt_real > 0 else 0.0
+    state.served_total += served
+    state.offered_total += offered
+    if not ready:
+        return
+    share = served / len(ready)
+    utilisation = served / capacity if capacity > 0 else 0.0
+    for pod in ready:
+        pod.prompt_tokens += share * cfg.prompt_fraction
+        pod.generation_tokens += share * (1.0 - cfg.prompt_fraction)
+        pod.requests += share / cfg.tokens_per_request
+        pod.waiting = state.backlog / cfg.tokens_per_request / len(ready)
+        pod.running = round(utilisation * cfg.max_num_seqs)
+
+
+def pod_template_hash(template: Any) -> str:
+    """A stable 10-character hash of a pod template (like ``pod-template-hash``)."""
+    digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).digest()
+    return "".join(_SAFE[b % len(_SAFE)] for b in digest[:10])
+
+
+def _suffix() -> str:
+    return "".join(secrets.choice(_SAFE) for _ in range(5))
+
+
+def render_metrics(states: Sequence[ModelState], underscore_names: bool = False) -> str:
+    """The Prometheus text exposition of all ready pods."""
+    sep = "_" if underscore_names else ":"
+    families: list[tuple[str, str, str, Callable[[Pod], float]]] = [
+        ("prompt_tokens_total", "counter", "Number of prefill tokens processed.",
+         lambda p: p.prompt_tokens),
+        ("generation_tokens_total", "counter", "Number of generation tokens processed.",
+         lambda p: p.generation_tokens),
+        ("request_success_total", "counter", "Count of successfully processed requests.",
+         lambda p: p.requests),
+        ("num_requests_waiting", "gauge", "Number of requests waiting to be processed.",
+         lambda p: p.waiting),
+        ("num_requests_running", "gauge", "Number of requests currently running.",
+         lambda p: p.running),
+    ]
+    lines: list[str] = []
+    for suffix, kind, help_text, value in families:
+        name = f"vllm{sep}{suffix}"
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        for state in states:
+            cfg = state.config
+            model = (cfg.model_name or cfg.name).replace("\\", "\\\\").replace('"', '\\"')
+            for pod in state.ready:
+                labels = f'namespace="{cfg.namespace}",pod="{pod.name}",model_name="{model}"'
+                lines.append(f"{name}{{{labels}}} {value(pod):.6f}")
+    return "\n".join(lines) + "\n"
+
+
+class Fleet:
+    """The simulated fleet against the API at ``api_url``; metrics on ``metrics_port``.
+
+    ``async with Fleet(url, models, speedup=60) as fleet: fleet.metrics_target`` —
+    ``metrics_target`` (``127.0.0.1:<port>``) is what Prometheus scrapes.
+    """
+
+    def __init__(self, api_url: str, models: Sequence[ModelConfig], *, speedup: float = 1.0,
+                 metrics_host: str = "127.0.0.1", metrics_port: int = 0,
+                 underscore_names: bool = False, tick_seconds: float = 0.1,
+                 token: str | None = None) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.states = [ModelState(m) for m in models]
+        self.clock = SimClock(speedup)
+        self.metrics_host = metrics_host
+        self.metrics_port = metrics_port
+        self.underscore_names = underscore_names
+        self.tick_seconds = tick_seconds
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._changed = asyncio.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def metrics_target(self) -> str:
+        return f"{self.metrics_host}:{self.metrics_port}"
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(headers=self._headers)
+        app = web.Application()
+        app.router.add_get("/metrics", self._serve_metrics)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.metrics_host, self.metrics_port)
+        await site.start()
+        self.metrics_port = int(self._runner.addresses[0][1])
+        self.clock = SimClock(self.clock.speedup)
+        self._tasks = [asyncio.create_task(self._watch(s)) for s in self.states]
+        self._tasks.append(asyncio.create_task(self._run()))
+        log.info("fleet metrics on http://%s/metrics", self.metrics_target)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------------ queries for tests
+
+    def state(self, namespace: str, name: str) -> ModelState:
+        for s in self.states:
+            if (s.config.namespace, s.config.name) == (namespace, name):
+                return s
+        raise KeyError(f"{namespace}/{name}")
+
+    # ------------------------------------------------------------------ metrics
+
+    async def _serve_metrics(self, request: web.Request) -> web.Response:
+        body = render_metrics(self.states, self.underscore_names)
+        return web.Response(text=body, content_type="text/plain", charset="utf-8",
+                            headers={"X-Content-Type-Version": "0.0.4"})
+
+    # ------------------------------------------------------------------ controller
+
+    def _workloads_url(self, cfg: ModelConfig) -> str:
+        plural = "statefulsets" if cfg.kind == "StatefulSet" else "deployments"
+        return f"{self.api_url}/apis/apps/v1/namespaces/{cfg.namespace}/{plural}"
+
+    def _workload_url(self, cfg: ModelConfig, subresource: str = "") -> str:
+        return f"{self._workloads_url(cfg)}/{cfg.name}/{subresource}".rstrip("/")
+
+    async def _watch(self, state: ModelState) -> None:
+        """Follow the workload's spec.replicas through a watch (relist on 410 or errors)."""
+        cfg = state.config
+        assert self._session is not None
+        rv = ""
+        while True:
+            params = {"watch": "true", "fieldSelector": f"metadata.name={cfg.name}",
+                      "timeoutSeconds": "30", "resourceVersion": rv}
+            try:
+                async with self._session.get(self._workloads_url(cfg), params=params,
+                                             timeout=aiohttp.ClientTimeout(total=40)) as rsp:
+                    rsp.raise_for_status()
+                    async for line in rsp.content:
+                        if not line.strip():
+                            continue
+                        event = json.loads(line)
+                        if event["type"] == "ERROR":
+                            rv = ""
+                            break
+                        obj = event["object"]
+                        rv = obj["metadata"]["resourceVersion"]
+                        if event["type"] == "DELETED":
+                            state.desired = 0
+                        else:
+                            self._observe(state, obj)
+                        self._changed.set()
+            except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+                log.debug("fleet watch of %s/%s: %r", cfg.namespace, cfg.name, e)
+                rv = ""
+                await asyncio.sleep(0.2)
+
+    def _observe(self, state: ModelState, obj: dict[str, Any]) -> None:
+        spec = obj.get("spec") or {}
+        state.desired = int(spec.get("replicas", 1))
+        state.generation = int(obj["metadata"].get("generation", 0))
+        template = spec.get("template") or {}
+        state.pod_hash = pod_template_hash(template)
+        state.labels = dict((template.get("metadata") or {}).get("labels") or {})
+        state.selector = dict((spec.get("selector") or {}).get("matchLabels") or {})
+
+    async def _run(self) -> None:
+        last = time.monotonic()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout=self.tick_seconds)
+            self._changed.clear()
+            now = time.monotonic()
+            dt_real, last = now - last, now
+            t = self.clock.now()
+            for state in self.states:
+                was_ready = len(state.ready)
+                await self._reconcile_pods(state, t)
+                step(state, t, dt_real)
+                if len(state.ready) != was_ready:
+                    await self._mark_ready(state)
+                await self._report(state)
+
+    async def _reconcile_pods(self, state: ModelState, t: float) -> None:
+        cfg = state.config
+        if state.desired is None:
+            return
+        while len(state.pods) < state.desired:
+            if cfg.kind == "StatefulSet":
+                name = f"{cfg.name}-{len(state.pods)}"
+            else:
+                name = f"{cfg.name}-{state.pod_hash}-{_suffix()}"
+            pod = Pod(name, t, t + cfg.cold_start_seconds)
+            state.pods.append(pod)
+            await self._create_pod(state, pod)
+        while len(state.pods) > state.desired:
+            # a ReplicaSet deletes not-ready pods first, then the youngest
+            victim = sorted(state.pods, key=lambda p: (p.ready, -p.created_at))[0]
+            if cfg.kind == "StatefulSet":
+                victim = state.pods[-1]
+            state.pods.remove(victim)
+            await self._api("DELETE", self._pod_url(cfg, victim.name))
+
+    def _pod_url(self, cfg: ModelConfig, name: str = "") -> str:
+        return f"{self.api_url}/api/v1/namespaces/{cfg.namespace}/pods/{name}".rstrip("/")
+
+    async def _create_pod(self, state: ModelState, pod: Pod) -> None:
+        cfg = state.config
+        labels = {**state.labels, **state.selector}
+        if cfg.kind == "Deployment":
+            labels["pod-template-hash"] = state.pod_hash
+        body = {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": pod.name, "namespace": cfg.namespace, "labels": labels},
+                "spec": {"containers": [{"name": "vllm", "image": "vllm/vllm-openai"}]},
+                "status": {"phase": "Pending"}}
+        await self._api("POST", self._pod_url(cfg), body)
+
+    async def _mark_ready(self, state: ModelState) -> None:
+        for pod in state.ready:
+            if pod.announced:
+                continue
+            pod.announced = True
+            patch = {"status": {"phase": "Running", "conditions": [
+                {"type": "Ready", "status": "True"}]}}
+            await self._api("PATCH", self._pod_url(state.config, pod.name) + "/status", patch)
+
+    async def _report(self, state: ModelState) -> None:
+        if state.desired is None:
+            return
+        ready = len(state.ready)
+        status = {"replicas": len(state.pods), "readyReplicas": ready,
+                  "availableReplicas": ready, "updatedReplicas": len(state.pods),
+                  "observedGeneration": state.generation}
+        if status != state.reported:
+            ok = await self._api("PATCH", self._workload_url(state.config, "status"),
+                                 {"status": status})
+            if ok:
+                state.reported = status
+
+    async def _api(self, method: str, url: str, body: Any = None) -> bool:
+        assert self._session is not None
+        headers = {"Content-Type": "application/merge-patch+json"} if method == "PATCH" else {}
+        try:
+            async with self._session.request(method, url, json=body, headers=headers) as rsp:
+                if rsp.status >= 400 and not (method == "DELETE" and rsp.status == 404):
+                    log.debug("fleet %s %s -> %s", method, url, rsp.status)
+                    return False
+                return True
+        except aiohttp.ClientError as e:
+            log.debug("fleet %s %s: %r", method, url, e)
+            return False
+
+
+class FleetThread:
+    """A :class:`Fleet` on its own event loop in a daemon thread: ``with FleetThread(...)``."""
+
+    def __init__(self, api_url: str, models: Sequence[ModelConfig], **kwargs: Any) -> None:
+        self._args = (api_url, models, kwargs)
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vllm-fleet", daemon=True)
+        self.fleet: Fleet | None = None
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        api_url, models, kwargs = self._args
+        self.fleet = Fleet(api_url, models, **kwargs)
+        self._loop.run_until_complete(self.fleet.start())
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(self.fleet.stop())
+        self._loop.close()
+
+    def start(self, timeout: float = 10.0) -> Fleet:
+        self._thread.start()
+        if not self._ready.wait(timeout) or self.fleet is None:
+            raise TimeoutError("the fleet did not start")
+        return self.fleet
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout)
+
+    def __enter__(self) -> Fleet:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# ---------------------------------------------------------------------- demand shapes
+
+
+def constant(rate: float) -> Demand:
+    """``rate`` tokens/s forever."""
+    return lambda t: rate
+
+
+def steps(points: Sequence[tuple[float, float]]) -> Demand:
+    """Piecewise constant: ``[(t0, rate0), (t1, rate1), ...]`` (rate_i from t_i on)."""
+    ordered = sorted(points)
+
+    def demand(t: float) -> float:
+        rate = 0.0
+        for start, value in ordered:
+            if t >= start:
+                rate = value
+        return rate
+    return demand
+
+
+def series(points: Sequence[tuple[float, float]]) -> Demand:
+    """Linear interpolation between ``(t, rate)`` points; constant outside them."""
+    ordered = sorted(points)
+
+    def demand(t: float) -> float:
+        if not ordered:
+            return 0.0
+        if t <= ordered[0][0]:
+            return ordered[0][1]
+        for (t0, r0), (t1, r1) in itertools.pairwise(ordered):
+            if t <= t1:
+                return r0 + (r1 - r0) * (t - t0) / (t1 - t0) if t1 > t0 else r1
+        return ordered[-1][1]
+    return demand
+
+
+def diurnal(base: float, peak: float, period_seconds: float = 86_400.0,
+            peak_at_seconds: float = 50_400.0) -> Demand:
+    """A day-shaped cosine between ``base`` and ``peak`` tokens/s, highest at ``peak_at``."""
+    def demand(t: float) -> float:
+        phase = 2 * math.pi * (t - peak_at_seconds) / period_seconds
+        return base + (peak - base) * (1 + math.cos(phase)) / 2
+    return demand
+
+
+def demand_from_config(raw: dict[str, Any]) -> Demand:
+    """``{"type": "constant"|"steps"|"series"|"diurnal", ...}`` as in the fleet config file."""
+    kind = raw.get("type", "constant")
+    if kind == "constant":
+        return constant(float(raw["rate"]))
+    if kind == "steps":
+        return steps([(float(t), float(r)) for t, r in raw["points"]])
+    if kind == "series":
+        return series([(float(t), float(r)) for t, r in raw["points"]])
+    if kind == "diurnal":
+        return diurnal(float(raw["base"]), float(raw["peak"]),
+                       float(raw.get("periodSeconds", 86_400)),
+                       float(raw.get("peakAtSeconds", 50_400)))
+    raise ValueError(f"unknown demand type {kind!r}")
+
+
+def load_config(path: str | Path) -> tuple[str, list[ModelConfig], dict[str, Any]]:
+    """Read a fleet config (JSON or YAML)::
+
+        {"apiUrl": "http://127.0.0.1:6443",        # or "kubeconfig": "path"
+         "speedup": 60, "metricsPort": 9400, "underscoreNames": false,
+         "models": [{"namespace": "inference", "name": "llama-8b",
+                     "tokensPerReplicaPerSecond": 3000, "coldStartSeconds": 90,
+                     "tokensPerRequest": 1000, "promptFraction": 0.5,
+                     "demand": {"type": "diurnal", "base": 2000, "peak": 20000}}]}
+    """
+    raw = yaml.safe_load(Path(path).read_text())
+    api_url = raw.get("apiUrl")
+    if not api_url and raw.get("kubeconfig"):
+        kube = yaml.safe_load(Path(raw["kubeconfig"]).read_text())
+        api_url = kube["clusters"][0]["cluster"]["server"]
+    models = [ModelConfig(
+        namespace=m["namespace"], name=m["name"],
+        tokens_per_replica_per_second=float(m["tokensPerReplicaPerSecond"]),
+        cold_start_seconds=float(m.get("coldStartSeconds", 0)),
+        demand=demand_from_config(m.get("demand", {"type": "constant", "rate": 0})),
+        tokens_per_request=float(m.get("tokensPerRequest", 1000)),
+        prompt_fraction=float(m.get("promptFraction", 0.5)),
+        model_name=m.get("modelName"), kind=m.get("kind", "Deployment"),
+    ) for m in raw["models"]]
+    options = {"speedup": float(raw.get("speedup", 1.0)),
+               "metrics_port": int(raw.get("metricsPort", 0)),
+               "underscore_names": bool(raw.get("underscoreNames", False))}
+    return str(api_url), models, options
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tokenscale.testbed.fleet --config fleet.json``: run until interrupted."""
+    parser = argparse.ArgumentParser(description="simulated vLLM fleet")
+    parser.add_argument("--config", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    api_url, models, options = load_config(args.config)
+
+    async def run() -> None:
+        async with Fleet(api_url, models, **options) as fleet:
+            print(f"http://{fleet.metrics_target}/metrics", flush=True)
+            await asyncio.Event().wait()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Shared fixtures of the test stack: API emulator, kubeconfig, kubectl, Prometheus, fleet."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tokenscale.crd import crd
+from tokenscale.testbed.apiserver import ApiServer, ApiServerThread, write_kubeconfig
+from tokenscale.testbed.kubectl import Kubectl
+from tokenscale.testbed.prometheus import PrometheusServer
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def apiserver() -> Iterator[ApiServerThread]:
+    """An emulator in a thread with the TokenBudget CRD and namespaces default + inference."""
+    with ApiServerThread(crds=[crd()], namespaces=["default", "inference"]) as srv:
+        yield srv
+
+
+@pytest.fixture
+def emulator(apiserver: ApiServerThread) -> ApiServer:
+    """The ApiServer object of :func:`apiserver` (its hooks: faults, counters, objects)."""
+    assert apiserver.server is not None
+    return apiserver.server
+
+
+@pytest.fixture
+def kubeconfig(apiserver: ApiServerThread, tmp_path: Path) -> Path:
+    return write_kubeconfig(tmp_path / "kubeconfig", apiserver.url)
+
+
+@pytest.fixture
+def kubectl(kubeconfig: Path, tmp_path: Path) -> Kubectl:
+    return Kubectl(kubeconfig, cache_dir=tmp_path / "kubectl-cache")
+
+
+@pytest.fixture
+def prometheus_factory() -> Iterator[Callable[..., PrometheusServer]]:
+    """``prometheus_factory(targets=[...], scrape_interval=1.0)`` -> a started server."""
+    started: list[PrometheusServer] = []
+
+    def start(**kwargs: Any) -> PrometheusServer:
+        server = PrometheusServer(**kwargs)
+        server.start()
+        started.append(server)
+        return server
+    yield start
+    for server in started:
+        server.stop()
