@@ -17,6 +17,6 @@ RUN pip install --no-cache-dir --no-index --find-links=/wheels tokenscale \
     && groupadd --gid 10001 tokenscale \
     && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin tokenscale
 USER 10001:10001
-EXPOSE 8080 9102
+EXPOSE 8080 8081
 ENTRYPOINT ["tokenscale"]
 CMD ["run"]
