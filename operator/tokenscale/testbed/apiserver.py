@@ -594,10 +594,6 @@ class ApiServer:
             new_types = types_from_crd(crd)
         except (KeyError, TypeError) as e:
             raise ApiError(422, f"CustomResourceDefinition is invalid: missing {e}") from e
-        for rtype in new_types:
-            if rtype.schema is not None:
-                for rule in validation.unsupported_rules(rtype.schema):
-                    log.warning("CEL rule not enforced by the emulator: %s", rule)
         if dry_run:
             return crd
         for key in [k for k, t in self._types.items() if t.from_crd == crd["metadata"]["name"]]:
