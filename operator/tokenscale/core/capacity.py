@@ -114,7 +114,7 @@ def within_tolerance(raw: float, current: int, tolerance: float) -> bool:
     """True when ``raw / current`` is within ``1 ± tolerance`` (never for ``current == 0``)."""
     if current <= 0:
         return False
-    return abs(raw / current - 1.0) <= tolerance
+    return abs(raw / current - 1.0) <= tolerance + 1e-9
 
 
 def scale_up_limit(current: int) -> int:

@@ -1,0 +1,98 @@
+"""Capacity planning: forecast, queue drain, need, tolerance, limits, stabilization memory."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from core_world import NOW, flat, ramp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokenscale.core.capacity import (
+    DEFAULT_TOKENS_PER_REQUEST,
+    compact_recommendations,
+    queue_drain_rate,
+    raw_need,
+    round_need,
+    scale_up_limit,
+    stabilized_recommendation,
+    trend_forecast,
+    within_tolerance,
+)
+from tokenscale.core.types import RecommendationEntry
+
+
+@pytest.mark.parametrize(("samples", "horizon", "observed", "forecast"), [
+    ((), 90, 0, 0),
+    (((NOW, 1200.0),), 90, 1200, 1200),
+    (flat(800), 90, 800, 800),
+    (ramp(1000, 2000), 0, 2000, 2000),
+    (ramp(1000, 2000), 300, 2000, 2500),
+    (ramp(2000, 1000), 600, 1000, 0),  # falling: never below zero
+    (((NOW, 5.0), (NOW, 7.0)), 60, 7, 7),  # all at one instant: no trend
+], ids=["none", "single", "flat", "ramp-now", "ramp-ahead", "falling-floor", "one-instant"])
+def test_trend_forecast(samples: tuple, horizon: float, observed: float,  # type: ignore[type-arg]
+                        forecast: float) -> None:
+    got = trend_forecast(samples, NOW, 600, horizon)
+    assert got == (pytest.approx(observed), pytest.approx(forecast, abs=1e-6))
+
+
+def test_queue_drain() -> None:
+    assert queue_drain_rate(0, 500, 30) == 0
+    assert queue_drain_rate(30, 500, 30) == pytest.approx(500)
+    assert queue_drain_rate(30, None, 60) == pytest.approx(30 * DEFAULT_TOKENS_PER_REQUEST / 60)
+    assert queue_drain_rate(10, 100, 0) == pytest.approx(1000)  # at least one second
+
+
+@pytest.mark.parametrize(("demand", "headroom", "per_replica", "util", "replicas"), [
+    (0, 0.1, 3000, 0.8, 0),
+    (2400, 0, 3000, 0.8, 1),
+    (2401, 0, 3000, 0.8, 2),
+    (3 * 0.8 * 3000, 0, 3000, 0.8, 3),  # exact multiple, despite float noise
+    (1000, 0.5, 1000, 1.0, 2),
+], ids=["zero", "exact-one", "just-over", "float-noise", "headroom"])
+def test_need(demand: float, headroom: float, per_replica: float, util: float,
+              replicas: int) -> None:
+    assert round_need(raw_need(demand, headroom, per_replica, util)) == replicas
+
+
+def test_tolerance_and_step_limits() -> None:
+    assert within_tolerance(4.6, 5, 0.1) and within_tolerance(5.5, 5, 0.1)
+    assert not within_tolerance(5.6, 5, 0.1) and not within_tolerance(0.0, 0, 0.5)
+    assert [scale_up_limit(n) for n in (0, 1, 4, 5, 100)] == [4, 5, 8, 10, 200]
+
+
+def _entry(ago: int, replicas: int, target: str = "a") -> RecommendationEntry:
+    return RecommendationEntry(target, NOW - timedelta(seconds=ago), replicas)
+
+
+def test_stabilized_recommendation_takes_window_maximum() -> None:
+    history = [_entry(400, 9), _entry(200, 6), _entry(100, 4), _entry(50, 8, "b")]
+    assert stabilized_recommendation(history, "a", NOW, 300, 3) == 6
+    assert stabilized_recommendation(history, "a", NOW, 300, 7) == 7
+    assert stabilized_recommendation(history, "a", NOW, 0, 3) == 3
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(st.integers(0, 20), min_size=1, max_size=40),
+    window=st.integers(0, 600),
+    later=st.lists(st.integers(0, 900), min_size=1, max_size=5),
+)
+def test_compaction_never_changes_a_future_window_maximum(
+    values: list[int], window: int, later: list[int]
+) -> None:
+    entries = [_entry(15 * (len(values) - 1 - i), v) for i, v in enumerate(values)]
+    kept = compact_recommendations(entries, NOW, window, limit=10_000)
+    assert kept == sorted(kept, key=lambda e: e.time)
+    for delay in later:
+        t = NOW + timedelta(seconds=delay)
+        assert stabilized_recommendation(kept, "a", t, window, 0) == stabilized_recommendation(
+            entries, "a", t, window, 0)
+
+
+def test_compaction_bound_keeps_newest() -> None:
+    entries = [_entry(i, 100 + i) for i in range(50)]
+    kept = compact_recommendations(entries, NOW, 600, limit=5)
+    assert [e.replicas for e in kept] == [104, 103, 102, 101, 100]
