@@ -29,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("crd", help="print the TokenBudget CRD (YAML)").set_defaults(func=_crd)
     sub.add_parser("run", help="run the operator (settings: TOKENSCALE_* env)").set_defaults(
         func=lambda args: __import__("tokenscale.runner").runner.run())
-    sub.add_parser("backtest", help="replay traces").set_defaults(func=_not_yet("backtest"))
+    from tokenscale.backtest import add_arguments as add_backtest  # argparse only: cheap
+
+    add_backtest(sub.add_parser("backtest", help="replay traces: tokenscale vs hpa/static/oracle"))
     sub.add_parser("demo", help="local demo").set_defaults(func=_not_yet("demo"))
     return parser
 

@@ -202,7 +202,9 @@ class Trace:
         rates = self._window_work_rate(prefill_weight)
         return rates[self._window_index(n, step_s)].astype(np.float64)
 
-    def arrivals(self, step_s: float = 1.0, prefill_weight: float = 1.0, seed: int = 0) -> FloatArray:
+    def arrivals(
+        self, step_s: float = 1.0, prefill_weight: float = 1.0, seed: int = 0
+    ) -> FloatArray:
         """Work tokens arriving in each step; window traces get Poisson-synthesised requests."""
         n = self.steps(step_s)
         if self.kind == "requests":

@@ -1,0 +1,160 @@
+"""Backtest results as a table (text), a JSON document and the HPA frontier comparison.
+
+Units: cost in the budget's currency, GPU-hours in replica-hours, slo_attainment in [0, 1]
+(share of work tokens served within the SLO), budget_overrun ≥ 0 in currency (sum over budget
+periods of spend above maxCost), token_overrun in tokens (over maxTokens).
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from typing import Any
+
+from tokenscale.sim.engine import POLICIES, Backtest
+
+
+def frontier(points: list[dict[str, float]]) -> list[dict[str, float]]:
+    """The Pareto-efficient points (no other point is both cheaper and better), by attainment."""
+    ordered = sorted(points, key=lambda p: (-p["slo_attainment"], p["cost"]))
+    out: list[dict[str, float]] = []
+    best_cost = float("inf")
+    for p in ordered:  # from the best attainment down, keep points that are cheaper still
+        if p["cost"] < best_cost:
+            out.append(p)
+            best_cost = p["cost"]
+    return sorted(out, key=lambda p: p["slo_attainment"])
+
+
+def cost_at_attainment(points: list[dict[str, float]], attainment: float) -> tuple[float, str]:
+    """Frontier cost at ``attainment`` by linear interpolation, and how it was obtained:
+    ``interpolated``, ``beyond_frontier`` (better than every point: the best point's cost) or
+    ``below_frontier`` (worse than every point: the cheapest point's cost)."""
+    front = frontier(points)
+    if not front:
+        return float("nan"), "no_frontier"
+    if attainment >= front[-1]["slo_attainment"]:
+        exact = attainment == front[-1]["slo_attainment"]
+        return front[-1]["cost"], "interpolated" if exact else "beyond_frontier"
+    if attainment < front[0]["slo_attainment"]:
+        return front[0]["cost"], "below_frontier"
+    for lo, hi in pairwise(front):
+        if lo["slo_attainment"] <= attainment <= hi["slo_attainment"]:
+            span = hi["slo_attainment"] - lo["slo_attainment"]
+            w = 0.0 if span <= 0 else (attainment - lo["slo_attainment"]) / span
+            return lo["cost"] + w * (hi["cost"] - lo["cost"]), "interpolated"
+    return front[-1]["cost"], "beyond_frontier"  # pragma: no cover - covered by the ifs above
+
+
+def _round(d: dict[str, float]) -> dict[str, Any]:
+    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in d.items()}
+
+
+def to_json(bt: Backtest, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The result document (see the ``tokenscale backtest --json`` contract)."""
+    policies = {p: _round(bt.policy_summary(bt.runs[p])) for p in POLICIES}
+    hpa_frontier = []
+    for u, runs in sorted(bt.sweep.items()):
+        s = bt.policy_summary(runs)
+        hpa_frontier.append({
+            "target_utilization": u,
+            "cost": round(s["cost"], 6),
+            "gpu_hours": round(s["gpu_hours"], 6),
+            "slo_attainment": round(s["slo_attainment"], 6),
+        })
+    ts = policies["tokenscale"]
+    ref, how = cost_at_attainment(hpa_frontier, ts["slo_attainment"])
+    oracle_cost = policies["oracle"]["cost"]
+    targets: dict[str, Any] = {}
+    for i, t in enumerate(bt.targets):
+        targets[t.name] = {
+            p: _round(bt.target_summary(bt.runs[p][t.name], i)) for p in POLICIES
+        }
+    doc: dict[str, Any] = {
+        "policies": policies,
+        "hpa_frontier": hpa_frontier,
+        "cost_ratio_vs_hpa_at_equal_slo": round(ts["cost"] / ref, 6) if ref > 0 else None,
+        "hpa_frontier_cost_at_tokenscale_slo": round(ref, 6),
+        "hpa_frontier_comparison": how,
+        "cost_ratio_vs_oracle": round(ts["cost"] / oracle_cost, 6) if oracle_cost > 0 else None,
+        "targets": targets,
+        "currency": bt.spec.budget.currency,
+        "budget": {
+            "period": bt.spec.budget.period,
+            "time_zone": bt.spec.budget.time_zone,
+            "max_cost": bt.spec.budget.max_cost,
+            "max_tokens": bt.spec.budget.max_tokens,
+            "periods": len(bt.period_starts),
+        },
+        "settings": {
+            "slo_seconds": bt.settings.slo_s,
+            "scrape_seconds": bt.settings.scrape_s,
+            "rate_window_seconds": bt.settings.rate_window_s,
+            "prefill_weight": bt.settings.prefill_weight,
+            "seed": bt.settings.seed,
+            "start": bt.settings.start.isoformat(),
+            "simulated_seconds": bt.horizon,
+            "trace_seconds": bt.trace_seconds,
+        },
+        "tokenscale_reasons": {
+            f"{target}/{reason}": n for (target, reason), n in sorted(bt.reasons.items())
+        },
+        "wall_seconds": round(bt.wall_seconds, 3),
+    }
+    if extra:
+        doc.update(extra)
+    return doc
+
+
+def _fmt_tokens(x: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= div:
+            return f"{x / div:.2f}{unit}"
+    return f"{x:.0f}"
+
+
+def table(doc: dict[str, Any]) -> str:
+    """A plain-text report of a :func:`to_json` document."""
+    cur = doc["currency"]
+    head = (f"{'policy':<12} {'GPU-h':>9} {'cost ' + cur:>12} {'SLO att.':>9} "
+            f"{'tokens late':>12} {'scale ev.':>9} {'peak':>5} {'overrun ' + cur:>12}")
+    lines = [head, "-" * len(head)]
+
+    def row(name: str, s: dict[str, Any]) -> str:
+        return (f"{name:<12} {s['gpu_hours']:>9.2f} {s['cost']:>12.2f} "
+                f"{s['slo_attainment']:>9.2%} {_fmt_tokens(s['tokens_late']):>12} "
+                f"{s['scale_events']:>9d} {s['peak_replicas']:>5d} "
+                f"{s.get('budget_overrun', 0):>12.2f}")
+
+    for name, s in doc["policies"].items():
+        lines.append(row(name, s))
+    if len(doc["targets"]) > 1:
+        for target, per in doc["targets"].items():
+            lines.append("")
+            lines.append(f"target {target}")
+            for name, s in per.items():
+                lines.append(row(name, s))
+    lines.append("")
+    lines.append("hpa sweep (target utilization: cost, SLO attainment)")
+    for p in doc["hpa_frontier"]:
+        lines.append(f"  {p['target_utilization']:.2f}: {p['cost']:>12.2f} {cur}  "
+                     f"{p['slo_attainment']:.2%}")
+    ratio = doc["cost_ratio_vs_hpa_at_equal_slo"]
+    how = doc["hpa_frontier_comparison"]
+    note = {
+        "interpolated": "frontier interpolated at tokenscale's attainment",
+        "beyond_frontier": "tokenscale serves better than every hpa point: vs the best one",
+        "below_frontier": "tokenscale serves worse than every hpa point: vs the cheapest one",
+    }.get(how, how)
+    if ratio is not None:
+        lines.append(f"cost ratio vs hpa at equal SLO: {ratio:.3f} ({note})")
+    if doc["cost_ratio_vs_oracle"] is not None:
+        lines.append(f"cost ratio vs oracle: {doc['cost_ratio_vs_oracle']:.3f}")
+    budget = doc["budget"]
+    limit = []
+    if budget["max_cost"] is not None:
+        limit.append(f"maxCost {budget['max_cost']:g} {cur}")
+    if budget["max_tokens"] is not None:
+        limit.append(f"maxTokens {budget['max_tokens']:g}")
+    lines.append(f"budget: {', '.join(limit)} per {budget['period']} ({budget['time_zone']}), "
+                 f"{budget['periods']} period(s) simulated")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,192 @@
+"""Online policies of the backtest: HPA/KEDA on token rate, static peak, and tokenscale.
+
+All see the cluster only as Prometheus would (:class:`~tokenscale.sim.cluster.Group` rates at
+the latest scrape) plus the replica counts the Kubernetes API reports.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, deque
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+import numpy.typing as npt
+
+from tokenscale.api import TokenBudgetSpec
+from tokenscale.core.budget import period_bounds
+from tokenscale.core.planner import plan
+from tokenscale.core.types import Memory, Observation, Plan, TargetObservation
+from tokenscale.sim.cluster import Group, latest_scrape
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class HpaSettings:
+    """HPA/KEDA semantics of DESIGN.md: 15 s sync, tolerance 0.1, 300 s scale-down
+    stabilization, scale-up at most max(+4, +100%) per sync."""
+
+    #: "demand": the arriving token rate (a gateway/router counter; never capped by capacity);
+    #: "served": vLLM's token counters, which cannot exceed ready capacity, so a saturated HPA
+    #: sees ratio ready/(current·util) and stalls within its tolerance.
+    metric: str = "demand"
+    sync_s: int = 15
+    tolerance: float = 0.1
+    stabilization_s: int = 300
+    scale_up_pods: int = 4
+    scale_up_percent: float = 100.0
+
+
+class HpaBank:
+    """Many independent HPAs (one per row), decided together with numpy.
+
+    Desired replicas = ``ceil(tokens/s ÷ (tokensPerReplicaPerSecond × utilization))``; kept when
+    the ratio to the current count is within the tolerance; a scale-down goes to the highest
+    recommendation of the stabilization window; a scale-up is limited per sync; then
+    ``[max(1, minReplicas), maxReplicas]`` (an HPA cannot scale to zero).
+    """
+
+    def __init__(
+        self,
+        utilization: FloatArray,
+        capacity: FloatArray,
+        min_replicas: IntArray,
+        max_replicas: IntArray,
+        settings: HpaSettings,
+        initial: IntArray | None = None,
+    ) -> None:
+        self.utilization = utilization
+        self.capacity = capacity
+        self.low = np.maximum(min_replicas, 1)
+        self.high = max_replicas
+        self.settings = settings
+        slots = settings.stabilization_s // settings.sync_s + 1
+        # as if it had been running at the initial counts for the stabilization window
+        seed = initial if initial is not None else np.full(len(capacity), -1)
+        self._recs = np.repeat(np.asarray(seed, dtype=np.int64)[:, None], slots, axis=1)
+        self._slot = 0
+
+    def decide(self, rate: FloatArray, current: IntArray) -> IntArray:
+        """New replica counts from the observed token rate (tokens/s) and current replicas."""
+        s = self.settings
+        raw = np.maximum(rate, 0.0) / (self.capacity * self.utilization)
+        desired = np.ceil(raw - 1e-9).astype(np.int64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(current > 0, raw / np.maximum(current, 1), np.inf)
+        rec = np.where(np.abs(ratio - 1.0) <= s.tolerance, current, desired)
+        rec = np.clip(rec, self.low, self.high)
+        self._recs[:, self._slot] = rec
+        self._slot = (self._slot + 1) % self._recs.shape[1]
+        window_max = self._recs.max(axis=1)
+        up_limit = np.maximum(
+            current + s.scale_up_pods, np.ceil(current * (1 + s.scale_up_percent / 100.0))
+        ).astype(np.int64)
+        up = np.minimum(rec, up_limit)
+        down = np.minimum(current, window_max)
+        new = np.where(rec > current, up, down)
+        return np.asarray(np.clip(new, self.low, self.high), dtype=np.int64)
+
+
+def initial_replicas(
+    arrivals: FloatArray, capacity: float, utilization: float, low: int, high: int,
+    headroom: float = 0.0,
+) -> int:
+    """Replicas a running policy would have at t = 0: first minute's mean demand at target use."""
+    first = float(arrivals[:60].mean()) if len(arrivals) else 0.0
+    need = math.ceil(first * (1 + headroom) / (capacity * utilization) - 1e-9)
+    return max(low, min(high, need))
+
+
+def static_replicas(arrivals: FloatArray, capacity: float, utilization: float, low: int) -> int:
+    """Static peak provisioning: the busiest minute's mean demand at the target utilization
+    (not clamped to maxReplicas: static is the 'no autoscaler' baseline)."""
+    n = len(arrivals) // 60 * 60
+    if n == 0:
+        peak = float(arrivals.mean()) if len(arrivals) else 0.0
+    else:
+        peak = float(arrivals[:n].reshape(-1, 60).mean(axis=1).max())
+    return max(low, 1, math.ceil(peak / (capacity * utilization) - 1e-9))
+
+
+class TokenscaleController:
+    """Calls the operator's planner (``tokenscale.core.planner.plan``) at every interval.
+
+    The observation is what the operator's Prometheus adapter would read: per target the served
+    token rate (``rate[window]`` at each scrape within ``forecastWindowSeconds``), the waiting
+    requests at the latest scrape (queued work tokens ÷ mean tokens per request), and the
+    replica counts; ``tokens_in_period`` is the served-token counter's increase since period
+    start. The Memory of each Plan is fed to the next cycle, starting empty.
+    """
+
+    def __init__(
+        self,
+        spec: TokenBudgetSpec,
+        start: datetime,
+        tokens_per_request: list[float],
+        scrape_s: int,
+        rate_window_s: int,
+    ) -> None:
+        self.spec = spec
+        self.start = start
+        self.names = [t.name for t in spec.targets]
+        self.tokens_per_request = tokens_per_request
+        self.scrape_s = scrape_s
+        self.rate_window_s = rate_window_s
+        self.memory = Memory()
+        #: (target, reason) -> number of cycles, for the report
+        self.reasons: Counter[tuple[str, str]] = Counter()
+        self.last_plan: Plan | None = None
+        self._samples: list[deque[tuple[datetime, float]]] = [deque() for _ in self.names]
+        self._last_scrape = 0  # scrapes up to this time (s) are in _samples
+
+    def _when(self, second: int) -> datetime:
+        return self.start + timedelta(seconds=second)
+
+    def decide(self, group: Group, t: int) -> IntArray:
+        """Plan at second ``t`` (the start of the next interval); returns replicas per target."""
+        s = latest_scrape(t, self.scrape_s)
+        window = self.spec.planning.forecast_window_seconds
+        if s > self._last_scrape:
+            first = max(self._last_scrape + self.scrape_s, s - window)
+            first = max(first, self.scrape_s)
+            scrapes = np.arange(first, s + 1, self.scrape_s, dtype=np.int64)
+            if len(scrapes):
+                rates = group.rates_at(scrapes, self.rate_window_s)
+                stamps = [self._when(int(x)) for x in scrapes]
+                for row, dq in enumerate(self._samples):
+                    dq.extend(zip(stamps, rates[row].tolist(), strict=True))
+            self._last_scrape = s
+        now = self._when(t)
+        oldest = now - timedelta(seconds=window)
+        for dq in self._samples:
+            while dq and dq[0][0] < oldest:
+                dq.popleft()
+        queue = group.queue_at(np.array([s], dtype=np.int64))[:, 0] if s > 0 else None
+        p_start, _ = period_bounds(self.spec.budget, now)
+        p_second = int((p_start - self.start).total_seconds())
+        served = group.served_cumulative(np.array([s - 1, p_second - 1], dtype=np.int64))
+        tokens_in_period = float(np.sum(served[:, 0] - served[:, 1])) if s > 0 else 0.0
+        targets = {}
+        for row, name in enumerate(self.names):
+            tpr = self.tokens_per_request[row]
+            waiting = float(queue[row]) / tpr if queue is not None and tpr > 0 else 0.0
+            targets[name] = TargetObservation(
+                current_replicas=int(group.paid[row, t - 1]),
+                ready_replicas=int(group.ready[row, t - 1]),
+                token_rate_samples=tuple(self._samples[row]),
+                queue_length=waiting,
+                tokens_per_request=tpr if tpr > 0 else None,
+            )
+        result = plan(self.spec, Observation(targets, tokens_in_period), self.memory, now)
+        self.memory = result.memory
+        self.last_plan = result
+        for name, decision in result.decisions.items():
+            self.reasons[(name, decision.reason)] += 1
+        return np.array(
+            [result.decisions[n].replicas if n in result.decisions else int(group.paid[i, t - 1])
+             for i, n in enumerate(self.names)],
+            dtype=np.int64,
+        )
