@@ -3,6 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LINT_PATHS := $(wildcard operator tests benchmarks)
 
 .PHONY: demo test lint crd venv prometheus clean
 
@@ -24,12 +25,12 @@ demo: venv prometheus
 	$(VENV)/bin/tokenscale demo $(ARGS)
 
 test: venv prometheus
-	$(PY) -m ruff check operator tests benchmarks
+	$(PY) -m ruff check $(LINT_PATHS)
 	$(PY) -m mypy
 	$(PY) -m pytest -q -p no:cacheprovider
 
 lint: venv
-	$(PY) -m ruff check operator tests benchmarks
+	$(PY) -m ruff check $(LINT_PATHS)
 	$(PY) -m mypy
 
 crd: venv
