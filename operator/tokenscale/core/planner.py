@@ -71,11 +71,11 @@ import math
 from datetime import datetime
 
 from tokenscale.api import MAX_RECOMMENDATIONS, TargetSpec, TokenBudgetSpec
-from tokenscale.core import budget as budget_mod
 from tokenscale.core.budget import (
     accrue_cost,
     affordable_cost_rate,
     affordable_token_rate,
+    counter_increase,
     is_exhausted,
     period_bounds,
     price_multiplier,
@@ -95,6 +95,7 @@ from tokenscale.core.capacity import (
 from tokenscale.core.costmodel import (
     AllocationItem,
     allocate,
+    continuous_optimum,
     fit_log_linear,
     marginal_value,
     select_model,
@@ -112,7 +113,16 @@ from tokenscale.core.types import (
     TargetObservation,
 )
 
-__all__ = ["accrue_cost", "fit_log_linear", "period_bounds", "plan", "price_multiplier"]
+#: ``plan`` and the helpers the operator and the backtest use next to it.
+__all__ = [
+    "accrue_cost",
+    "continuous_optimum",
+    "counter_increase",
+    "fit_log_linear",
+    "period_bounds",
+    "plan",
+    "price_multiplier",
+]
 
 #: Reasons that mean "the count is limited by something other than demand".
 LIMITING_REASONS = frozenset(
@@ -628,7 +638,3 @@ def _next_memory(
         metrics_unavailable_since=outage_since,
         last_scale_time=last_scale,
     )
-
-
-# Re-exported helpers for the operator and the backtest.
-counter_increase = budget_mod.counter_increase
