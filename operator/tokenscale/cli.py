@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     from tokenscale.backtest import add_arguments as add_backtest  # argparse only: cheap
 
     add_backtest(sub.add_parser("backtest", help="replay traces: tokenscale vs hpa/static/oracle"))
-    sub.add_parser("demo", help="local demo").set_defaults(func=_not_yet("demo"))
+    __import__("tokenscale.demo.main").demo.main.configure(sub.add_parser(
+        "demo", help="local demo: emulator, Prometheus, simulated vLLM fleet, operator, live"))
     return parser
 
 

@@ -1,0 +1,219 @@
+"""What the demo observes, sample by sample, and the summary built from it.
+
+A :class:`Recorder` reads, once per sample, the TokenBudgets (status written by the operator),
+the workloads (spec.replicas as the operator set it, readyReplicas as the fleet reports) and
+the Events from the API emulator, plus the offered and served tokens/s from the simulated
+fleet. Times are real seconds since the demo started; ``sim_hours`` converts them into the
+simulated clock.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from tokenscale.demo.budgets import AdaptedBudget
+from tokenscale.demo.workloads import WorkloadDemand
+from tokenscale.testbed.apiserver import ApiServer
+
+TB_API = "tokenscale.dev/v1alpha1"
+
+
+@dataclass
+class TargetTrack:
+    """Time series of one target (one workload)."""
+
+    budget: str
+    name: str  # target name == workload name in the samples
+    kind: str
+    source: str
+    capacity: float  # tokens/s one ready replica serves (fleet, prompt + generation)
+    t: list[float] = field(default_factory=list)
+    replicas: list[int] = field(default_factory=list)
+    ready: list[int] = field(default_factory=list)
+    demand: list[float] = field(default_factory=list)  # offered tokens/s (fleet)
+    served: list[float] = field(default_factory=list)  # served tokens/s (fleet)
+    observed: list[float | None] = field(default_factory=list)  # operator's tokens/s
+    desired: list[int | None] = field(default_factory=list)
+    reason: str = ""
+    message: str = ""
+    backlog: float = 0.0  # tokens waiting (fleet)
+
+
+@dataclass
+class BudgetTrack:
+    """Time series of one TokenBudget."""
+
+    adapted: AdaptedBudget
+    targets: list[str]
+    t: list[float] = field(default_factory=list)
+    phase: list[str] = field(default_factory=list)
+    cost: list[float] = field(default_factory=list)
+    tokens: list[float] = field(default_factory=list)
+    projected_cost: list[float] = field(default_factory=list)
+    projected_tokens: list[float] = field(default_factory=list)
+    scale_events: int = 0
+    last_reason: str = ""
+    last_message: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.adapted.name
+
+    @property
+    def namespace(self) -> str:
+        return self.adapted.namespace
+
+    @property
+    def max_cost(self) -> float | None:
+        value = self.adapted.manifest["spec"]["budget"].get("maxCost")
+        return float(value) if value is not None else None
+
+    @property
+    def max_tokens(self) -> float | None:
+        value = self.adapted.manifest["spec"]["budget"].get("maxTokens")
+        return float(value) if value is not None else None
+
+    @property
+    def currency(self) -> str:
+        return str(self.adapted.manifest["spec"]["budget"].get("currency", "USD"))
+
+    def phases_seen(self) -> list[str]:
+        seen: list[str] = []
+        for p in self.phase:
+            if p and p not in seen:
+                seen.append(p)
+        return seen
+
+
+def _status_reason(status: dict[str, Any]) -> tuple[str, str]:
+    """The condition that explains the phase best: (reason, message)."""
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    order = ["BudgetExhausted", "Conflict", "MetricsAvailable", "BudgetAtRisk",
+             "ScalingLimited", "Ready"]
+    bad = {"BudgetExhausted": "True", "Conflict": "True", "MetricsAvailable": "False",
+           "BudgetAtRisk": "True", "ScalingLimited": "True", "Ready": "False"}
+    for kind in order:
+        c = conditions.get(kind)
+        if c is not None and c.get("status") == bad[kind]:
+            return str(c.get("reason", "")), str(c.get("message", ""))
+    ready = conditions.get("Ready")
+    if ready is not None:
+        return str(ready.get("reason", "")), str(ready.get("message", ""))
+    return "", ""
+
+
+class Recorder:
+    """Collects samples of every budget and target."""
+
+    def __init__(self, budgets: list[AdaptedBudget], demands: list[WorkloadDemand],
+                 capacity: dict[str, float]) -> None:
+        self.budgets = [BudgetTrack(b, [t["name"] for t in b.manifest["spec"]["targets"]])
+                        for b in budgets]
+        self.targets: dict[str, TargetTrack] = {}
+        for d in demands:
+            self.targets[d.spec.name] = TargetTrack(d.spec.budget, d.spec.name, d.spec.kind,
+                                                    d.source, capacity[d.spec.name])
+
+    @staticmethod
+    def snapshot(server: ApiServer) -> dict[str, Any]:
+        """Copies of what the demo shows, read on the emulator's loop (thread-safe)."""
+        events = [e for e in server.list_objects("v1", "events", "inference")
+                  if e.get("reason") == "Scaled"]
+        scaled: dict[str, int] = {}
+        for e in events:
+            name = (e.get("involvedObject") or {}).get("name", "")
+            scaled[name] = scaled.get(name, 0) + int(e.get("count") or 1)
+        try:
+            budgets = server.list_objects(TB_API, "tokenbudgets", "inference")
+        except KeyError:  # CRD not installed yet
+            budgets = []
+        return copy.deepcopy({
+            "deployments": server.list_objects("apps/v1", "deployments", "inference"),
+            "statefulsets": server.list_objects("apps/v1", "statefulsets", "inference"),
+            "tokenbudgets": budgets,
+            "scaled": scaled,
+        })
+
+    def add(self, t: float, snap: dict[str, Any], fleet_rates: dict[str, tuple[float, float,
+                                                                                float]]) -> None:
+        """One sample at ``t`` real seconds: ``fleet_rates[name] = (demand, served, backlog)``."""
+        workloads = {o["metadata"]["name"]: o for o in
+                     [*snap["deployments"], *snap["statefulsets"]]}
+        statuses = {o["metadata"]["name"]: o.get("status") or {} for o in snap["tokenbudgets"]}
+        for track in self.budgets:
+            status = statuses.get(track.name, {})
+            spend = status.get("spend") or {}
+            track.t.append(t)
+            track.phase.append(str(status.get("phase", "")))
+            track.cost.append(float(spend.get("cost", 0.0) or 0.0))
+            track.tokens.append(float(spend.get("tokens", 0.0) or 0.0))
+            track.projected_cost.append(float(spend.get("projectedCost", 0.0) or 0.0))
+            track.projected_tokens.append(float(spend.get("projectedTokens", 0.0) or 0.0))
+            track.scale_events = snap["scaled"].get(track.name, 0)
+            track.last_reason, track.last_message = _status_reason(status)
+            by_target = {x.get("name"): x for x in status.get("targets") or []}
+            for name in track.targets:
+                target = self.targets.get(name)
+                if target is None:
+                    continue
+                obj = workloads.get(name, {})
+                demand, served, backlog = fleet_rates.get(name, (0.0, 0.0, 0.0))
+                st = by_target.get(name, {})
+                target.t.append(t)
+                target.replicas.append(int((obj.get("spec") or {}).get("replicas", 0)))
+                target.ready.append(int((obj.get("status") or {}).get("readyReplicas", 0) or 0))
+                target.demand.append(demand)
+                target.served.append(served)
+                target.backlog = backlog
+                rate = st.get("tokensPerSecond")
+                target.observed.append(float(rate) if rate is not None else None)
+                desired = st.get("desiredReplicas")
+                target.desired.append(int(desired) if desired is not None else None)
+                target.reason = str(st.get("reason", ""))
+                target.message = str(st.get("message", ""))
+
+    # ------------------------------------------------------------------ summary
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Per TokenBudget: final phase, spend, budget, scale events, replicas over time."""
+        out = []
+        for b in self.budgets:
+            unit = "cost" if b.max_cost is not None else "tokens"
+            final_phase = b.phase[-1] if b.phase else ""
+            entry: dict[str, Any] = {
+                "namespace": b.namespace, "name": b.name, "mode": b.adapted.mode,
+                "phase": final_phase, "phasesSeen": b.phases_seen(),
+                "reason": b.last_reason, "message": b.last_message,
+                "unit": b.currency if unit == "cost" else "tokens",
+                "spend": (b.cost[-1] if b.cost else 0.0) if unit == "cost"
+                else (b.tokens[-1] if b.tokens else 0.0),
+                "budget": b.max_cost if unit == "cost" else b.max_tokens,
+                "spendCost": b.cost[-1] if b.cost else 0.0,
+                "spendTokens": b.tokens[-1] if b.tokens else 0.0,
+                "maxCost": b.max_cost, "maxTokens": b.max_tokens,
+                "projectedCost": b.projected_cost[-1] if b.projected_cost else 0.0,
+                "scaleEvents": b.scale_events,
+                "adapted": b.adapted.changes,
+                "targets": [],
+            }
+            for name in b.targets:
+                t = self.targets.get(name)
+                if t is None:
+                    continue
+                changes = [[round(t.t[0], 1), t.replicas[0]]] if t.t else []
+                for i in range(1, len(t.t)):
+                    if t.replicas[i] != t.replicas[i - 1]:
+                        changes.append([round(t.t[i], 1), t.replicas[i]])
+                entry["targets"].append({
+                    "name": name, "kind": t.kind, "demand": t.source,
+                    "finalReplicas": t.replicas[-1] if t.replicas else None,
+                    "minReplicasSeen": min(t.replicas) if t.replicas else None,
+                    "maxReplicasSeen": max(t.replicas) if t.replicas else None,
+                    "replicaChanges": len(changes) - 1 if changes else 0,
+                    "reason": t.reason,
+                    "replicas": changes,
+                })
+            out.append(entry)
+        return out
