@@ -32,7 +32,7 @@ class HpaSettings:
     #: "demand": the arriving token rate (a gateway/router counter; never capped by capacity);
     #: "served": vLLM's token counters, which cannot exceed ready capacity, so a saturated HPA
     #: sees ratio ready/(current·util) and stalls within its tolerance.
-    metric: str = "demand"
+    metric: str = "served"
     sync_s: int = 15
     tolerance: float = 0.1
     stabilization_s: int = 300

@@ -119,7 +119,13 @@ class Trace:
                 output_tokens=self.output_tokens * factor,
             )
         assert self.request_rate is not None
-        return replace(self, request_rate=self.request_rate * factor)
+        assert self.input_rate is not None and self.output_rate is not None
+        return replace(
+            self,
+            request_rate=self.request_rate * factor,
+            input_rate=self.input_rate * factor,
+            output_rate=self.output_rate * factor,
+        )
 
     def compressed(self, speedup: float) -> Trace:
         """Time compressed ``speedup``-fold: the same requests arrive ``speedup`` × faster."""
