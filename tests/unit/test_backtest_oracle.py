@@ -98,5 +98,5 @@ def test_requests_for_ready_keeps_short_gaps_and_restarts_after_long_ones() -> N
     # gap of 2 < cold start 3: kept; gap of 6: released, requested 3 s before the next run
     assert paid.tolist() == [2, 2, 2, 2, 2, 2, 0, 0, 0, 1, 1, 1, 1, 1]
     assert (ready_from_paid(paid, 3, int(paid[0])) >= ready).all()
-    q = lindley(np.ones((1, 14)), ready[None, :] * 1.0, np.zeros(1))[0]
+    q = lindley(np.ones((1, 14)), ready[None, :].astype(np.float64), np.zeros(1))[0]
     assert on_time_tokens(np.ones(14), q, 0).sum() > 0

@@ -82,8 +82,8 @@ def test_group_matches_the_per_second_reference() -> None:
     for row, (ti, init) in enumerate(zip([0, 1, 0], [3, 2, 1], strict=True)):
         ready = ready_from_paid(group.paid[row], targets[ti].cold_start_s, init)
         assert group.ready[row].tolist() == ready.tolist()
-        q = lindley(arrivals[ti][None, :], (ready * targets[ti].capacity)[None, :] * 1.0,
-                    np.zeros(1))[0]
+        capacity = (ready * targets[ti].capacity)[None, :].astype(np.float64)
+        q = lindley(arrivals[ti][None, :], capacity, np.zeros(1))[0]
         assert np.allclose(group.queue[row], q)
     # what Prometheus sees: served counter rate over 60 s at scrape 150 = (D(149) - D(89)) / 60
     served = np.cumsum(arrivals[0]) - group.queue[0]
