@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 import requests
+import urllib3
 from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
@@ -95,7 +96,7 @@ class PrometheusReader:
         self.url = url.rstrip("/")
         self.timeout_seconds = timeout_seconds
         self._client = PrometheusConnect(
-            url=self.url, disable_ssl=False, retry=Retry(total=0, raise_on_status=False)
+            url=self.url, disable_ssl=False, retry=Retry(total=False)
         )
         self._on_query = on_query
         self._on_failure = on_failure
@@ -144,11 +145,15 @@ class PrometheusReader:
                 result = self._client.custom_query(query, params=params, timeout=seconds)
             else:
                 result = self._range_request(query, params, seconds)
-        except requests.Timeout as exc:
+        except requests.JSONDecodeError as exc:  # also a RequestException: check first
+            raise MetricFailure("BadResponse", f"not JSON: {exc}"[:500]) from None
+        except urllib3.exceptions.NewConnectionError as exc:  # (a ConnectTimeoutError too)
+            raise MetricFailure("Unreachable", f"{self.url}: {exc}") from None
+        except (requests.Timeout, urllib3.exceptions.TimeoutError) as exc:
             raise MetricFailure("Timeout", f"no answer within {seconds:g}s: {exc}") from None
         except requests.ConnectionError as exc:
             raise MetricFailure("Unreachable", f"{self.url}: {exc}") from None
-        except requests.RequestException as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
             raise MetricFailure("Unreachable", f"{self.url}: {exc}") from None
         except PrometheusApiClientException as exc:
             raise MetricFailure("HTTPError", str(exc)[:500]) from None

@@ -15,8 +15,9 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-#: Counter(s) of tokens processed (input + output); their rate is tokens/s.
-TOKEN_COUNTERS = r"vllm[:_](prompt|generation)_tokens_total"
+#: Counters of tokens processed (input, output); the sum of their rates is tokens/s.
+PROMPT_COUNTER = r"vllm[:_]prompt_tokens_total"
+GENERATION_COUNTER = r"vllm[:_]generation_tokens_total"
 #: Gauge of requests waiting in the engine queue.
 QUEUE_GAUGE = r"vllm[:_]num_requests_waiting"
 
@@ -43,9 +44,18 @@ def _selector(name_regex: str, namespaces: Sequence[str]) -> str:
     return "{" + ", ".join(matchers) + "}"
 
 
+def _both_counters(function: str, window: str, namespaces: Sequence[str]) -> str:
+    # One function call per counter: rate() drops __name__, and Prometheus 2.x refuses a
+    # vector with two equal label sets (prompt and generation of one pod). `or` keeps pods
+    # that export only one of the two.
+    prompt = f"sum by ({_GROUP}) ({function}({_selector(PROMPT_COUNTER, namespaces)}[{window}]))"
+    gen = f"sum by ({_GROUP}) ({function}({_selector(GENERATION_COUNTER, namespaces)}[{window}]))"
+    return f"({prompt} + {gen}) or {prompt} or {gen}"
+
+
 def token_rate_query(namespaces: Sequence[str] = (), rate_window: str = "1m") -> str:
     """tokens/s (prompt + generation) per (namespace, pod)."""
-    return f"sum by ({_GROUP}) (rate({_selector(TOKEN_COUNTERS, namespaces)}[{rate_window}]))"
+    return _both_counters("rate", rate_window, namespaces)
 
 
 def queue_query(namespaces: Sequence[str] = ()) -> str:
@@ -55,9 +65,7 @@ def queue_query(namespaces: Sequence[str] = ()) -> str:
 
 def tokens_increase_query(seconds: int, namespaces: Sequence[str] = ()) -> str:
     """Tokens served in the last ``seconds`` per (namespace, pod) (``increase()``)."""
-    seconds = max(1, int(seconds))
-    sel = _selector(TOKEN_COUNTERS, namespaces)
-    return f"sum by ({_GROUP}) (increase({sel}[{seconds}s]))"
+    return _both_counters("increase", f"{max(1, int(seconds))}s", namespaces)
 
 
 def validate_user_query(query: str) -> str | None:
