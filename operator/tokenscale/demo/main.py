@@ -215,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
             fleet = stack.fleet.fleet if stack.fleet else None
             rates = {s.config.name: (s.demand_rate, s.served_rate, s.backlog)
                      for s in (fleet.states if fleet else [])}
-            recorder.add(round(elapsed, 2), snap, rates)
+            recorder.add(round(elapsed, 2), time.time(), snap, rates)
             if tty and elapsed >= next_draw:
                 out.write(CLEAR + render(header, recorder, elapsed, colour) + "\n")
                 out.flush()

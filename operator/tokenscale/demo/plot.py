@@ -2,8 +2,9 @@
 
 Layout: one row per target. Left: offered and served tokens/s (left axis) and replicas as set
 by the operator plus ready replicas (right axis). Right: the TokenBudget of those targets
-(spanning their rows): spend and projected spend against the budget line, with the phase as a
-coloured band. The bottom axis is real demo seconds, the top one the simulated time of day.
+(spanning their rows): its spend rate (currency/h, or tokens/s for a token budget) against
+the affordable pace (remaining budget / time left in the period), phases as coloured bands.
+The bottom axis is real demo seconds, the top one the simulated time of day.
 """
 
 from __future__ import annotations
@@ -86,22 +87,25 @@ def write_plot(rec: Recorder, path: Path, speedup: float, title: str) -> Path:
             row += 1
         bx = fig.add_subplot(grid[row - len(names):row, 1])
         _phase_bands(bx, b)
+        pace = [b.affordable(i) for i in range(len(b.t))]
         if b.max_cost is not None:
-            bx.plot(b.t, b.cost, color="#c44e52", lw=1.6, label="spend")
-            bx.plot(b.t, b.projected_cost, color="#dd8452", lw=1.0, ls=":",
-                    label="projected at period end")
-            bx.axhline(b.max_cost, color="black", lw=1.0, ls="--", label="budget (maxCost)")
-            bx.set_ylabel(b.currency)
+            unit = f"{b.currency}/h"
+            bx.plot(b.t, b.cost_rate, color="#c44e52", lw=1.6, label=f"spend rate ({unit})")
+            bx.plot(b.t, [p or 0.0 for p in pace], color="black", lw=1.0, ls="--",
+                    label="affordable pace (remaining / time left)")
+            spent = f"spent {b.cost[-1]:.2f} of {b.max_cost:.2f} {b.currency}" if b.cost else ""
         else:
-            bx.plot(b.t, [x / 1e6 for x in b.tokens], color="#c44e52", lw=1.6, label="tokens")
-            bx.plot(b.t, [x / 1e6 for x in b.projected_tokens], color="#dd8452", lw=1.0,
-                    ls=":", label="projected at period end")
-            if b.max_tokens is not None:
-                bx.axhline(b.max_tokens / 1e6, color="black", lw=1.0, ls="--",
-                           label="budget (maxTokens)")
-            bx.set_ylabel("M tokens")
-        bx.set_ylim(bottom=0)
-        bx.set_title(f"TokenBudget {b.name} ({b.adapted.mode}): spend", fontsize=9, loc="left")
+            unit = "k tokens/s"
+            bx.plot(b.t, [r / 1000 for r in b.token_rate], color="#c44e52", lw=1.6,
+                    label=f"token rate ({unit})")
+            bx.plot(b.t, [(p or 0.0) / 1000 for p in pace], color="black", lw=1.0, ls="--",
+                    label="affordable pace (remaining / time left)")
+            spent = (f"used {b.tokens[-1] / 1e6:.1f}M of {(b.max_tokens or 0) / 1e6:.1f}M tokens"
+                     if b.tokens else "")
+        bx.set_ylabel(unit)
+        bx.set_ylim(0, max([*(p or 0.0 for p in pace), 1.0]) * (1.6 if b.max_cost else 1.6e-3))
+        bx.set_title(f"TokenBudget {b.name} ({b.adapted.mode}): {spent}", fontsize=9,
+                     loc="left")
         handles, labels = bx.get_legend_handles_labels()
         unique = dict(zip(labels, handles, strict=False))
         bx.legend(unique.values(), unique.keys(), fontsize=7, loc="upper left")

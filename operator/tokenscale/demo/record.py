@@ -53,6 +53,9 @@ class BudgetTrack:
     tokens: list[float] = field(default_factory=list)
     projected_cost: list[float] = field(default_factory=list)
     projected_tokens: list[float] = field(default_factory=list)
+    cost_rate: list[float] = field(default_factory=list)  # currency/h (status.spend)
+    token_rate: list[float] = field(default_factory=list)  # tokens/s (status)
+    wall: list[float] = field(default_factory=list)  # unix time of each sample
     scale_events: int = 0
     last_reason: str = ""
     last_message: str = ""
@@ -78,6 +81,24 @@ class BudgetTrack:
     @property
     def currency(self) -> str:
         return str(self.adapted.manifest["spec"]["budget"].get("currency", "USD"))
+
+    def affordable(self, i: int = -1) -> float | None:
+        """The pace the operator allows at sample ``i``: remaining budget / time left in the
+        period, in currency/h for a cost budget, else tokens/s (None before any sample)."""
+        if not self.t:
+            return None
+        left = max(1.0, self.adapted.period_end.timestamp() - self.wall[i])
+        if self.max_cost is not None:
+            return max(0.0, self.max_cost - self.cost[i]) * 3600 / left
+        if self.max_tokens is not None:
+            return max(0.0, self.max_tokens - self.tokens[i]) / left
+        return None
+
+    def rate(self, i: int = -1) -> float:
+        """Current spend rate: currency/h for a cost budget, else tokens/s."""
+        if not self.t:
+            return 0.0
+        return self.cost_rate[i] if self.max_cost is not None else self.token_rate[i]
 
     def phases_seen(self) -> list[str]:
         seen: list[str] = []
@@ -136,9 +157,10 @@ class Recorder:
             "scaled": scaled,
         })
 
-    def add(self, t: float, snap: dict[str, Any], fleet_rates: dict[str, tuple[float, float,
-                                                                                float]]) -> None:
-        """One sample at ``t`` real seconds: ``fleet_rates[name] = (demand, served, backlog)``."""
+    def add(self, t: float, wall: float, snap: dict[str, Any],
+            fleet_rates: dict[str, tuple[float, float, float]]) -> None:
+        """One sample at ``t`` real seconds since the start (``wall``: unix time);
+        ``fleet_rates[name] = (demand, served, backlog)`` in tokens/s, tokens/s, tokens."""
         workloads = {o["metadata"]["name"]: o for o in
                      [*snap["deployments"], *snap["statefulsets"]]}
         statuses = {o["metadata"]["name"]: o.get("status") or {} for o in snap["tokenbudgets"]}
@@ -146,6 +168,9 @@ class Recorder:
             status = statuses.get(track.name, {})
             spend = status.get("spend") or {}
             track.t.append(t)
+            track.wall.append(wall)
+            track.cost_rate.append(float(spend.get("costPerHour", 0.0) or 0.0))
+            track.token_rate.append(float(status.get("tokensPerSecond", 0.0) or 0.0))
             track.phase.append(str(status.get("phase", "")))
             track.cost.append(float(spend.get("cost", 0.0) or 0.0))
             track.tokens.append(float(spend.get("tokens", 0.0) or 0.0))
@@ -194,6 +219,8 @@ class Recorder:
                 "spendTokens": b.tokens[-1] if b.tokens else 0.0,
                 "maxCost": b.max_cost, "maxTokens": b.max_tokens,
                 "projectedCost": b.projected_cost[-1] if b.projected_cost else 0.0,
+                "projectedTokens": b.projected_tokens[-1] if b.projected_tokens else 0.0,
+                "periodEnd": b.adapted.period_end.isoformat(),
                 "scaleEvents": b.scale_events,
                 "adapted": b.adapted.changes,
                 "targets": [],
@@ -212,7 +239,7 @@ class Recorder:
                     "minReplicasSeen": min(t.replicas) if t.replicas else None,
                     "maxReplicasSeen": max(t.replicas) if t.replicas else None,
                     "replicaChanges": len(changes) - 1 if changes else 0,
-                    "reason": t.reason,
+                    "reason": t.reason, "message": t.message,
                     "replicas": changes,
                 })
             out.append(entry)

@@ -61,10 +61,18 @@ def spend_text(b: BudgetTrack) -> str:
     return f"{_num(tokens)} / {_num(limit)} tokens ({share:.0f}%, proj {_num(proj)})"
 
 
-def _phase(phase: str, colour: bool) -> str:
-    text = f"{phase or 'pending':<15}"
+def pace_text(b: BudgetTrack) -> str:
+    """``19.50 of 20.00 USD/h`` (spend rate against the affordable pace)."""
+    pace = b.affordable()
+    if pace is None:
+        return "-"
+    unit = f"{b.currency}/h" if b.max_cost is not None else "tok/s"
+    return f"{_num(b.rate())} of {_num(pace)} {unit}"
+
+
+def _colour_phase(line: str, phase: str) -> str:
     code = _COLOURS.get(phase)
-    return f"\x1b[{code}m{text}\x1b[0m" if colour and code else text
+    return line.replace(phase, f"\x1b[{code}m{phase}\x1b[0m", 1) if code and phase else line
 
 
 def _target_line(t: TargetTrack) -> str:
@@ -74,47 +82,48 @@ def _target_line(t: TargetTrack) -> str:
     reps = f"{t.ready[-1]}/{t.replicas[-1]}"
     if desired is not None and desired != t.replicas[-1]:
         reps += f" -> {desired}"
-    queue = t.backlog / 1000
-    return (f"    {t.name:<16}{t.kind:<12}{reps:<10}{_num(t.demand[-1]):>9}"
-            f"{_num(t.served[-1]):>9}{_num(t.observed[-1]):>10}{queue:>8.0f}k  "
+    return (f"    {t.name:<16}{t.kind:<12}{reps:<11}{_num(t.demand[-1]):>9}"
+            f"{_num(t.served[-1]):>9}{_num(t.observed[-1]):>10}{_num(t.backlog):>9}  "
             f"{t.reason or '-'}")
 
 
 def render(header: Header, rec: Recorder, elapsed: float, colour: bool = True) -> str:
-    """The full screen as text."""
+    """The full screen as text (lines cut at the terminal width)."""
     width = shutil.get_terminal_size((120, 40)).columns
     until = f" of {header.duration:.0f}" if header.duration else ""
-    lines = [
-        f"tokenscale demo — {elapsed:.0f}{until} s, simulated {sim_clock(elapsed, header.speedup)}"
-        f" (speedup {header.speedup:.0f}x: 24 h in {header.day_seconds:.0f} s)   Ctrl-C stops",
-        f"API emulator {header.api_url}   Prometheus {header.prometheus_url}   "
-        f"operator {header.operator}",
-        "",
-        f"  {'TOKENBUDGET':<24}{'MODE':<8}{'PHASE':<15} {'SPEND / BUDGET':<40}"
-        f"{'SCALES':>6}  WHY",
+    lines: list[tuple[str, str]] = [  # (text, phase to colour)
+        (f"tokenscale demo — {elapsed:.0f}{until} s; simulated {sim_clock(elapsed, header.speedup)}"
+         f" (24 h in {header.day_seconds:.0f} s, {header.speedup:.0f}x); Ctrl-C stops", ""),
+        (f"API emulator {header.api_url}   Prometheus {header.prometheus_url}   "
+         f"operator {header.operator}", ""),
+        ("", ""),
     ]
     for b in rec.budgets:
         phase = b.phase[-1] if b.phase else ""
-        why = b.last_reason + (f": {b.last_message}" if b.last_message else "")
-        line = (f"  {b.namespace + '/' + b.name:<24}{b.adapted.mode:<8}{_phase(phase, colour)} "
-                f"{spend_text(b):<40}{b.scale_events:>6}  ")
-        room = max(20, width - len(line) + (len(_phase(phase, colour)) - 15))
-        lines.append(line + why[:room])
-        lines.append(f"    {'TARGET':<16}{'KIND':<12}{'READY/SET':<10}{'DEMAND':>9}"
-                     f"{'SERVED':>9}{'OPERATOR':>10}{'QUEUE':>9}  REASON   (tokens/s)")
-        for name in b.targets:
-            if name in rec.targets:
-                lines.append(_target_line(rec.targets[name]))
-        lines.append("")
-    lines.append("Inspect the same state from another terminal:")
+        lines.append((f"  TokenBudget {b.namespace}/{b.name} ({b.adapted.mode})  phase "
+                      f"{phase or 'pending'}  scale events {b.scale_events}", phase))
+        lines.append((f"    spend {spend_text(b)}; rate {pace_text(b)} affordable", ""))
+        if b.last_reason:
+            lines.append((f"    why: {b.last_reason}: {b.last_message}", ""))
+        lines.append((f"    {'TARGET':<16}{'KIND':<12}{'READY/SET':<11}{'DEMAND':>9}"
+                      f"{'SERVED':>9}{'OPERATOR':>10}{'QUEUED':>9}  REASON  (tokens/s; "
+                      "demand/served from the fleet, OPERATOR = what it read in Prometheus)",
+                      ""))
+        lines += [(_target_line(rec.targets[n]), "") for n in b.targets if n in rec.targets]
+        lines.append(("", ""))
     k = header.kubectl
-    lines += [f"  {k} get tb -A", f"  {k} describe tb chat",
-              f"  {k} get deploy,sts,pods", f"  {k} get events --sort-by=.lastTimestamp",
-              f"  curl -s '{header.prometheus_url}/api/v1/query?query="
-              "sum+by+(pod)(rate(vllm:generation_tokens_total[10s]))'"]
-    lines.append("")
-    lines += [f"note: {n}" for n in header.notes]
-    return "\n".join(line[:width] if not colour else line for line in lines)
+    lines += [("Inspect the same state from another terminal:", ""),
+              (f"  {k} get tb -A", ""), (f"  {k} describe tb chat", ""),
+              (f"  {k} get deploy,sts,pods", ""),
+              (f"  {k} get events --sort-by=.lastTimestamp", ""),
+              (f"  curl -s '{header.prometheus_url}/api/v1/query?query="
+               "sum+by+(pod)(rate(vllm:generation_tokens_total[10s]))'", ""), ("", "")]
+    lines += [(f"note: {n}", "") for n in header.notes]
+    out = []
+    for text, phase in lines:
+        text = text[:width]
+        out.append(_colour_phase(text, phase) if colour else text)
+    return "\n".join(out)
 
 
 def progress_line(rec: Recorder, elapsed: float, speedup: float) -> str:
@@ -124,5 +133,5 @@ def progress_line(rec: Recorder, elapsed: float, speedup: float) -> str:
         phase = b.phase[-1] if b.phase else "pending"
         reps = ",".join(f"{n}={rec.targets[n].replicas[-1]}" for n in b.targets
                         if n in rec.targets and rec.targets[n].replicas)
-        parts.append(f"{b.name}: {phase} {spend_text(b)} replicas {reps}")
+        parts.append(f"{b.name}: {phase} {spend_text(b)} rate {pace_text(b)}; replicas {reps}")
     return " | ".join(parts)

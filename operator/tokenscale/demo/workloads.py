@@ -5,8 +5,8 @@ Every target of the sample TokenBudgets gets its own trace from ``../shared/trac
 ========================  ============  ==================================================
 target (kind)             budget        demand
 ========================  ============  ==================================================
-llama-8b (Deployment)     chat          ServeGen m-mid, first 24 h (day-shaped)
-llama-70b-chat (Deploy.)  shared        ServeGen deepseek-r1, the 1-day trace
+llama-8b (Deployment)     chat          ServeGen m-mid, 24 h from a trough
+llama-70b-chat (Deploy.)  shared        ServeGen deepseek-r1, the 1-day trace (wrapped)
 qwen-coder-32b (StatefS.) shared        ServeGen m-large day shape × Azure code 1 h bursts
 mistral-7b (Deployment)   batch-summ.   ServeGen m-small day shape × Mooncake 1 h bursts
 ========================  ============  ==================================================
@@ -40,7 +40,7 @@ from tokenscale.sim.traces import Trace, TraceError, load_trace
 
 DAY_SECONDS = 86_400.0
 #: Bins (s of trace time) of the 1 h request traces that modulate the day shape.
-BURST_BIN_SECONDS = 20.0
+BURST_BIN_SECONDS = 60.0
 #: Largest burst factor over the day shape (the raw Azure code trace reaches 13× its mean).
 MAX_BURST = 4.0
 
@@ -138,13 +138,25 @@ class WorkloadSelection:
 
 
 def _day_shape(trace: Trace) -> Curve:
-    """The first 24 h of a window trace as a relative work-token rate per window."""
+    """24 h of a window trace, starting at its quietest hour, as relative work tokens/s.
+
+    Starting at the trough makes the day rise to its peak and fall again within the demo.
+    A trace shorter than two days wraps around.
+    """
     step = trace.window_s or 600.0
-    rates = trace.rate_series(step)
+    rates = trace.rate_series(step).astype(np.float64)
     per_day = max(1, round(DAY_SECONDS / step))
-    values = rates[:per_day].astype(np.float64)
-    if len(values) < per_day:  # shorter than a day: repeat
-        values = np.resize(values, per_day)
+    if len(rates) < per_day:  # shorter than a day: repeat
+        rates = np.resize(rates, per_day)
+    first_day = rates[:per_day]
+    hour = max(1, round(3600 / step))
+    smooth = np.convolve(np.concatenate([first_day, first_day[:hour]]),
+                         np.ones(hour) / hour, mode="valid")[:per_day]
+    start = int(np.argmin(smooth))
+    if len(rates) >= start + per_day:
+        values = rates[start:start + per_day]
+    else:
+        values = np.roll(first_day, -start)
     peak = float(values.max())
     return Curve(values / peak if peak > 0 else values, DAY_SECONDS / per_day)
 
