@@ -163,3 +163,13 @@ def fleet_capacity(budget: dict[str, Any], target_name: str, prompt_fraction: fl
     if "generation_tokens" in query and "prompt_tokens" not in query:
         return capacity / max(1e-9, 1 - prompt_fraction)
     return capacity
+
+
+def replicas_for(budget: dict[str, Any], target_name: str, tokens_per_second: float,
+                 prompt_fraction: float) -> int:
+    """Replicas the operator would plan for ``tokens_per_second`` (total) on this target,
+    within [minReplicas, maxReplicas] (the inverse of :func:`peak_tokens_per_second`)."""
+    target = next(t for t in budget["spec"]["targets"] if t["name"] == target_name)
+    per_one = peak_tokens_per_second(budget, target_name, 1.0, prompt_fraction)
+    need = math.ceil(tokens_per_second / per_one - 1e-9) if per_one > 0 else 1
+    return max(int(target.get("minReplicas", 1)), min(int(target["maxReplicas"]), need))

@@ -126,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
         selection = select_workloads(traces_dir, WORKLOADS)
         demands = [d for d in selection.demands if d.spec.budget in by_name]
         capacity: dict[str, tuple[float, float]] = {}
+        initial: dict[str, int] = {}
         for d in demands:
             doc = by_name[d.spec.budget].original
             d.normalise(budgets_mod.peak_tokens_per_second(doc, d.spec.name,
@@ -134,6 +135,11 @@ def run(args: argparse.Namespace) -> int:
             capacity[d.spec.name] = (
                 budgets_mod.fleet_capacity(doc, d.spec.name, PROMPT_FRACTION),
                 float(target.get("coldStartSeconds", 60)))
+            # Active targets start where the day's first level needs them (no start-up
+            # backlog); a DryRun target keeps the sample's count, as nobody scales it
+            initial[d.spec.name] = (
+                d.spec.initial_replicas if by_name[d.spec.budget].mode == "DryRun"
+                else budgets_mod.replicas_for(doc, d.spec.name, d(0.0), PROMPT_FRACTION))
         notes = [selection.note if not selection.fallback else "FALLBACK: " + selection.note,
                  f"time is compressed {speedup:.0f}x for demand and cold starts; the operator "
                  "runs on the real clock, so the samples are applied with these changes "
@@ -163,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
         stack.start_api(crd_path, [b.namespace for b in adapted])
         say(f"  Kubernetes API emulator on {stack.api.url if stack.api else ''}; "
             f"kubeconfig {_rel(stack.kubeconfig)}; CRD applied with kubectl")
-        stack.start_fleet(demands, capacity)
+        stack.start_fleet(demands, capacity, initial)
         listed = ", ".join(f"{d.spec.kind} {d.spec.name} ({d.source})" for d in demands)
         say(f"  simulated vLLM fleet: {listed}")
         stack.start_prometheus()
@@ -193,6 +199,9 @@ def run(args: argparse.Namespace) -> int:
             say(f"  {kubectl} get tb -A")
             say(f"  {kubectl} describe tb chat")
         t0 = time.monotonic()
+        fleet = stack.fleet.fleet if stack.fleet else None
+        for d in demands:  # the simulated day starts now
+            d.origin = fleet.clock.now() if fleet else 0.0
         period_end = min(b.period_end for b in adapted)
         next_draw = next_line = 0.0
         while True:
@@ -212,7 +221,6 @@ def run(args: argparse.Namespace) -> int:
                 notes.append(f"the hour period ended at {elapsed:.0f} s: budgets re-applied "
                              "for the next hour")
             snap = stack.call(Recorder.snapshot)
-            fleet = stack.fleet.fleet if stack.fleet else None
             rates = {s.config.name: (s.demand_rate, s.served_rate, s.backlog)
                      for s in (fleet.states if fleet else [])}
             recorder.add(round(elapsed, 2), time.time(), snap, rates)

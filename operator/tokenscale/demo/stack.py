@@ -86,7 +86,7 @@ def repo_root() -> Path | None:
     return None
 
 
-def workload_manifest(demand: WorkloadDemand) -> dict[str, Any]:
+def workload_manifest(demand: WorkloadDemand, replicas: int) -> dict[str, Any]:
     """The Deployment or StatefulSet of one demo workload."""
     spec = demand.spec
     labels = {"app.kubernetes.io/name": spec.name, "app.kubernetes.io/part-of": "tokenscale-demo"}
@@ -94,7 +94,7 @@ def workload_manifest(demand: WorkloadDemand) -> dict[str, Any]:
         "apiVersion": "apps/v1", "kind": spec.kind,
         "metadata": {"name": spec.name, "namespace": spec.namespace, "labels": labels,
                      "annotations": {"tokenscale.dev/demo-demand": demand.source}},
-        "spec": {"replicas": spec.initial_replicas,
+        "spec": {"replicas": replicas,
                  "selector": {"matchLabels": {"app.kubernetes.io/name": spec.name}},
                  "template": {"metadata": {"labels": labels},
                               "spec": {"containers": [{
@@ -213,13 +213,15 @@ class Stack:
         return path
 
     def start_fleet(self, demands: Sequence[WorkloadDemand],
-                    capacity: dict[str, tuple[float, float]]) -> None:
+                    capacity: dict[str, tuple[float, float]], replicas: dict[str, int]) -> None:
         """The workloads (kubectl apply) and the simulated vLLM fleet that serves them.
 
-        ``capacity[name] = (tokens/s per ready replica, cold start in simulated seconds)``.
+        ``capacity[name] = (tokens/s per ready replica, cold start in simulated seconds)``;
+        ``replicas[name]``: the initial spec.replicas.
         """
         assert self.api is not None
-        self.apply_documents([workload_manifest(d) for d in demands], "workloads.yaml")
+        self.apply_documents([workload_manifest(d, replicas[d.spec.name]) for d in demands],
+                             "workloads.yaml")
         models = [ModelConfig(
             namespace=d.spec.namespace, name=d.spec.name, kind=d.spec.kind,
             tokens_per_replica_per_second=capacity[d.spec.name][0],

@@ -59,7 +59,7 @@ class WorkloadSpec:
     shape: str  # file name of the day-shape trace (ServeGen), or "" for generated
     bursts: str = ""  # file name of the 1 h request trace, or ""
     peak_replicas: float = 4.0  # replicas the daily peak needs
-    initial_replicas: int = 1
+    initial_replicas: int = 1  # DryRun targets only; Active ones start at the first need
 
 
 #: The demo's workloads, in display order (targets of manifests/samples/*.yaml).
@@ -105,9 +105,15 @@ class WorkloadDemand:
     bursts: Curve | None = None
     scale: float = 1.0  # tokens/s per unit of shape × bursts
     tokens_per_request: float = 1000.0
+    origin: float | None = None  # simulated second the day starts; before it: the start level
 
     def __call__(self, t: float) -> float:
-        """Offered tokens/s at simulated second ``t``."""
+        """Offered tokens/s at simulated second ``t`` of the fleet's clock (the day runs from
+        ``origin`` on; until then, and while ``origin`` is unset, the day's first level)."""
+        return self.at_day_second(0.0 if self.origin is None else max(0.0, t - self.origin))
+
+    def at_day_second(self, t: float) -> float:
+        """Offered tokens/s ``t`` simulated seconds into the demo day (wraps every 24 h)."""
         value = self.shape.at(t)
         if self.bursts is not None:
             # bursts are piecewise constant: no interpolation, so bursts stay sharp
@@ -118,7 +124,7 @@ class WorkloadDemand:
     def peak(self) -> float:
         """Highest tokens/s over the day (at the curve's own resolution)."""
         grid = np.arange(0.0, DAY_SECONDS, min(self.shape.step, 60.0))
-        return max(self(float(t)) for t in grid)
+        return max(self.at_day_second(float(t)) for t in grid)
 
     def normalise(self, peak_tokens_per_second: float) -> None:
         """Rescale so the daily peak is ``peak_tokens_per_second``."""
