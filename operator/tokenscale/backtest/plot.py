@@ -47,22 +47,26 @@ def write_plot(bt: Backtest, path: str | Path, title: str = "") -> None:
         demand = _bucket(bt.arrivals[i, :seconds], size)[: len(x)]
         ax.fill_between(x, 0, demand / 1e3, color="#ffbb78", alpha=0.7, lw=0,
                         label=f"demand ({size // 60} min mean)")
+        top = float(demand.max(initial=0.0))
         for p in ("static", "hpa", "tokenscale", "oracle"):
             ready = bt.runs[p][t.name].ready[:seconds].astype(np.float64) * t.capacity
-            ax.plot(x, _bucket(ready, size)[: len(x)] / 1e3, STYLES[p], color=COLORS[p],
+            line = _bucket(ready, size)[: len(x)]
+            top = max(top, float(line.max(initial=0.0)))
+            ax.plot(x, line / 1e3, STYLES[p], color=COLORS[p],
                     lw=1.3, label=f"{p} ready capacity")
         ax.set_ylabel("k tokens/s")
         ax.set_title(f"target {t.name}: demand vs ready capacity "
                      f"({t.capacity:g} tok/s per replica, cold start {t.cold_start_s}s)",
                      fontsize=10, loc="left")
         ax.grid(alpha=0.3)
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, top / 1e3 * 1.3 + 1e-9)  # room for the legend above the lines
         if i == 0:
             ax.legend(loc="upper left", fontsize=8, ncol=5, framealpha=0.9)
     ax = axes[-1, 0]
     cur = bt.spec.budget.currency
     full = np.arange(seconds)
     starts = np.r_[0, np.flatnonzero(np.diff(bt.period_index[:seconds])) + 1]
+    top = 0.0
     for p in ("static", "hpa", "tokenscale", "oracle"):
         per_second = np.zeros(seconds)
         for t in bt.targets:
@@ -72,19 +76,25 @@ def write_plot(bt: Backtest, path: str | Path, title: str = "") -> None:
         base = np.repeat(np.r_[0.0, cum[starts[1:] - 1]],
                          np.diff(np.r_[starts, seconds]))  # spend resets each period
         spend = cum - base
+        top = max(top, float(spend.max(initial=0.0)))
         step = max(1, seconds // (_MAX_POINTS * 2))
         ax.plot(full[::step] / div, spend[::step], STYLES[p], color=COLORS[p], lw=1.3,
                 label=p)
-    if bt.spec.budget.max_cost is not None:
-        ax.axhline(bt.spec.budget.max_cost, color="black", lw=1.2,
-                   label=f"budget {bt.spec.budget.max_cost:g} {cur}/{bt.spec.budget.period}")
+    max_cost = bt.spec.budget.max_cost
+    if max_cost is not None and max_cost <= 3 * top:
+        ax.axhline(max_cost, color="black", lw=1.2,
+                   label=f"budget {max_cost:g} {cur}/{bt.spec.budget.period}")
+        top = max(top, max_cost)
+    elif max_cost is not None:
+        ax.plot([], [], " ", label=f"budget {max_cost:g} {cur}/{bt.spec.budget.period} "
+                "(off scale)")
     for s in starts[1:]:
         ax.axvline(s / div, color="#999999", lw=0.6, alpha=0.6)
     ax.set_ylabel(f"spend this period ({cur})")
     ax.set_xlabel(f"time since trace start ({unit}; start {bt.settings.start:%Y-%m-%d %H:%M %Z})")
     ax.set_title("cumulative spend within each budget period", fontsize=10, loc="left")
     ax.grid(alpha=0.3)
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, top * 1.3 + 1e-9)
     ax.legend(loc="upper left", fontsize=8, ncol=5, framealpha=0.9)
     if title:
         fig.suptitle(title, fontsize=11)

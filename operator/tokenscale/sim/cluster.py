@@ -12,7 +12,9 @@ Replicas present at t = 0 (the initial count) are ready at t = 0.
 
 **Queue.** Each ready replica serves ``capacity`` work tokens/s; arrivals beyond that wait in a
 FIFO queue (Lindley: ``q(t) = max(0, q(t-1) + a(t) - c(t))``), computed in numpy per decision
-interval for all rows at once. Nothing is dropped.
+interval for all rows at once. Nothing is dropped (no client timeouts): while capacity stays
+below demand the queue grows and every later token waits behind it, so SLO attainment collapses
+under a binding budget; ``served_share`` (tokens served by the end) is the useful measure then.
 
 **SLO.** A token arriving in second t is served in time when it is served by the end of second
 ``t + slo``; with FIFO and cumulative arrivals ``A`` and served ``D`` that is the part of
@@ -125,6 +127,7 @@ class Group:
         self.ready = np.zeros((rows, horizon), dtype=np.int64)
         self.queue = np.zeros((rows, horizon), dtype=np.float64)
         self.t = 0
+        self.initial = np.asarray(initial, dtype=np.int64)  # replicas (ready) before t = 0
         self._q = np.zeros(rows, dtype=np.float64)
         # paid per interval cell; cells before 0 hold the initial (ready) count
         cold = np.array([targets[i].cold_start_s for i in rows_target], dtype=np.int64)

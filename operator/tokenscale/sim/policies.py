@@ -169,13 +169,17 @@ class TokenscaleController:
         p_second = int((p_start - self.start).total_seconds())
         served = group.served_cumulative(np.array([s - 1, p_second - 1], dtype=np.int64))
         tokens_in_period = float(np.sum(served[:, 0] - served[:, 1])) if s > 0 else 0.0
+        if t > 0:
+            current, ready = group.paid[:, t - 1], group.ready[:, t - 1]
+        else:  # the operator starts with the trace: replicas already running, no metrics yet
+            current, ready = group.initial, group.initial
         targets = {}
         for row, name in enumerate(self.names):
             tpr = self.tokens_per_request[row]
             waiting = float(queue[row]) / tpr if queue is not None and tpr > 0 else 0.0
             targets[name] = TargetObservation(
-                current_replicas=int(group.paid[row, t - 1]),
-                ready_replicas=int(group.ready[row, t - 1]),
+                current_replicas=int(current[row]),
+                ready_replicas=int(ready[row]),
                 token_rate_samples=tuple(self._samples[row]),
                 queue_length=waiting,
                 tokens_per_request=tpr if tpr > 0 else None,
@@ -186,7 +190,7 @@ class TokenscaleController:
         for name, decision in result.decisions.items():
             self.reasons[(name, decision.reason)] += 1
         return np.array(
-            [result.decisions[n].replicas if n in result.decisions else int(group.paid[i, t - 1])
+            [result.decisions[n].replicas if n in result.decisions else int(current[i])
              for i, n in enumerate(self.names)],
             dtype=np.int64,
         )
