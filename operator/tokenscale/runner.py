@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
-import threading
 import time
 from typing import Any
 
@@ -61,6 +59,8 @@ def configure_logging(settings: OperatorSettings) -> None:
     )
     logging.getLogger().setLevel(settings.log_level)
     logging.getLogger("tokenscale").setLevel(settings.log_level)
+    if settings.log_level != "DEBUG":  # kopf logs every handled watch event at INFO
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
 
@@ -107,7 +107,7 @@ class Endpoints:
             app = web.Application()
             for path, handler in routes:
                 app.router.add_get(path, handler)
-            runner = web.AppRunner(app, access_log=None)
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
             await runner.setup()
             await web.TCPSite(runner, s.bind_address, port).start()
             self._runners.append(runner)
@@ -134,11 +134,16 @@ async def operate(
     register(registry, reconciler)
     endpoints = Endpoints(settings, metrics, reconciler, ready)
     await endpoints.start()
-    if stop_flag is None and threading.current_thread() is threading.main_thread():
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
     loop_task = asyncio.create_task(reconciler.run_forever(stop), name="tokenscale-loop")
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_planning_loop(**_: Any) -> None:
+        """kopf handles SIGINT/SIGTERM; stop the loop before kopf waits for hung tasks."""
+        stop.set()
+        loop_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop_task
+
     log.info("tokenscale operator starting (namespaces: %s, prometheus: %s)",
              ",".join(settings.namespaces) or "all", settings.prometheus_url)
     try:

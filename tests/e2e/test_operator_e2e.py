@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tokenscale.adapters.promql import token_rate_query
 from tokenscale.crd import crd
 from tokenscale.testbed.apiserver import ApiServer, ApiServerThread, write_kubeconfig
 from tokenscale.testbed.fleet import FleetThread, ModelConfig
@@ -216,6 +217,12 @@ def events(stack: dict[str, Any], involved: str) -> list[dict[str, Any]]:
     return [e for e in items if e["involvedObject"]["name"] == involved]
 
 
+def served_rate(stack: dict[str, Any], name: str) -> float:
+    """tokens/s Prometheus sees for a Deployment's pods (the operator's own query)."""
+    series = stack["prometheus"].query(token_rate_query([NS], "5s"))
+    return sum(float(s["value"][1]) for s in series if s["metric"]["pod"].startswith(name + "-"))
+
+
 def delete_budgets(stack: dict[str, Any], *names: str) -> None:
     stack["kubectl"].run("delete", "tokenbudget", *names, namespace=NS)
 
@@ -264,9 +271,14 @@ def test_replicas_follow_a_load_step_up_and_down(
 def test_exhausted_budget_scales_to_minimum_with_an_event(
     stack: dict[str, Any], operator: Operator
 ) -> None:
-    stack["kubectl"].run("scale", "deployment/exhaust", "--replicas=3", namespace=NS)
-    # 3 replicas at 720/h = 0.6 USD/s: 4 USD last about 7 s
-    stack["kubectl"].apply_text(budget("exhaust", "exhaust", max_cost=4, cost_per_hour=720,
+    # 2500 tokens/s needs 4 replicas; 4 USD a day cannot pay for them: the budget, not the
+    # demand, takes the target to its minimum (paced), and the floor's spend of 1440/h =
+    # 0.4 USD/s then exhausts the budget within about 10 s.
+    DEMAND["exhaust"].rate = 2500.0
+    stack["kubectl"].run("scale", "deployment/exhaust", "--replicas=4", namespace=NS)
+    wait_for(lambda: served_rate(stack, "exhaust") > 2000, timeout=30, interval=0.5,
+             message="Prometheus sees the demand served by 4 replicas")
+    stack["kubectl"].apply_text(budget("exhaust", "exhaust", max_cost=4, cost_per_hour=1440,
                                        max_replicas=4, stabilization=300))
     wait_for(lambda: status(stack, "exhaust").get("phase") == "BudgetExhausted", timeout=45,
              message="phase BudgetExhausted")
@@ -274,8 +286,15 @@ def test_exhausted_budget_scales_to_minimum_with_an_event(
     st = status(stack, "exhaust")
     assert condition(st, "BudgetExhausted")["status"] == "True"
     assert st["targets"][0]["reason"] == "BudgetExhausted"
-    reasons = {e["reason"] for e in events(stack, "exhaust")}
-    assert "BudgetExhausted" in reasons and "Scaled" in reasons
+    assert st["targets"][0]["desiredReplicas"] == 1
+    assert st["spend"]["cost"] >= 4
+    # Events follow the status write that records the change
+    evs = wait_for(lambda: (e := events(stack, "exhaust")) and any(
+        x["reason"] == "BudgetExhausted" and x["type"] == "Warning" for x in e) and e,
+        timeout=10, message="a BudgetExhausted Warning event")
+    scaled = [e["message"] for e in evs if e["reason"] == "Scaled"]
+    assert scaled and all("DemandDriven" not in m for m in scaled)
+    assert any("4 -> 1" in m for m in scaled)
     delete_budgets(stack, "exhaust")
 
 
