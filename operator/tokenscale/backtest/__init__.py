@@ -47,6 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="Prometheus scrape interval (default 15)")
     parser.add_argument("--hpa-utilizations", default=DEFAULT_HPA_SWEEP, metavar="U,U,...",
                         help=f"HPA target utilizations to sweep (default {DEFAULT_HPA_SWEEP})")
+    parser.add_argument("--hpa-metric", choices=("served", "demand"), default="served",
+                        help="what the HPA scales on: served tokens/s from vLLM's counters "
+                        "(default; the metric tokenscale sees too) or the arriving token rate")
+    parser.add_argument("--hpa-both-metrics", action="store_true",
+                        help="also sweep an HPA on the other metric (reported separately)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the Poisson arrivals synthesised for window traces")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,

@@ -14,6 +14,7 @@ import yaml
 from tokenscale.api import SpecError, TokenBudgetSpec, parse_spec
 from tokenscale.backtest.report import table, to_json
 from tokenscale.sim.engine import Backtest, Settings, run_backtest
+from tokenscale.sim.policies import HpaSettings
 from tokenscale.sim.traces import Trace, TraceError, load_trace
 
 
@@ -107,7 +108,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
         raise UsageError("--slo-seconds >= 0, --scrape-seconds > 0, --prefill-weight >= 0")
     return Settings(slo_s=args.slo_seconds, scrape_s=args.scrape_seconds,
                     hpa_utilizations=utils, prefill_weight=args.prefill_weight, seed=args.seed,
-                    start=start, progress=args.progress)
+                    start=start, progress=args.progress,
+                    hpa=HpaSettings(metric=args.hpa_metric),
+                    hpa_other_metric=args.hpa_both_metrics)
 
 
 def execute(args: argparse.Namespace) -> tuple[Backtest, dict[str, Any]]:

@@ -63,6 +63,18 @@ def to_json(bt: Backtest, extra: dict[str, Any] | None = None) -> dict[str, Any]
         })
     ts = policies["tokenscale"]
     ref, how = cost_at_attainment(hpa_frontier, ts["slo_attainment"])
+    other: dict[str, Any] = {}
+    if bt.other_sweep:
+        points = []
+        for u, runs in sorted(bt.other_sweep.items()):
+            s = bt.policy_summary(runs)
+            points.append({"target_utilization": u, "cost": round(s["cost"], 6),
+                           "slo_attainment": round(s["slo_attainment"], 6)})
+        o_ref, o_how = cost_at_attainment(points, ts["slo_attainment"])
+        other = {"hpa_other_metric": {
+            "metric": bt.other_metric, "frontier": points,
+            "cost_ratio_vs_hpa_at_equal_slo": round(ts["cost"] / o_ref, 6) if o_ref > 0 else None,
+            "comparison": o_how}}
     oracle_cost = policies["oracle"]["cost"]
     targets: dict[str, Any] = {}
     for i, t in enumerate(bt.targets):
@@ -76,6 +88,8 @@ def to_json(bt: Backtest, extra: dict[str, Any] | None = None) -> dict[str, Any]
         "hpa_frontier_cost_at_tokenscale_slo": round(ref, 6),
         "hpa_frontier_comparison": how,
         "cost_ratio_vs_oracle": round(ts["cost"] / oracle_cost, 6) if oracle_cost > 0 else None,
+        "hpa_metric": bt.settings.hpa.metric,
+        **other,
         "targets": targets,
         "currency": bt.spec.budget.currency,
         "budget": {
@@ -134,7 +148,8 @@ def table(doc: dict[str, Any]) -> str:
             for name, s in per.items():
                 lines.append(row(name, s))
     lines.append("")
-    lines.append("hpa sweep (target utilization: cost, SLO attainment)")
+    lines.append(f"hpa sweep on {doc['hpa_metric']} tokens/s "
+                 "(target utilization: cost, SLO attainment)")
     for p in doc["hpa_frontier"]:
         lines.append(f"  {p['target_utilization']:.2f}: {p['cost']:>12.2f} {cur}  "
                      f"{p['slo_attainment']:.2%}")
@@ -147,6 +162,10 @@ def table(doc: dict[str, Any]) -> str:
     }.get(how, how)
     if ratio is not None:
         lines.append(f"cost ratio vs hpa at equal SLO: {ratio:.3f} ({note})")
+    alt = doc.get("hpa_other_metric")
+    if alt and alt["cost_ratio_vs_hpa_at_equal_slo"] is not None:
+        lines.append(f"cost ratio vs hpa on {alt['metric']} tokens/s at equal SLO: "
+                     f"{alt['cost_ratio_vs_hpa_at_equal_slo']:.3f} ({alt['comparison']})")
     if doc["cost_ratio_vs_oracle"] is not None:
         lines.append(f"cost ratio vs oracle: {doc['cost_ratio_vs_oracle']:.3f}")
     budget = doc["budget"]

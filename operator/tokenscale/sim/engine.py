@@ -66,6 +66,8 @@ class Settings:
     seed: int = 0
     start: datetime = DEFAULT_START
     progress: bool | None = None  # None: show when stderr is a terminal
+    #: also sweep an HPA on the other metric (served <-> demand), as a robustness check
+    hpa_other_metric: bool = False
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,8 @@ class Backtest:
     period_starts: list[datetime]
     runs: dict[str, dict[str, TargetRun]]  # policy -> target -> run
     sweep: dict[float, dict[str, TargetRun]]  # hpa utilization -> target -> run
+    other_sweep: dict[float, dict[str, TargetRun]]  # the same on the other metric, if asked
+    other_metric: str | None
     reasons: Counter[tuple[str, str]]
     wall_seconds: float = 0.0
 
@@ -256,12 +260,15 @@ def run_backtest(spec: TokenBudgetSpec, traces: dict[str, Trace],
 
     # ---- HPA: the budget's utilization and the sweep, all rows in one group
     utils = sorted({*cfg.hpa_utilizations, util})
-    rows_target = [i for _ in utils for i in range(len(names))]
-    rows_util = np.array([u for u in utils for _ in names])
+    other = {"served": "demand", "demand": "served"}[cfg.hpa.metric]
+    metrics = [cfg.hpa.metric, *([other] if cfg.hpa_other_metric else [])]
+    rows_target = [i for _ in metrics for _ in utils for i in range(len(names))]
+    rows_util = np.array([u for _ in metrics for u in utils for _ in names])
+    rows_demand = np.array([m == "demand" for m in metrics for _ in utils for _ in names])
     hpa_initial = [
         initial_replicas(arrivals[i], targets[i].capacity, u, max(1, targets[i].min_replicas),
                          targets[i].max_replicas)
-        for u in utils for i in range(len(names))
+        for _ in metrics for u in utils for i in range(len(names))
     ]
     hpa_group = Group(arrivals, cumulative, targets, rows_target, hpa_initial, cfg.hpa.sync_s)
     bank = HpaBank(
@@ -272,7 +279,12 @@ def run_backtest(spec: TokenBudgetSpec, traces: dict[str, Trace],
         cfg.hpa,
         np.asarray(hpa_initial, dtype=np.int64),
     )
-    hpa_rates = hpa_group.demand_rates_at if cfg.hpa.metric == "demand" else hpa_group.rates_at
+
+    def hpa_rates(at: IntArray, window: int) -> FloatArray:
+        served = hpa_group.rates_at(at, window) if not rows_demand.all() else 0.0
+        demand = hpa_group.demand_rates_at(at, window) if rows_demand.any() else 0.0
+        return np.asarray(np.where(rows_demand[:, None], demand, served), dtype=np.float64)
+
     # ---- tokenscale: one row per target, the planner every intervalSeconds
     ts_initial = [
         initial_replicas(arrivals[i], targets[i].capacity, util, targets[i].min_replicas,
@@ -314,6 +326,10 @@ def run_backtest(spec: TokenBudgetSpec, traces: dict[str, Trace],
         }
 
     sweep = {u: group_runs(hpa_group, k * len(names)) for k, u in enumerate(utils)}
+    other_sweep = {
+        u: group_runs(hpa_group, (len(utils) + k) * len(names)) for k, u in enumerate(utils)
+        if u in cfg.hpa_utilizations
+    } if cfg.hpa_other_metric else {}
     runs: dict[str, dict[str, TargetRun]] = {
         "tokenscale": group_runs(ts_group, 0),
         "hpa": sweep[util],
@@ -333,6 +349,7 @@ def run_backtest(spec: TokenBudgetSpec, traces: dict[str, Trace],
     return Backtest(
         spec=spec, settings=cfg, targets=targets, arrivals=arrivals,
         trace_seconds=trace_seconds, price=price, period_index=period_index,
-        period_starts=period_starts, runs=runs, sweep=sweep,
+        period_starts=period_starts, runs=runs, sweep=sweep, other_sweep=other_sweep,
+        other_metric=other if cfg.hpa_other_metric else None,
         reasons=controller.reasons, wall_seconds=time.perf_counter() - began,
     )
