@@ -5,8 +5,8 @@ Every target of the sample TokenBudgets gets its own trace from ``../shared/trac
 ========================  ============  ==================================================
 target (kind)             budget        demand
 ========================  ============  ==================================================
-llama-8b (Deployment)     chat          ServeGen m-mid, 24 h from a trough
-llama-70b-chat (Deploy.)  shared        ServeGen deepseek-r1, the 1-day trace (wrapped)
+llama-8b (Deployment)     chat          ServeGen m-mid, 24 h (see _day_shape)
+llama-70b-chat (Deploy.)  shared        ServeGen deepseek-r1, the 1-day trace
 qwen-coder-32b (StatefS.) shared        ServeGen m-large day shape × Azure code 1 h bursts
 mistral-7b (Deployment)   batch-summ.   ServeGen m-small day shape × Mooncake 1 h bursts
 ========================  ============  ==================================================
@@ -144,25 +144,40 @@ class WorkloadSelection:
 
 
 def _day_shape(trace: Trace) -> Curve:
-    """24 h of a window trace, starting at its quietest hour, as relative work tokens/s.
+    """The most day-shaped 24 h of a window trace, from its quietest hour, as relative
+    work tokens/s.
 
-    Starting at the trough makes the day rise to its peak and fall again within the demo.
-    A trace shorter than two days wraps around.
+    Among the trace's whole days (all but the last, so the 24 h can run into the next day),
+    the one with the highest peak : trough ratio of hourly means and no (near-)empty hour; the curve
+    starts at that day's quietest hour, so it rises to the peak and falls again within the
+    demo. A trace of a single day wraps around instead.
     """
     step = trace.window_s or 600.0
     rates = trace.rate_series(step).astype(np.float64)
     per_day = max(1, round(DAY_SECONDS / step))
+    hour = max(1, round(3600 / step))
     if len(rates) < per_day:  # shorter than a day: repeat
         rates = np.resize(rates, per_day)
-    first_day = rates[:per_day]
-    hour = max(1, round(3600 / step))
-    smooth = np.convolve(np.concatenate([first_day, first_day[:hour]]),
-                         np.ones(hour) / hour, mode="valid")[:per_day]
-    start = int(np.argmin(smooth))
+
+    def hourly(day: FloatArray) -> FloatArray:
+        usable = len(day) // hour * hour
+        return day[:usable].reshape(-1, hour).mean(axis=1)
+
+    days = len(rates) // per_day
+    best, best_ratio = 0, -1.0
+    for d in range(max(1, days - 1)):
+        means = hourly(rates[d * per_day:(d + 1) * per_day])
+        if means.min() < 0.15 * float(np.median(means)):
+            continue  # an (almost) empty hour is a gap in the data, not a quiet night
+        ratio = float(means.max() / means.min())
+        if ratio > best_ratio:
+            best, best_ratio = d, ratio
+    trough = int(np.argmin(hourly(rates[best * per_day:(best + 1) * per_day])))
+    start = best * per_day + trough * hour
     if len(rates) >= start + per_day:
         values = rates[start:start + per_day]
     else:
-        values = np.roll(first_day, -start)
+        values = np.roll(rates[best * per_day:(best + 1) * per_day], -trough * hour)
     peak = float(values.max())
     return Curve(values / peak if peak > 0 else values, DAY_SECONDS / per_day)
 
