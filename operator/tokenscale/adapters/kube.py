@@ -5,6 +5,12 @@ Built on the official ``kubernetes`` client (synchronous) run in a bounded threa
 raw JSON answers (``_preload_content=False``) so nothing is lost or slowed by model
 deserialisation. All writes are JSON merge patches (RFC 7386), which every API server
 accepts for built-in kinds, their scale subresource and custom resources alike.
+
+Transient answers (409 Conflict, 429 TooManyRequests, 500/502/503/504, refused
+connections) are retried with exponential backoff (``retry_backoff_seconds`` doubling, at
+most ``attempts`` tries, a 429's Retry-After honoured up to 5 s). Retrying is safe: every
+write sets absolute values (replicas, status fields) without a resourceVersion, so a repeat
+can never add a second step; a request that timed out is not repeated (the next cycle will).
 Nothing here sets ownerReferences: deleting a TokenBudget leaves the workloads as they are.
 """
 
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import socket
 import uuid
 from collections.abc import Callable
@@ -28,15 +35,27 @@ from tokenscale import api
 T = TypeVar("T")
 MERGE_PATCH = "application/merge-patch+json"
 _KINDS = {"Deployment": "deployments", "StatefulSet": "statefulsets"}
+#: HTTP statuses worth another try (0: the connection failed before an answer).
+RETRYABLE = frozenset({0, 409, 429, 500, 502, 503, 504})
+#: Upper bound of one backoff pause (s), Retry-After included.
+MAX_BACKOFF_SECONDS = 5.0
 
 
 class KubeError(Exception):
     """A failed Kubernetes API call; ``status`` is the HTTP status (0: no answer)."""
 
-    def __init__(self, status: int, reason: str):
+    def __init__(self, status: int, reason: str, retry_after: float | None = None,
+                 timed_out: bool = False):
         super().__init__(f"{status} {reason}")
         self.status = status
         self.reason = reason
+        self.retry_after = retry_after  # seconds the server asked to wait (429), if any
+        self.timed_out = timed_out
+
+    @property
+    def transient(self) -> bool:
+        """Worth retrying: a conflict, throttling, a server error or a refused connection."""
+        return self.status in RETRYABLE and not self.timed_out
 
 
 @dataclass(frozen=True)
@@ -93,6 +112,8 @@ class KubeAdapter:
         workers: int = 8,
         timeout_seconds: float = 10.0,
         instance: str = "",
+        attempts: int = 4,
+        retry_backoff_seconds: float = 0.2,
     ):
         self._client = client
         self._apps = kubernetes.client.AppsV1Api(client)
@@ -103,6 +124,9 @@ class KubeAdapter:
         self._timeout = timeout_seconds
         self._instance = instance or socket.gethostname()
         self._keda_absent = False
+        self._attempts = max(1, attempts)
+        self._backoff = retry_backoff_seconds
+        self.retries = 0  # transient failures retried so far
 
     def close(self) -> None:
         """Stop the thread pool and close connections."""
@@ -117,14 +141,28 @@ class KubeAdapter:
             try:
                 response = fn(*args, **kwargs)
             except ApiException as exc:
-                raise KubeError(int(exc.status or 0), _api_reason(exc)) from None
+                raise KubeError(int(exc.status or 0), _api_reason(exc),
+                                retry_after=_retry_after(exc)) from None
             except Exception as exc:  # connection refused, timeouts, TLS
-                raise KubeError(0, f"{type(exc).__name__}: {exc}") from None
+                name = type(exc).__name__
+                raise KubeError(0, f"{name}: {exc}",
+                                timed_out="Timeout" in name or "timed out" in str(exc)) from None
             data = response.data
             return json.loads(data) if data else {}
 
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, run)
+        for attempt in range(self._attempts):
+            try:
+                return await loop.run_in_executor(self._pool, run)
+            except KubeError as exc:
+                if not exc.transient or attempt + 1 >= self._attempts:
+                    raise
+                self.retries += 1
+                pause = self._backoff * 2**attempt * random.uniform(1.0, 1.25)
+                if exc.retry_after is not None:
+                    pause = max(pause, exc.retry_after)
+                await asyncio.sleep(min(pause, MAX_BACKOFF_SECONDS))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # ---------------------------------------------------------------------- workloads
 
@@ -250,38 +288,58 @@ class KubeAdapter:
         type_: str = "Normal",
         now: datetime | None = None,
     ) -> None:
-        """Create a core/v1 Event about ``involved`` (an object with apiVersion, kind,
-        metadata.name/namespace/uid)."""
-        meta = involved.get("metadata") or {}
-        namespace = str(meta.get("namespace") or "default")
-        stamp = _rfc3339(now or datetime.now(UTC))
-        ref = {
-            "apiVersion": involved.get("apiVersion", f"{api.GROUP}/{api.VERSION}"),
-            "kind": involved.get("kind", api.KIND),
-            "name": meta.get("name", ""),
+        """Create a core/v1 Event about ``involved`` (see :func:`event_body`)."""
+        body = event_body(involved, reason, message, type_, now or datetime.now(UTC),
+                          self._instance)
+        await self._call(self._core.create_namespaced_event, body["metadata"]["namespace"],
+                         body)
+
+
+def event_body(
+    involved: dict[str, Any], reason: str, message: str, type_: str, now: datetime,
+    instance: str,
+) -> dict[str, Any]:
+    """A core/v1 Event about ``involved`` (an object with apiVersion, kind and
+    metadata.name/namespace/uid), as the API server accepts it."""
+    meta = involved.get("metadata") or {}
+    namespace = str(meta.get("namespace") or "default")
+    stamp = _rfc3339(now)
+    ref = {
+        "apiVersion": involved.get("apiVersion", f"{api.GROUP}/{api.VERSION}"),
+        "kind": involved.get("kind", api.KIND),
+        "name": meta.get("name", ""),
+        "namespace": namespace,
+    }
+    if meta.get("uid"):
+        ref["uid"] = meta["uid"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {
+            "name": f"{meta.get('name', 'tokenbudget')}.{uuid.uuid4().hex[:16]}",
             "namespace": namespace,
-        }
-        if meta.get("uid"):
-            ref["uid"] = meta["uid"]
-        body = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {
-                "name": f"{meta.get('name', 'tokenbudget')}.{uuid.uuid4().hex[:16]}",
-                "namespace": namespace,
-            },
-            "involvedObject": ref,
-            "reason": reason[:128],
-            "message": message[:1024],
-            "type": type_,
-            "source": {"component": "tokenscale"},
-            "reportingComponent": "tokenscale.dev/operator",
-            "reportingInstance": self._instance[:128],
-            "firstTimestamp": stamp,
-            "lastTimestamp": stamp,
-            "count": 1,
-        }
-        await self._call(self._core.create_namespaced_event, namespace, body)
+        },
+        "involvedObject": ref,
+        "reason": reason[:128],
+        "message": message[:1024],
+        "type": type_,
+        "source": {"component": "tokenscale"},
+        "reportingComponent": "tokenscale.dev/operator",
+        "reportingInstance": instance[:128],
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
+
+
+def _retry_after(exc: ApiException) -> float | None:
+    """The Retry-After header of an answer in seconds, if there is a usable one."""
+    headers = exc.headers or {}
+    raw = headers.get("Retry-After") if hasattr(headers, "get") else None
+    try:
+        return max(0.0, float(raw)) if raw is not None else None
+    except ValueError:
+        return None
 
 
 def _api_reason(exc: ApiException) -> str:
