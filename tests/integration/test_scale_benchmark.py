@@ -1,0 +1,55 @@
+"""Smoke run of the operator scale benchmark (benchmarks/scale.py) on the real test stack.
+
+Tiny sizes (5 and 10 TokenBudgets, 2 intervals of 5 s): the point is that the benchmark runs
+end to end and that the operator batches its Prometheus queries (the count per cycle does not
+grow with the number of budgets). The figures themselves belong in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+KEYS = ("cycle_seconds", "prometheus_queries_per_cycle", "api_requests_per_cycle", "cpu_cores",
+        "peak_rss_mb", "scale_lag_seconds")
+
+
+def run_benchmark(budgets: int, out: Path) -> dict[str, Any]:
+    cmd = [sys.executable, str(REPO / "benchmarks" / "scale.py"), "--budgets", str(budgets),
+           "--intervals", "2", "--interval-seconds", "5", "--scrape-interval", "1",
+           "--rate-window", "10s", "--forecast-window", "60", "--step-targets", "2",
+           "--budgets-per-namespace", "5", "--quiet", "--json", str(out)]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None and not Path("/usr/bin/promtool").exists(),
+                    reason="promtool (Debian package prometheus) is needed for the history")
+def test_scale_benchmark_reports_batched_queries(tmp_path: Path) -> None:
+    small = run_benchmark(5, tmp_path / "n5.json")
+    for key in KEYS:
+        assert key in small, key
+    assert small["cycles"] >= 2
+    # A handful of queries per cycle: rate range, queue, one increase() per period start.
+    assert 1 <= small["prometheus_queries_per_cycle"] <= 5
+    assert small["prometheus_errors_per_cycle"] == 0
+    # Two LISTs (Deployments, HPAs) per namespace; status patches at most one per budget.
+    assert small["api_requests_per_cycle_by_kind"]["list_deployments"] == pytest.approx(1.0)
+    assert small["status_patches_per_cycle"] <= 5
+    # The load step was answered with a scale-up of both stepped targets.
+    assert small["scale_lag_missing"] == 0 and small["scale_lag_seconds"] > 0
+    assert 0 < small["peak_rss_mb"] < 1000 and small["cpu_cores"] > 0
+
+    larger = run_benchmark(10, tmp_path / "n10.json")
+    assert larger["prometheus_queries_per_cycle"] == small["prometheus_queries_per_cycle"]
+    assert larger["api_requests_per_cycle_by_kind"]["list_deployments"] == pytest.approx(2.0)
