@@ -221,6 +221,9 @@ def run(args: argparse.Namespace) -> int:
                 notes.append(f"the hour period ended at {elapsed:.0f} s: budgets re-applied "
                              "for the next hour")
             snap = stack.call(Recorder.snapshot)
+            header.warning = _operator_warning(stack, recorder, elapsed)
+            if header.warning and not tty and elapsed >= next_line:
+                say(f"WARNING: {header.warning}")
             rates = {s.config.name: (s.demand_rate, s.served_rate, s.backlog)
                      for s in (fleet.states if fleet else [])}
             recorder.add(round(elapsed, 2), time.time(), snap, rates)
@@ -234,6 +237,12 @@ def run(args: argparse.Namespace) -> int:
             if stop.event.wait(1.0):
                 break
         summary["durationSeconds"] = round(time.monotonic() - t0, 1)
+        errors, last_error = stack.operator_errors()
+        summary["operatorErrors"] = errors
+        if not any(b.phases_seen() for b in recorder.budgets):
+            raise DemoError("the operator wrote no TokenBudget status during the demo; "
+                            f"see {_rel(stack.operator_log_path)}"
+                            + (f" (last error: {last_error})" if last_error else ""))
         summary["ok"] = True
         if stop.signal:
             summary["stoppedBy"] = stop.signal
@@ -271,6 +280,17 @@ def run(args: argparse.Namespace) -> int:
         args.summary_json.write_text(json.dumps(summary, indent=2) + "\n")
         say(f"summary JSON: {args.summary_json}")
     return code
+
+
+def _operator_warning(stack: Stack, rec: Recorder, elapsed: float) -> str:
+    """A warning for the screen when the operator logs errors or writes no status."""
+    errors, last = stack.operator_errors()
+    log = _rel(stack.operator_log_path)
+    if errors and elapsed > 10:
+        return f"the operator logged {errors} errors (see {log}); last: {last[:200]}"
+    if elapsed > 20 and not any(b.phase and b.phase[-1] for b in rec.budgets):
+        return f"the operator has written no TokenBudget status yet; see {log}"
+    return ""
 
 
 def _wait_ports_free(ports: list[int], timeout: float = 10.0) -> bool:

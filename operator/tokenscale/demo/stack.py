@@ -310,6 +310,17 @@ class Stack:
         text = self.operator_log_path.read_text(errors="replace").splitlines()
         return "\n".join(text[-lines:])
 
+    def operator_errors(self) -> tuple[int, str]:
+        """Number of ERROR lines in the operator's log and the last one (for the view)."""
+        if not self.operator_log_path.exists():
+            return 0, ""
+        errors = [line for line in self.operator_log_path.read_text(errors="replace")
+                  .splitlines() if "[ERROR" in line or line.startswith(("NameError",
+                                                                       "Traceback"))]
+        real = [e for e in errors if "[ERROR" in e]
+        detail = next((e for e in reversed(errors) if not e.startswith("Traceback")), "")
+        return len(real), detail
+
     def operator_alive(self) -> bool:
         return self.operator is not None and self.operator.poll() is None
 

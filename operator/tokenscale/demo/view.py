@@ -25,6 +25,7 @@ class Header:
     day_seconds: float
     duration: float | None
     notes: list[str]
+    warning: str = ""  # shown in the header, e.g. operator errors
 
 
 def sim_clock(t: float, speedup: float) -> str:
@@ -37,6 +38,8 @@ def sim_clock(t: float, speedup: float) -> str:
 def _num(x: float | None) -> str:
     if x is None:
         return "-"
+    if x == 0:
+        return "0"
     if abs(x) >= 1e9:
         return f"{x / 1e9:.2f}G"
     if abs(x) >= 1e6:
@@ -72,7 +75,11 @@ def pace_text(b: BudgetTrack) -> str:
 
 def _colour_phase(line: str, phase: str) -> str:
     code = _COLOURS.get(phase)
-    return line.replace(phase, f"\x1b[{code}m{phase}\x1b[0m", 1) if code and phase else line
+    if not code or not phase:
+        return line
+    if line.startswith("WARNING"):
+        return f"\x1b[{code}m{line}\x1b[0m"
+    return line.replace(phase, f"\x1b[{code}m{phase}\x1b[0m", 1)
 
 
 def _target_line(t: TargetTrack) -> str:
@@ -96,8 +103,12 @@ def render(header: Header, rec: Recorder, elapsed: float, colour: bool = True) -
          f" (24 h in {header.day_seconds:.0f} s, {header.speedup:.0f}x); Ctrl-C stops", ""),
         (f"API emulator {header.api_url}   Prometheus {header.prometheus_url}   "
          f"operator {header.operator}", ""),
-        ("", ""),
+        ("tokens/s: DEMAND offered and SERVED by the simulated fleet, OPERATOR as read from "
+         "Prometheus; QUEUED tokens", ""),
     ]
+    if header.warning:
+        lines.append((f"WARNING: {header.warning}", "Invalid"))
+    lines.append(("", ""))
     for b in rec.budgets:
         phase = b.phase[-1] if b.phase else ""
         lines.append((f"  TokenBudget {b.namespace}/{b.name} ({b.adapted.mode})  phase "
@@ -106,9 +117,7 @@ def render(header: Header, rec: Recorder, elapsed: float, colour: bool = True) -
         if b.last_reason:
             lines.append((f"    why: {b.last_reason}: {b.last_message}", ""))
         lines.append((f"    {'TARGET':<16}{'KIND':<12}{'READY/SET':<11}{'DEMAND':>9}"
-                      f"{'SERVED':>9}{'OPERATOR':>10}{'QUEUED':>9}  REASON  (tokens/s; "
-                      "demand/served from the fleet, OPERATOR = what it read in Prometheus)",
-                      ""))
+                      f"{'SERVED':>9}{'OPERATOR':>10}{'QUEUED':>9}  REASON", ""))
         lines += [(_target_line(rec.targets[n]), "") for n in b.targets if n in rec.targets]
         lines.append(("", ""))
     k = header.kubectl

@@ -161,7 +161,7 @@ def _day_shape(trace: Trace) -> Curve:
 
     def hourly(day: FloatArray) -> FloatArray:
         usable = len(day) // hour * hour
-        return day[:usable].reshape(-1, hour).mean(axis=1)
+        return np.asarray(day[:usable].reshape(-1, hour).mean(axis=1), dtype=np.float64)
 
     days = len(rates) // per_day
     best, best_ratio = 0, -1.0
