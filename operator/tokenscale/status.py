@@ -2,8 +2,9 @@
 
 Status patch policy (see :func:`needs_patch`): the operator compares the new status with the
 last one it wrote (or read) in a *significant view*: ``lastReconcileTime`` left out, the
-recommendation history reduced to its replica values (its timestamps move every cycle), and
-floats rounded to 3 significant digits (spend grows continuously). It patches when that
+recommendation history reduced to its replica values (its timestamps move every cycle), the
+``message`` of conditions and targets left out (they quote durations; reason and status
+stay), and floats rounded to 3 significant digits (spend grows continuously). It patches when that
 view changed, or when ``heartbeat`` seconds passed since the last patch, so the stored spend
 is never older than the heartbeat. Skipping a patch loses nothing on restart: the memory
 pairs ``spend.cost`` with ``lastReconcileTime`` of the same write, and the cost accrued
@@ -269,6 +270,11 @@ def _round(value: Any) -> Any:
 def significant(status: Mapping[str, Any]) -> dict[str, Any]:
     """The view of a wire-form status that decides whether to patch."""
     view = {k: v for k, v in status.items() if k != "lastReconcileTime"}
+    for key in ("conditions", "targets"):  # messages quote durations that tick every cycle
+        view[key] = [
+            {k: v for k, v in item.items() if k != "message"}
+            for item in view.get(key) or [] if isinstance(item, dict)
+        ]
     recs = view.pop("recommendations", None) or []
     view["recommendations"] = [
         (r.get("target"), r.get("replicas")) for r in recs if isinstance(r, dict)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import socket
 import uuid
@@ -82,16 +83,20 @@ class Autoscaler:
         return f"{self.kind} {self.name}"
 
 
-def load_client(timeout_seconds: float = 10.0) -> kubernetes.client.ApiClient:
-    """An API client from the in-cluster service account, else from the kubeconfig."""
+def load_client(
+    timeout_seconds: float = 10.0, kubeconfig: str | None = None
+) -> kubernetes.client.ApiClient:
+    """An API client from the in-cluster service account, else from the kubeconfig
+    (``kubeconfig``, else ``$KUBECONFIG`` read now, else ``~/.kube/config``)."""
     configuration = kubernetes.client.Configuration()
     try:
         kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
             client_configuration=configuration
         )
     except kubernetes.config.ConfigException:
+        path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
         kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
-            client_configuration=configuration
+            config_file=path, client_configuration=configuration
         )
     configuration.retries = 0
     client = kubernetes.client.ApiClient(configuration)

@@ -1,0 +1,242 @@
+"""The reconciler in-process against the API emulator (its CRD schema enforced on writes),
+cycles driven with explicit times: invalid specs, other autoscalers (HPA, KEDA), the status
+patch policy, Events and owner-free scaling.
+
+Prometheus is a closed port here (metrics Unreachable): these tests are about what the
+operator writes to Kubernetes; the metric paths run against the real Prometheus in
+test_prometheus_adapter.py and tests/e2e.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tokenscale.adapters.kube import KubeAdapter, load_client
+from tokenscale.metrics import OperatorMetrics
+from tokenscale.reconcile import Reconciler
+from tokenscale.settings import OperatorSettings
+from tokenscale.testbed.apiserver import ApiServer, ApiServerThread
+from tokenscale.testbed.kubectl import Kubectl
+from tokenscale.testbed.prometheus import free_port
+
+pytestmark = pytest.mark.integration
+
+NS = "inference"
+SAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "samples" / "chat-cost-budget.yaml"
+KEDA_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "scaledobjects.keda.sh"},
+    "spec": {"group": "keda.sh", "scope": "Namespaced",
+             "names": {"kind": "ScaledObject", "plural": "scaledobjects",
+                       "singular": "scaledobject", "listKind": "ScaledObjectList"},
+             "versions": [{"name": "v1alpha1", "served": True, "storage": True,
+                           "schema": {"openAPIV3Schema": {
+                               "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]},
+}
+
+
+def deployment(name: str, replicas: int) -> dict[str, Any]:
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}},
+                                  "spec": {"containers": [{"name": "vllm", "image": "vllm"}]}}}}
+
+
+def tokenbudget(name: str = "chat", **spec_changes: Any) -> dict[str, Any]:
+    body: dict[str, Any] = yaml.safe_load(SAMPLE.read_text())
+    body["metadata"]["name"] = name
+    body["spec"]["planning"]["intervalSeconds"] = 5
+    body["spec"]["fallback"] = {"afterSeconds": 3600}
+    body["spec"].update(spec_changes)
+    return body
+
+
+class Harness:
+    """A Reconciler wired to the emulator; cycles at chosen times."""
+
+    def __init__(self, server: ApiServer, api: ApiServerThread, reconciler: Reconciler,
+                 kubectl: Kubectl):
+        self.kubectl = kubectl
+        self.server = server
+        self.api = api
+        self.reconciler = reconciler
+        self.t = math.floor(time.time())
+
+    def create(self, api_version: str, plural: str, body: dict[str, Any]) -> None:
+        self.api.call(lambda s: s.create_object(api_version, plural, copy.deepcopy(body)))
+
+    def get(self, api_version: str, plural: str, name: str) -> dict[str, Any]:
+        obj = self.api.call(lambda s: s.get_object(api_version, plural, NS, name))
+        assert obj is not None
+        return copy.deepcopy(obj)  # type: ignore[no-any-return]
+
+    def budget(self, name: str = "chat") -> dict[str, Any]:
+        return self.get("tokenscale.dev/v1alpha1", "tokenbudgets", name)
+
+    def events(self, name: str = "chat") -> list[dict[str, Any]]:
+        items = self.api.call(lambda s: s.list_objects("v1", "events", NS))
+        return [e for e in items if e["involvedObject"]["name"] == name]
+
+    async def observe(self, name: str = "chat") -> None:
+        """What kopf's watch would deliver: the object as stored."""
+        entry = self.reconciler.on_event(None, self.budget(name))
+        if entry is not None and entry.spec is None:
+            await self.reconciler.report_invalid(entry)
+
+    async def cycle(self, seconds: float = 5) -> None:
+        self.t += seconds
+        entries = [e for e in self.reconciler.entries.values() if e.spec is not None]
+        await self.reconciler.run_cycle(entries, self.t)
+
+
+@pytest.fixture
+async def harness(apiserver: ApiServerThread, emulator: ApiServer, kubeconfig: Path,
+                  kubectl: Kubectl, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Harness]:
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    settings = OperatorSettings(prometheus_url=f"http://127.0.0.1:{free_port()}",
+                                status_heartbeat_seconds=3600, rate_window="5s")
+    kube = KubeAdapter(load_client(5), workers=4, timeout_seconds=5)
+    reconciler = Reconciler(settings, kube, OperatorMetrics())
+    h = Harness(emulator, apiserver, reconciler, kubectl)
+    h.create("apps/v1", "deployments", deployment("llama-8b", 3))
+    yield h
+    reconciler.close()
+    kube.close()
+
+
+def condition(body: dict[str, Any], ctype: str) -> dict[str, Any]:
+    return next(c for c in body["status"]["conditions"] if c["type"] == ctype)
+
+
+def replicas(h: Harness, name: str = "llama-8b") -> int:
+    return int(h.get("apps/v1", "deployments", name)["spec"]["replicas"])
+
+
+async def test_invalid_spec_is_reported_per_field_and_nothing_is_scaled(h: Harness) -> None:
+    body = tokenbudget()
+    body["spec"]["budget"]["timeZone"] = "Mars/Olympus_Mons"  # passes the CRD, not the model
+    h.create("tokenscale.dev/v1alpha1", "tokenbudgets", body)
+    await h.observe()
+    await h.cycle()
+    stored = h.budget()
+    assert stored["status"]["phase"] == "Invalid"
+    spec_valid = condition(stored, "SpecValid")
+    assert spec_valid["status"] == "False" and spec_valid["reason"] == "InvalidSpec"
+    assert "spec.budget.timeZone" in spec_valid["message"]
+    assert "Mars/Olympus_Mons" in spec_valid["message"]
+    assert condition(stored, "Ready")["status"] == "False"
+    assert replicas(h) == 3
+    assert h.server.request_count("PATCH", r"deployments/llama-8b/scale$") == 0
+    assert [e["type"] for e in h.events() if e["reason"] == "SpecValid"] == ["Warning"]
+
+    h.kubectl.run("patch", "tokenbudget", "chat", "--type=merge", "-p",
+                  '{"spec": {"budget": {"timeZone": "Europe/Berlin"}}}', namespace=NS)
+    await h.observe()
+    await h.cycle()
+    stored = h.budget()
+    assert condition(stored, "SpecValid")["status"] == "True"
+    assert stored["status"]["phase"] != "Invalid"
+
+
+async def test_an_hpa_on_the_target_is_a_conflict_and_blocks_scaling(h: Harness) -> None:
+    h.create("autoscaling/v2", "horizontalpodautoscalers", {
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "llama-hpa", "namespace": NS},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
+                                    "name": "llama-8b"},
+                 "minReplicas": 1, "maxReplicas": 5}})
+    h.create("tokenscale.dev/v1alpha1", "tokenbudgets", tokenbudget())
+    await h.observe()
+    await h.cycle()
+    stored = h.budget()
+    conflict = condition(stored, "Conflict")
+    assert conflict["status"] == "True" and "llama-hpa" in conflict["message"]
+    assert stored["status"]["targets"][0]["reason"] == "Conflict"
+    assert h.server.request_count("PATCH", r"deployments/llama-8b/scale$") == 0
+    assert any(e["reason"] == "Conflict" and e["type"] == "Warning" for e in h.events())
+
+
+async def test_a_keda_scaledobject_is_a_conflict_and_absent_keda_is_none(h: Harness) -> None:
+    h.create("tokenscale.dev/v1alpha1", "tokenbudgets", tokenbudget())
+    await h.observe()
+    await h.cycle()  # no KEDA CRD: the lookup answers 404, which means no conflict
+    assert condition(h.budget(), "Conflict")["status"] == "False"
+
+    other = Reconciler(h.reconciler.settings, KubeAdapter(load_client(5)), OperatorMetrics())
+    h.create("apiextensions.k8s.io/v1", "customresourcedefinitions", KEDA_CRD)
+    h.create("keda.sh/v1alpha1", "scaledobjects", {
+        "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+        "metadata": {"name": "llama-keda", "namespace": NS},
+        "spec": {"scaleTargetRef": {"name": "llama-8b"}}})
+    h.reconciler = other  # a fresh operator finds KEDA installed
+    await h.observe()
+    await h.cycle()
+    conflict = condition(h.budget(), "Conflict")
+    assert conflict["status"] == "True" and "ScaledObject llama-keda" in conflict["message"]
+    other.close()
+
+
+async def test_status_is_patched_only_when_it_changed(h: Harness) -> None:
+    # zero replicas and no metrics: nothing moves, so nothing is written after the first
+    h.create("apps/v1", "deployments", deployment("idle", 0))
+    body = tokenbudget("idle")
+    body["spec"]["targets"][0].update(name="idle", minReplicas=0,
+                                      scaleTargetRef={"apiVersion": "apps/v1",
+                                                      "kind": "Deployment", "name": "idle"})
+    h.create("tokenscale.dev/v1alpha1", "tokenbudgets", body)
+    await h.observe("idle")
+    await h.cycle()
+    path = r"tokenbudgets/idle/status$"
+    first = h.server.request_count("PATCH", path)
+    assert first == 1
+    stamp = h.budget("idle")["status"]["lastReconcileTime"]
+    for _ in range(3):
+        await h.cycle()
+    assert h.server.request_count("PATCH", path) == first
+    assert h.budget("idle")["status"]["lastReconcileTime"] == stamp
+    sent = h.reconciler.metrics.status_patches.labels("skipped")._value.get()
+    assert sent == 3
+
+    h.kubectl.run("scale", "deployment/idle", "--replicas=2", namespace=NS)  # by hand
+    await h.cycle()
+    assert h.server.request_count("PATCH", path) == first + 1
+    assert h.budget("idle")["status"]["replicas"] == 2
+
+
+async def test_deleting_a_budget_leaves_replicas_and_owners_alone(h: Harness) -> None:
+    h.create("tokenscale.dev/v1alpha1", "tokenbudgets", tokenbudget())
+    await h.observe()
+    await h.cycle()
+    before = h.get("apps/v1", "deployments", "llama-8b")
+    h.reconciler.on_event("DELETED", h.budget())
+    assert h.reconciler.entries == {}
+    await h.cycle()
+    after = h.get("apps/v1", "deployments", "llama-8b")
+    assert after["spec"]["replicas"] == before["spec"]["replicas"] == 3
+    assert "ownerReferences" not in after["metadata"]
+    assert "finalizers" not in h.budget()["metadata"]
+
+
+async def test_status_patch_failures_are_retried_next_cycle(h: Harness) -> None:
+    h.create("tokenscale.dev/v1alpha1", "tokenbudgets", tokenbudget())
+    await h.observe()
+    h.server.inject_fault("PATCH", r"tokenbudgets/chat/status$", 500, times=10)
+    await h.cycle()
+    assert "status" not in h.budget() or not h.budget()["status"].get("phase")
+    h.server.clear_faults()
+    await h.cycle()
+    assert h.budget()["status"]["phase"]
+
+
+@pytest.fixture
+def h(harness: Harness) -> Harness:
+    return harness
