@@ -20,7 +20,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from tokenscale import api
 from tokenscale.core.types import (
@@ -123,8 +123,8 @@ def merge_conditions(
         before = by_type.get(value.type)
         unchanged = before is not None and before.status == value.status
         after = api.Condition(
-            type=value.type,
-            status=value.status,
+            type=cast(Any, value.type),
+            status=cast(Any, value.status),
             reason=value.reason,
             message=value.message[:32768],
             last_transition_time=before.last_transition_time if unchanged and before else stamp,
@@ -168,7 +168,7 @@ def build_status(
                 "Spec", "Fitted", "Default") else "Default"
             model = api.ModelStatus(
                 a=decision.model.a, b=decision.model.b, r2=_finite(decision.model.r2),
-                samples=decision.model.samples, source=source,
+                samples=decision.model.samples, source=cast(Any, source),
             )
         targets.append(api.TargetStatus(
             name=name,
@@ -193,7 +193,7 @@ def build_status(
     observed_rates = [t.tokens_per_second for t in targets if t.tokens_per_second is not None]
     status = api.TokenBudgetStatus(
         observed_generation=generation,
-        phase=plan.phase,
+        phase=cast(Any, plan.phase),
         conditions=conditions,
         period=api.PeriodStatus(
             start=to_rfc3339(plan.period_start), end=to_rfc3339(plan.period_end)
