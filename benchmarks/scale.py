@@ -592,18 +592,20 @@ def _alive(url: str) -> bool:
 
 
 def _teardown(rig: Rig) -> None:
-    for proc in (rig.profiler, rig.operator, rig.exporter):
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+    procs = [p for p in (rig.profiler, rig.operator, rig.exporter)
+             if p is not None and p.poll() is None]
+    for proc in procs:  # all at once: the operator's graceful stop takes a few seconds
+        proc.terminate()
     if rig.prom is not None:
         rig.prom.stop()
     if rig.api is not None:
         rig.api.stop()
+    for proc in procs:
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 # ---------------------------------------------------------------------------- output
