@@ -76,7 +76,8 @@ def write_plot(bt: Backtest, path: str | Path, title: str = "") -> None:
         base = np.repeat(np.r_[0.0, cum[starts[1:] - 1]],
                          np.diff(np.r_[starts, seconds]))  # spend resets each period
         spend = cum - base
-        top = max(top, float(spend.max(initial=0.0)))
+        if p != "static":  # static can dwarf the rest; it may run off the top of the panel
+            top = max(top, float(spend.max(initial=0.0)))
         step = max(1, seconds // (_MAX_POINTS * 2))
         ax.plot(full[::step] / div, spend[::step], STYLES[p], color=COLORS[p], lw=1.3,
                 label=p)
@@ -94,7 +95,7 @@ def write_plot(bt: Backtest, path: str | Path, title: str = "") -> None:
     ax.set_xlabel(f"time since trace start ({unit}; start {bt.settings.start:%Y-%m-%d %H:%M %Z})")
     ax.set_title("cumulative spend within each budget period", fontsize=10, loc="left")
     ax.grid(alpha=0.3)
-    ax.set_ylim(0, top * 1.3 + 1e-9)
+    ax.set_ylim(0, top * 1.35 + 1e-9)
     ax.legend(loc="upper left", fontsize=8, ncol=5, framealpha=0.9)
     if title:
         fig.suptitle(title, fontsize=11)
