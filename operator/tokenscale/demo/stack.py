@@ -252,6 +252,11 @@ class Stack:
         proc = getattr(self.prometheus, "_proc", None)
         if proc is not None:
             self._remember("prometheus", proc.pid)
+        try:  # the operator's first cycle then sees fresh token rates (no Degraded start)
+            self.prometheus.wait_for_series("rate(vllm:generation_tokens_total[10s])",
+                                            timeout=30)
+        except (TimeoutError, PrometheusError) as e:
+            raise DemoError(f"Prometheus does not see the fleet's vLLM metrics: {e}") from None
 
     def _remember(self, name: str, pid: int) -> None:
         create = 0.0
