@@ -180,8 +180,9 @@ class Operator:
         return total
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def operator(stack: dict[str, Any]) -> Iterator[Operator]:
+    """One operator for the tests after the restart test (which runs its own, first)."""
     op = Operator(stack)
     op.start()
     yield op
@@ -228,6 +229,42 @@ def delete_budgets(stack: dict[str, Any], *names: str) -> None:
 
 
 # ------------------------------------------------------------------------------- tests
+# The restart test comes first: it runs its own operator processes, before the shared one.
+
+
+def test_operator_restart_mid_period_keeps_spend(stack: dict[str, Any]) -> None:
+    stack["kubectl"].run("scale", "deployment/restart", "--replicas=2", namespace=NS)
+    op = Operator(stack)
+    op.start()
+    try:
+        # 2 replicas × 360/h = 0.2 USD/s
+        stack["kubectl"].apply_text(budget("restart", "restart", cost_per_hour=360,
+                                           min_replicas=2, max_replicas=2))
+        wait_for(lambda: status(stack, "restart").get("spend", {}).get("cost", 0) > 1.0,
+                 timeout=40, message="some spend")
+        wait_for(lambda: status(stack, "restart").get("spend", {}).get("tokens", 0) > 0,
+                 timeout=30, message="tokens counted")
+    finally:
+        op.stop()
+    before = status(stack, "restart")
+    t_before = before["lastReconcileTime"]
+    op = Operator(stack)
+    op.start()
+    try:
+        after = wait_for(lambda: (s := status(stack, "restart"))["lastReconcileTime"]
+                         != t_before and s, timeout=30, message="a cycle after the restart")
+    finally:
+        op.stop()
+    from tokenscale.status import parse_time
+
+    t0, t1 = parse_time(t_before), parse_time(after["lastReconcileTime"])
+    assert t0 is not None and t1 is not None
+    gap = (t1 - t0).total_seconds()
+    expected = before["spend"]["cost"] + 0.2 * gap  # the downtime is accounted, once
+    assert after["spend"]["cost"] == pytest.approx(expected, abs=0.05)
+    assert after["spend"]["tokens"] >= before["spend"]["tokens"] * 0.9
+    assert after["period"] == before["period"]
+    delete_budgets(stack, "restart")
 
 
 def test_replicas_follow_a_load_step_up_and_down(
@@ -365,38 +402,3 @@ def test_prometheus_queries_per_cycle_do_not_grow_with_budgets(
     many = _queries_per_cycle(operator, prom, cycles=2)
     assert one == many == 3  # token rate (range), queue, increase since period start
     delete_budgets(stack, "count-0", *names)
-
-
-def test_operator_restart_mid_period_keeps_spend(stack: dict[str, Any]) -> None:
-    stack["kubectl"].run("scale", "deployment/restart", "--replicas=2", namespace=NS)
-    op = Operator(stack)
-    op.start()
-    try:
-        # 2 replicas × 360/h = 0.2 USD/s
-        stack["kubectl"].apply_text(budget("restart", "restart", cost_per_hour=360,
-                                           min_replicas=2, max_replicas=2))
-        wait_for(lambda: status(stack, "restart").get("spend", {}).get("cost", 0) > 1.0,
-                 timeout=40, message="some spend")
-        wait_for(lambda: status(stack, "restart").get("spend", {}).get("tokens", 0) > 0,
-                 timeout=30, message="tokens counted")
-    finally:
-        op.stop()
-    before = status(stack, "restart")
-    t_before = before["lastReconcileTime"]
-    op = Operator(stack)
-    op.start()
-    try:
-        after = wait_for(lambda: (s := status(stack, "restart"))["lastReconcileTime"]
-                         != t_before and s, timeout=30, message="a cycle after the restart")
-    finally:
-        op.stop()
-    from tokenscale.status import parse_time
-
-    t0, t1 = parse_time(t_before), parse_time(after["lastReconcileTime"])
-    assert t0 is not None and t1 is not None
-    gap = (t1 - t0).total_seconds()
-    expected = before["spend"]["cost"] + 0.2 * gap  # the downtime is accounted, once
-    assert after["spend"]["cost"] == pytest.approx(expected, abs=0.05)
-    assert after["spend"]["tokens"] >= before["spend"]["tokens"] * 0.9
-    assert after["period"] == before["period"]
-    delete_budgets(stack, "restart")
