@@ -77,7 +77,8 @@ DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 CLOCK_TIME = r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$"
 CURRENCY = r"^[A-Z]{3}$"
-HTTP_URL = r"^https?://[^\s\"'`]+$"
+#: Printable ASCII without spaces or quotes: no unicode/bidi spoofing in `kubectl describe`.
+HTTP_URL = r"^https?://[!#-&(-_a-~]+$"
 
 
 def _camel(name: str) -> str:
@@ -93,6 +94,7 @@ class _Model(BaseModel):
         extra="forbid",
         frozen=True,
         allow_inf_nan=False,
+        strict=True,  # JSON types as sent: "1" is not an integer (the CRD agrees)
     )
 
 

@@ -61,6 +61,10 @@ log = logging.getLogger("tokenscale")
 
 #: Points per range query of the token rate (step = window / this, at least 1 s).
 RANGE_POINTS = 60
+#: Model fit (spec.targets[].performance.query): history, step, and how often it is re-read.
+FIT_HISTORY_SECONDS = 24 * 3600
+FIT_STEP_SECONDS = 300
+FIT_REFRESH_SECONDS = 600
 
 
 class Planner(Protocol):
@@ -69,6 +73,12 @@ class Planner(Protocol):
     def __call__(
         self, spec: api.TokenBudgetSpec, observation: Observation, memory: Memory, now: datetime
     ) -> Plan: ...
+
+
+class ActivityGate(Protocol):
+    """Decides whether this operator replica may act (see :mod:`.adapters.peering`)."""
+
+    async def check(self) -> bool: ...
 
 
 def default_planner() -> Planner:
@@ -117,6 +127,7 @@ class _UrlAnswers:
     queue: list[Series] | MetricFailure
     increase: dict[int, list[Series] | MetricFailure]
     overrides: dict[tuple[str, str], list[Series] | MetricFailure]
+    fits: dict[str, tuple[list[Series], list[Series]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -139,8 +150,11 @@ class Reconciler:
         metrics: OperatorMetrics,
         planner: Planner | None = None,
         wall_clock: Callable[[], float] = time.time,
+        gate: ActivityGate | None = None,
     ):
         self.settings = settings
+        self.gate = gate
+        self._acting = gate is None  # with a gate: refresh from the API when it opens
         self.kube = kube
         self.metrics = metrics
         self._planner = planner
@@ -148,6 +162,8 @@ class Reconciler:
         self.entries: dict[tuple[str, str], BudgetEntry] = {}
         self._readers: dict[tuple[str, float], PrometheusReader] = {}
         self._wake = asyncio.Event()
+        #: (url, quality query) -> (unix time read, quality series, token rate series)
+        self._fit_cache: dict[tuple[str, str], tuple[float, list[Series], list[Series]]] = {}
         self.last_loop = time.monotonic()
         self.cycles = 0
 
@@ -212,7 +228,13 @@ class Reconciler:
             due = [e for e in self.entries.values() if e.spec is not None and e.next_due <= now]
             if due:
                 try:
-                    await self.run_cycle(due, float(math.floor(now)))
+                    if await self.may_act():
+                        await self.run_cycle(due, float(math.floor(now)))
+                    else:  # another replica acts: skip this tick, scale and write nothing
+                        for entry in due:
+                            assert entry.spec is not None
+                            entry.next_due = _aligned_next(
+                                now, entry.spec.planning.interval_seconds)
                 except Exception:  # one bad cycle must not stop the operator
                     log.exception("planning cycle failed")
                 continue
@@ -223,6 +245,43 @@ class Reconciler:
                 await asyncio.wait_for(self._wake.wait(), timeout=max(delay, 0.01))
             if stop.is_set():
                 break
+
+    async def may_act(self) -> bool:
+        """Whether this replica acts now (always without peering). When it starts to act
+        (first time, or taking over from a killed peer) the TokenBudgets are read again, so
+        spend and stabilization history continue from what the previous actor wrote."""
+        if self.gate is None:
+            return True
+        acting = await self.gate.check()
+        if acting and not self._acting:
+            await self._refresh_from_api()
+        self._acting = acting
+        return acting
+
+    async def _refresh_from_api(self) -> None:
+        async def refresh(entry: BudgetEntry) -> None:
+            try:
+                body = await self.kube.get_budget(entry.namespace, entry.name)
+            except KubeError as exc:
+                if exc.status == 404:
+                    self.forget(entry.namespace, entry.name)
+                else:
+                    log.warning("%s/%s: cannot re-read before acting: %s", entry.namespace,
+                                entry.name, exc)
+                return
+            status = body.get("status")
+            entry.body = body
+            entry.written = status if isinstance(status, dict) else None
+            entry.memory = None  # restored from that status by the next reconcile
+            entry.last_patch = None
+
+        limit = asyncio.Semaphore(self.settings.concurrency)
+
+        async def bounded(entry: BudgetEntry) -> None:
+            async with limit:
+                await refresh(entry)
+
+        await asyncio.gather(*(bounded(e) for e in list(self.entries.values())))
 
     async def run_cycle(self, due: list[BudgetEntry], at_unix: float) -> None:
         """Observe once for all ``due`` budgets, then plan/act/report each."""
@@ -300,6 +359,10 @@ class Reconciler:
                 return result
             except MetricFailure as failure:
                 return failure
+            except Exception as exc:  # one odd query must not fail the cycle of every budget
+                named = unexpected_failure(exc)
+                self.metrics.prometheus_errors.labels(named.kind).inc()
+                return named
 
         spans: set[int] = set()
         for s in specs:
@@ -329,7 +392,9 @@ class Reconciler:
         ]
         out = await asyncio.gather(*jobs)
         n = len(span_list)
+        fits = await self._fit_series(url, reader, specs, at_unix)
         return _UrlAnswers(
+            fits=fits,
             at=at_unix,
             window=window,
             rate=out[0],
@@ -337,6 +402,33 @@ class Reconciler:
             increase=dict(zip(span_list, out[2:2 + n], strict=True)),
             overrides=dict(zip(override_list, out[2 + n:], strict=True)),
         )
+
+    async def _fit_series(
+        self, url: str, reader: PrometheusReader, specs: list[api.TokenBudgetSpec], at: float
+    ) -> dict[str, tuple[list[Series], list[Series]]]:
+        """Quality and token-rate history for each ``performance.query`` (24 h, 5 min
+        steps), re-read every FIT_REFRESH_SECONDS, not every cycle; failures leave the
+        fit to the spec's a, b."""
+        wanted = {t.performance.query for s in specs for t in s.targets if t.performance.query}
+        out: dict[str, tuple[list[Series], list[Series]]] = {}
+        for query in sorted(wanted):
+            cached = self._fit_cache.get((url, query))
+            if cached is None or at - cached[0] >= FIT_REFRESH_SECONDS:
+                end = datetime.fromtimestamp(at, UTC)
+                start = end - timedelta(seconds=FIT_HISTORY_SECONDS)
+                try:
+                    quality, rates = await asyncio.gather(
+                        reader.range(query, start, end, FIT_STEP_SECONDS),
+                        reader.range(promql.token_rate_query(self.settings.namespaces, "5m"),
+                                     start, end, FIT_STEP_SECONDS),
+                    )
+                except MetricFailure as failure:
+                    log.warning("performance query %r failed: %s", query[:200], failure)
+                    quality, rates = [], []
+                cached = (at, quality, rates)
+                self._fit_cache[(url, query)] = cached
+            out[query] = (cached[1], cached[2])
+        return out
 
     async def _read_namespaces(self, due: list[BudgetEntry]) -> dict[str, _NamespaceState]:
         kinds: dict[str, set[str]] = {}
@@ -443,6 +535,7 @@ class Reconciler:
                 queue_length=queue_length,
                 metrics_error=error,
                 conflict=conflict,
+                quality_samples=quality_samples(answers.fits.get(t.performance.query), ref),
             )
         return Observation(targets=targets, tokens_in_period=self._tokens_in_period(
             entry, answers, refs.values()))
@@ -611,6 +704,19 @@ class Reconciler:
                 max(0.0, spec.budget.max_tokens - plan.spend.tokens))
 
 
+def unexpected_failure(exc: Exception) -> MetricFailure:
+    """A named failure for an exception the Prometheus adapter let through (e.g. urllib3's
+    own connection errors): Unreachable for connection problems, Timeout for timeouts,
+    else BadResponse."""
+    name = type(exc).__name__
+    text = f"{name}: {exc}"[:500]
+    if isinstance(exc, ConnectionError) or "Connection" in name or "Protocol" in name:
+        return MetricFailure("Unreachable", text)
+    if isinstance(exc, TimeoutError) or "Timeout" in name:
+        return MetricFailure("Timeout", text)
+    return MetricFailure("BadResponse", text)
+
+
 def _abnormal_status(condition_type: str) -> str:
     return "False" if condition_type in ("Ready", "SpecValid", "MetricsAvailable") else "True"
 
@@ -621,3 +727,33 @@ def _grouped(
     if isinstance(answer, MetricFailure):
         return answer
     return group_by_target(answer, refs)
+
+
+def quality_samples(
+    fit: tuple[list[Series], list[Series]] | None, ref: WorkloadRef
+) -> tuple[tuple[float, float], ...]:
+    """``(tokens/s, quality)`` pairs at the timestamps both histories share.
+
+    The quality query may answer per pod (then the target's pods are averaged) or with one
+    series (a model-wide signal); anything else gives no samples. Points with no traffic
+    (tokens/s <= 0) or non-finite values are left out: ln(0) has no place in the fit.
+    """
+    if fit is None:
+        return ()
+    quality_series, rate_series = fit
+    per_pod = group_by_target(quality_series, [ref])[ref]
+    if per_pod.pods and not per_pod.failure:
+        sums: dict[float, list[float]] = {}
+        for samples in per_pod.pods.values():
+            for ts, v in samples:
+                sums.setdefault(ts, []).append(v)
+        quality = {ts: sum(vs) / len(vs) for ts, vs in sums.items()}
+    elif len(quality_series) == 1:
+        quality = dict(quality_series[0].samples)
+    else:
+        return ()
+    rates = dict(sum_by_time(group_by_target(rate_series, [ref])[ref].pods))
+    return tuple(
+        (rates[ts], q) for ts, q in sorted(quality.items())
+        if ts in rates and rates[ts] > 0 and math.isfinite(rates[ts]) and math.isfinite(q)
+    )

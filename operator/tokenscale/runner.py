@@ -11,14 +11,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import random
+import secrets
+import socket
 import time
 from typing import Any
 
 import kopf
 from aiohttp import web
+from kopf._core.engines.peering import Identity  # kopf exports no public name for it
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tokenscale.adapters.kube import KubeAdapter, load_client
+from tokenscale.adapters.peering import PeeringGate
 from tokenscale.handlers import register
 from tokenscale.metrics import OperatorMetrics
 from tokenscale.reconcile import Reconciler
@@ -46,7 +52,13 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     if settings.peering_name is not None:
         ks.peering.name = settings.peering_name
     ks.peering.mandatory = False
+    ks.peering.lifetime = settings.peering_lifetime_seconds
     return ks
+
+
+def peering_identity(settings: OperatorSettings) -> str:
+    """This process' id in the peering record (instance or host, pid, a random tag)."""
+    return f"{settings.instance or socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
 
 
 def configure_logging(settings: OperatorSettings) -> None:
@@ -127,9 +139,18 @@ async def operate(
     stop = stop_flag or asyncio.Event()
     ready = ready_flag or asyncio.Event()
     metrics = OperatorMetrics()
-    kube = KubeAdapter(load_client(settings.api_timeout_seconds), settings.api_workers,
-                       settings.api_timeout_seconds, settings.instance)
-    reconciler = Reconciler(settings, kube, metrics)
+    client = load_client(settings.api_timeout_seconds)
+    kube = KubeAdapter(client, settings.api_workers, settings.api_timeout_seconds,
+                       settings.instance)
+    gate: PeeringGate | None = None
+    identity = peering_identity(settings)
+    priority = settings.peering_priority
+    if priority is None:
+        priority = random.randint(1, 2**31 - 1)
+    if settings.peering_name is not None:
+        gate = PeeringGate(client, settings.peering_name, identity, priority,
+                           settings.api_timeout_seconds)
+    reconciler = Reconciler(settings, kube, metrics, gate=gate)
     registry = kopf.OperatorRegistry()
     register(registry, reconciler)
     endpoints = Endpoints(settings, metrics, reconciler, ready)
@@ -154,6 +175,8 @@ async def operate(
             namespaces=settings.namespaces,
             standalone=settings.peering_name is None,
             peering_name=settings.peering_name,
+            priority=priority,
+            identity=Identity(identity),
             stop_flag=stop,
             ready_flag=ready,
         )

@@ -40,6 +40,16 @@ class OperatorSettings(BaseSettings):
     peering_name: str | None = Field(
         None, description="kopf peering object name; unset runs standalone (one replica)."
     )
+    peering_priority: int | None = Field(
+        None, ge=0, le=2**31 - 1,
+        description="kopf peering priority; unset: a random one per process, so replicas "
+        "never tie (kopf pauses every replica of a tie).",
+    )
+    peering_lifetime_seconds: int = Field(
+        60, ge=2, le=3600,
+        description="How long a silent peer counts as alive (s): a killed active replica is "
+        "replaced after about this long.",
+    )
     rate_window: str = Field("1m", description="PromQL range of rate()/the token rate.")
     stale_after_seconds: float = Field(
         120.0, gt=0, description="A target whose newest sample is older than this is Stale."

@@ -74,6 +74,8 @@ ALLOWED = {
     ("tokenscale.dev", "tokenbudgets/status"): {"get", "patch"},
     ("apps", "deployments/scale"): {"get", "patch"},
     ("apps", "statefulsets/scale"): {"get", "patch"},
+    ("apps", "deployments"): {"list"},  # replica counts of a namespace in one call
+    ("apps", "statefulsets"): {"list"},
     ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch"},
     ("keda.sh", "scaledobjects"): {"get", "list", "watch"},
     ("", "events"): {"create", "patch"},
@@ -104,3 +106,23 @@ def test_dockerfile_runs_as_non_root() -> None:
     assert all("@sha256" in f or ":3." in f for f in froms), "pinned base image"
     users = [line.split()[1] for line in text.splitlines() if line.startswith("USER ")]
     assert users and not users[-1].startswith(("0", "root"))
+
+
+def test_a_tokenbudget_cannot_name_a_target_in_another_namespace() -> None:
+    """Cross-namespace rule: the CRD is namespaced and scaleTargetRef has no namespace field
+    (a structural schema prunes one; the API model refuses it), so the operator can only
+    resolve targets in the TokenBudget's own namespace."""
+    from tokenscale import api
+
+    crd = yaml.safe_load((ROOT / "crds" / "tokenbudgets.tokenscale.dev.yaml").read_text())
+    assert crd["spec"]["scope"] == "Namespaced"
+    for version in crd["spec"]["versions"]:
+        spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        ref = spec["properties"]["targets"]["items"]["properties"]["scaleTargetRef"]
+        assert "namespace" not in ref["properties"]
+        assert not ref.get("x-kubernetes-preserve-unknown-fields")
+    raw = {"budget": {"maxCost": 10}, "targets": [{
+        "name": "a", "maxReplicas": 2, "tokensPerReplicaPerSecond": 1, "costPerReplicaHour": 1,
+        "scaleTargetRef": {"name": "victim", "namespace": "kube-system"}}]}
+    with pytest.raises(api.SpecError, match=r"scaleTargetRef\.namespace"):
+        api.parse_spec(raw)

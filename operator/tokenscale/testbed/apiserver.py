@@ -61,10 +61,13 @@ ObjKey = tuple[str, str]  # (namespace or "", name)
 
 _REASONS = {
     400: "BadRequest", 404: "NotFound", 405: "MethodNotAllowed", 409: "Conflict",
-    410: "Expired", 415: "UnsupportedMediaType", 422: "Invalid", 429: "TooManyRequests",
+    410: "Expired", 413: "RequestEntityTooLarge", 415: "UnsupportedMediaType", 422: "Invalid",
+    429: "TooManyRequests",
     500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout",
 }
 _CRD_KEY: StoreKey = ("apiextensions.k8s.io", "customresourcedefinitions")
+#: The request body limit of kube-apiserver (3 MiB); larger bodies get 413.
+MAX_BODY_BYTES = 3 * 1024 * 1024
 _NS_KEY: StoreKey = ("", "namespaces")
 
 
@@ -241,7 +244,15 @@ class ApiServer:
         """Listen; return the URL."""
         await self.kmock.__aenter__()
         self._kmock_entered = True
-        self._runner = web.ServerRunner(web.Server(self._serve), shutdown_timeout=0.5)
+        loop = asyncio.get_running_loop()
+
+        def request(message: Any, payload: Any, protocol: Any, writer: Any,
+                    task: Any) -> web.BaseRequest:
+            return web.BaseRequest(message, payload, protocol, writer, task, loop,
+                                   client_max_size=MAX_BODY_BYTES)
+
+        self._runner = web.ServerRunner(web.Server(self._serve, request_factory=request),
+                                        shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
@@ -873,7 +884,10 @@ def _wants_table(request: web.BaseRequest) -> bool:
 
 
 async def _body(request: web.BaseRequest) -> Any:
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as e:
+        raise ApiError(413, f"Request entity too large: limit is {MAX_BODY_BYTES}") from e
     if not raw:
         return {}
     if "protobuf" in request.content_type or "cbor" in request.content_type:
@@ -881,9 +895,15 @@ async def _body(request: web.BaseRequest) -> Any:
     try:
         if request.content_type == "application/apply-patch+yaml":
             return yaml.safe_load(raw)
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_not_json)
     except (ValueError, yaml.YAMLError) as e:
         raise ApiError(400, f"the request body is not valid JSON: {e}") from e
+
+
+def _not_json(token: str) -> Any:
+    """NaN and Infinity are not JSON: a real API server refuses them (Go's decoder)."""
+    raise ValueError(f"invalid character {token[0]!r} looking for beginning of value "
+                     f"({token} is not JSON)")
 
 
 def _patcher(content_type: str, body: Any) -> Callable[[Obj], Obj]:

@@ -1,0 +1,89 @@
+"""Prometheus answering badly: each failure is named, none crashes, none scales down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from faultkit import (
+    EXPECTED_KIND,
+    Channel,
+    FaultyPrometheus,
+    OperatorProcess,
+    budget,
+    condition,
+    create,
+    deployment,
+    operators,
+    replica_history,
+    status_of,
+    target,
+    wait_cycles,
+)
+
+from tokenscale.testbed.apiserver import ApiServerThread
+from tokenscale.testbed.prometheus import free_port
+from tokenscale.testbed.waiting import wait_for
+
+pytestmark = pytest.mark.faults
+NS = "inference"
+FAILURES = sorted(EXPECTED_KIND)
+KIND = {**EXPECTED_KIND, "down": "Unreachable"}
+
+
+def test_each_bad_answer_is_named_and_never_scales_down(
+    apiserver: ApiServerThread, kubeconfig: Path, faulty_prometheus: FaultyPrometheus
+) -> None:
+    prom = faulty_prometheus
+    # One budget per failure mode, each on its own channel of the faulty peer; demand
+    # 4,000 tok/s at 1,000 tok/s per replica keeps them at 4. A reading of "no demand"
+    # would scale them to minReplicas 1 at once (no stabilization, no tolerance).
+    for mode in [*FAILURES, "down", "control"]:
+        name = f"m-{mode}"
+        url = prom.add(mode, Channel(NS, name, rate=1000.0 if mode == "control" else 4000.0))
+        create(apiserver, "apps/v1", "deployments", deployment(NS, name, 4))
+        if mode == "down":  # nothing listens there: Unreachable
+            url = f"http://127.0.0.1:{free_port()}"
+        create(apiserver, "tokenscale.dev/v1alpha1", "tokenbudgets",
+               budget(NS, name, [target(name)], prometheus_url=url,
+                      fallback={"afterSeconds": 0, "replicas": None}))
+    with operators(OperatorProcess(kubeconfig, prom.url("control"))) as (op,):
+        for mode in [*FAILURES, "control"]:
+            wait_for(lambda m=mode: condition(status_of(apiserver, NS, f"m-{m}"),  # type: ignore[misc]
+                                              "MetricsAvailable").get("status") == "True",
+                     timeout=30, message=f"healthy metrics for m-{mode}")
+        # The control budget acts in this setup: demand 1,000 tok/s -> 1 replica.
+        wait_for(lambda: replica_history(apiserver, NS, "m-control")[-1] == 1, timeout=20,
+                 message="the control budget to scale down")
+
+        for mode in FAILURES:
+            prom.set_mode(mode, mode)
+        for mode in [*FAILURES, "down"]:
+            def named(m: str = mode) -> bool:
+                c = condition(status_of(apiserver, NS, f"m-{m}"), "MetricsAvailable")
+                return (c.get("status") == "False" and c.get("reason") == "MetricsUnavailable"
+                        and f"m-{m}: {KIND[m]}" in c.get("message", ""))
+            wait_for(named, timeout=30, message=f"MetricsAvailable=False naming "
+                                                f"{KIND[mode]} for m-{mode}")
+        # One more full cycle in the failure modes, the control budget still served.
+        wait_cycles(apiserver, NS, "m-control", cycles=1)
+        for mode in [*FAILURES, "down"]:
+            st = status_of(apiserver, NS, f"m-{mode}")
+            assert st["phase"] == "Degraded"
+            t = st["targets"][0]
+            assert t["reason"] == "MetricsUnavailableHold", t
+            assert t["desiredReplicas"] == 4
+            assert replica_history(apiserver, NS, f"m-{mode}") == [4], mode
+        assert op.alive and op.healthy()
+        for kind in ("Timeout", "HTTPError", "BadResponse", "Unreachable"):
+            assert op.metric("tokenscale_prometheus_errors_total", kind=kind) > 0, kind
+
+        # Clean recovery: every budget fresh again, still at 4 replicas.
+        for mode in FAILURES:
+            prom.set_mode(mode, "ok")
+        for mode in FAILURES:
+            wait_for(lambda m=mode: condition(status_of(apiserver, NS, f"m-{m}"),  # type: ignore[misc]
+                                              "MetricsAvailable").get("reason") == "MetricsFresh",
+                     timeout=30, message=f"recovery of m-{mode}")
+            assert replica_history(apiserver, NS, f"m-{mode}") == [4], mode
+        assert op.alive
