@@ -176,3 +176,24 @@ def test_event_bodies_are_valid_core_v1_events(type_: str) -> None:
     kubernetes_validate.validate(body, desired_version="1.30", strict=True)
     assert body["involvedObject"]["uid"] == "1234" and len(body["message"]) == 1024
     assert body["firstTimestamp"] == "2026-03-10T12:00:07Z"
+
+
+def test_quality_samples_pair_quality_with_the_targets_token_rate() -> None:
+    from tokenscale.adapters.prometheus import Series
+    from tokenscale.adapters.promql import WorkloadRef
+    from tokenscale.reconcile import quality_samples
+
+    ref = WorkloadRef("inference", "Deployment", "llama")
+    pod_a, pod_b = "llama-7d9f8c6b5-x2k4p", "llama-7d9f8c6b5-q9w8e"
+    rates = [Series({"namespace": "inference", "pod": pod_a}, ((0, 100.0), (300, 0.0),
+                                                                 (600, 300.0))),
+             Series({"namespace": "inference", "pod": pod_b}, ((0, 100.0), (600, 100.0))),
+             Series({"namespace": "inference", "pod": "other-abc12-zzzzz"}, ((0, 9e9),))]
+    model_wide = [Series({"model": "llama"}, ((0, 0.7), (300, 0.71), (600, 0.75)))]
+    assert quality_samples((model_wide, rates), ref) == ((200.0, 0.7), (400.0, 0.75))
+    per_pod = [Series({"namespace": "inference", "pod": pod_a}, ((0, 0.6), (600, 0.8))),
+               Series({"namespace": "inference", "pod": pod_b}, ((0, 0.8), (600, 0.8)))]
+    assert quality_samples((per_pod, rates), ref) == ((200.0, 0.7), (400.0, 0.8))
+    ambiguous = [Series({"model": "a"}, ((0, 1.0),)), Series({"model": "b"}, ((0, 1.0),))]
+    assert quality_samples((ambiguous, rates), ref) == ()
+    assert quality_samples(None, ref) == ()
