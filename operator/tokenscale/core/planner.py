@@ -316,7 +316,9 @@ def plan(spec: TokenBudgetSpec, observation: Observation, memory: Memory,
         if observation.tokens_in_period is None:
             tokens += observed_total * (now - max(last, period_start)).total_seconds()
     if observation.tokens_in_period is not None:
-        tokens = max(0.0, observation.tokens_in_period)
+        # Never below what this period already counted: Prometheus can lose history
+        # (a restart without a persistent TSDB, retention shorter than the period).
+        tokens = max(tokens, observation.tokens_in_period, 0.0)
 
     cost_exhausted = is_exhausted(budget.max_cost, spent)
     token_exhausted = is_exhausted(budget.max_tokens, tokens)
