@@ -21,6 +21,7 @@ import json
 import os
 import random
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -119,6 +120,7 @@ class KubeAdapter:
         instance: str = "",
         attempts: int = 4,
         retry_backoff_seconds: float = 0.2,
+        keda_recheck_seconds: float = 300.0,
     ):
         self._client = client
         self._apps = kubernetes.client.AppsV1Api(client)
@@ -128,7 +130,8 @@ class KubeAdapter:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
         self._timeout = timeout_seconds
         self._instance = instance or socket.gethostname()
-        self._keda_absent = False
+        self._keda_absent_until = 0.0  # monotonic time before which KEDA is known absent
+        self._keda_recheck = keda_recheck_seconds
         self._attempts = max(1, attempts)
         self._backoff = retry_backoff_seconds
         self.retries = 0  # transient failures retried so far
@@ -220,8 +223,9 @@ class KubeAdapter:
     async def list_autoscalers(self, namespace: str) -> list[Autoscaler]:
         """HPAs (autoscaling/v2) and KEDA ScaledObjects of a namespace.
 
-        A cluster without KEDA answers 404 for ScaledObjects: that is "none", remembered so
-        the lookup is not repeated every cycle (restart the operator after installing KEDA).
+        A cluster without KEDA answers 404 for ScaledObjects: that is "none", remembered for
+        ``keda_recheck_seconds`` so the lookup is not repeated every cycle, then asked again
+        (KEDA installed while the operator runs is seen within that time).
         """
         found: list[Autoscaler] = []
         try:
@@ -240,7 +244,7 @@ class KubeAdapter:
                 str(ref.get("kind", "")),
                 str(ref.get("name", "")),
             ))
-        if not self._keda_absent:
+        if time.monotonic() >= self._keda_absent_until:
             try:
                 scaled = await self._call(
                     self._custom.list_namespaced_custom_object,
@@ -249,7 +253,7 @@ class KubeAdapter:
             except KubeError as exc:
                 if exc.status != 404:
                     raise
-                self._keda_absent = True
+                self._keda_absent_until = time.monotonic() + self._keda_recheck
                 scaled = {}
             for item in scaled.get("items") or []:
                 ref = (item.get("spec") or {}).get("scaleTargetRef") or {}
