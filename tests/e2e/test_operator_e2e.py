@@ -286,6 +286,10 @@ def test_replicas_follow_a_load_step_up_and_down(
     assert int(table["REPLICAS"]) >= 5 and int(table["DESIRED"]) >= 5
     assert float(table["SPEND"]) > 0 and float(table["PROJECTED"]) > float(table["SPEND"])
     assert float(table["BUDGET"]) == 10_000
+    assert operator.metric("tokenscale_desired_replicas", tokenbudget="step") >= 5
+    assert operator.metric("tokenscale_spend_cost", tokenbudget="step") > 0
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.health_port}/healthz") as rsp:
+        assert json.loads(rsp.read())["ok"] is True
     scaled = [e for e in events(stack, "step") if e["reason"] == "Scaled"]
     assert scaled and "step: 1 -> " in scaled[0]["message"]
     assert any(r in scaled[0]["message"] for r in ("DemandDriven", "ScaleUpLimited"))
