@@ -49,7 +49,7 @@ def test_one_replica_acts_and_the_other_takes_over_after_sigkill(
     create(apiserver, "tokenscale.dev/v1alpha1", "tokenbudgets",
            budget(NS, "chat", [target("llama", costPerReplicaHour=720.0)], prometheus_url=url))
 
-    common = {"peering_name": "tokenscale", "peering_lifetime_seconds": "4"}
+    common = {"peering_name": "tokenscale", "peering_lifetime_seconds": "6"}
     high = OperatorProcess(kubeconfig, url, instance="high", peering_priority="200", **common)
     low = OperatorProcess(kubeconfig, url, instance="low", peering_priority="100", **common)
     with operators(high, low):  # high first: it is the only actor from the start
