@@ -55,6 +55,7 @@ from tokenscale.status import (
     merge_patch,
     needs_patch,
     spec_valid_condition,
+    unobservable_status,
 )
 
 log = logging.getLogger("tokenscale")
@@ -572,8 +573,16 @@ class Reconciler:
         spec = entry.spec
         if spec is None:
             return
-        observation = self.observe(entry, answers[self._url(spec)], namespaces[entry.namespace])
+        state = namespaces[entry.namespace]
+        observation = self.observe(entry, answers[self._url(spec)], state)
         if observation is None:
+            if isinstance(state.workloads, KubeError):  # say why nothing is planned
+                status, changes = unobservable_status(
+                    api.parse_status(entry.written),
+                    f"cannot list the workloads of {entry.namespace}: {state.workloads}",
+                    at, entry.generation)
+                await self._write_status(entry, api.dump(status))
+                await self._condition_events(entry, changes, at)
             return
         if entry.memory is None:
             entry.memory = memory_from_status(api.parse_status(entry.written))

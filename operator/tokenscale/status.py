@@ -247,6 +247,27 @@ def invalid_status(
     return status, changes
 
 
+def unobservable_status(
+    old: api.TokenBudgetStatus, message: str, now: datetime, generation: int | None
+) -> tuple[api.TokenBudgetStatus, list[ConditionChange]]:
+    """Status when the targets cannot be read at all (e.g. the LIST of workloads is
+    refused): Ready=False reason WorkloadsUnreadable, phase Degraded, nothing else touched.
+
+    Spend and ``lastReconcileTime`` stay as they are, so the next readable cycle accounts
+    the whole gap with the replicas it then observes.
+    """
+    conditions, changes = merge_conditions(
+        old.conditions,
+        [ConditionValue("Ready", "False", "WorkloadsUnreadable", message[:32768])],
+        now,
+        generation,
+    )
+    status = old.model_copy(update={
+        "phase": "Degraded", "conditions": conditions, "observed_generation": generation,
+    })
+    return status, changes
+
+
 def spec_valid_condition() -> ConditionValue:
     """SpecValid=True."""
     return ConditionValue("SpecValid", "True", "Valid", "the spec validates")
