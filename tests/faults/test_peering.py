@@ -70,7 +70,9 @@ def test_one_replica_acts_and_the_other_takes_over_after_sigkill(
         wait_for(lambda: replica_history(apiserver, NS, "llama")[-1] == 6, timeout=40,
                  message="the standby replica to take over")
         assert low.metric("tokenscale_scale_actions_total") == 1
-        assert "low" in _events_by(apiserver)
+        # Events follow the status write of the same cycle: await them, do not race them.
+        wait_for(lambda: "low" in _events_by(apiserver), timeout=15,
+                 message="the standby replica's scale Event")
         after = wait_cycles(apiserver, NS, "chat", cycles=1)
         assert after["spend"]["cost"] > spent  # continued, not restarted from zero
         assert replica_history(apiserver, NS, "llama") == [2, 4, 6]
