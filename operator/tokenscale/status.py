@@ -5,8 +5,10 @@ last one it wrote (or read) in a *significant view*: ``lastReconcileTime`` left 
 recommendation history reduced to its replica values (its timestamps move every cycle), the
 ``message`` of conditions and targets left out (they quote durations; reason and status
 stay), and floats rounded to 3 significant digits (spend grows continuously). It patches when that
-view changed, or when ``heartbeat`` seconds passed since the last patch, so the stored spend
-is never older than the heartbeat. Skipping a patch loses nothing on restart: the memory
+view changed — integers and strings exactly, floats by more than a relative tolerance against
+the last written value (10% for token rates and queues, 1% otherwise; see :func:`differs`) —
+or when ``heartbeat`` seconds passed since the last patch, so the stored spend and rates are
+never older than the heartbeat. Skipping a patch loses nothing on restart: the memory
 pairs ``spend.cost`` with ``lastReconcileTime`` of the same write, and the cost accrued
 since then is integrated again from the replicas observed after the restart.
 
@@ -304,16 +306,47 @@ def significant(status: Mapping[str, Any]) -> dict[str, Any]:
     return result
 
 
+#: Relative change of a float (vs. the last written status) that is worth a patch. Rates
+#: and queues are noisy from cycle to cycle (the planner's own tolerance band is 10%); spend
+#: grows steadily. Integers (replicas) and strings must match exactly.
+RATE_TOLERANCE = 0.10
+FLOAT_TOLERANCE = 0.01
+_RATE_KEYS = frozenset({"tokensPerSecond", "forecastTokensPerSecond", "queueLength"})
+
+
+def differs(old: Any, new: Any, key: str = "") -> bool:
+    """Whether two significant views differ, floats beyond their relative tolerance.
+
+    Compared with the last *written* status, so slow drift adds up to a patch and a value
+    hovering at a rounding boundary does not flap.
+    """
+    if isinstance(old, dict) and isinstance(new, dict):
+        return old.keys() != new.keys() or any(differs(old[k], new[k], k) for k in new)
+    if isinstance(old, list | tuple) and isinstance(new, list | tuple):
+        return len(old) != len(new) or any(
+            differs(a, b, key) for a, b in zip(old, new, strict=True))
+    numbers = (int, float)
+    if (isinstance(old, float) or isinstance(new, float)) and isinstance(old, numbers) \
+            and isinstance(new, numbers) and not isinstance(old, bool) \
+            and not isinstance(new, bool):
+        if not (math.isfinite(old) and math.isfinite(new)):
+            return not (old == new or (math.isnan(old) and math.isnan(new)))
+        tolerance = RATE_TOLERANCE if key in _RATE_KEYS else FLOAT_TOLERANCE
+        return abs(new - old) > tolerance * max(abs(old), abs(new))
+    return bool(old != new)
+
+
 def needs_patch(
     old: Mapping[str, Any] | None,
     new: Mapping[str, Any],
     seconds_since_patch: float | None,
     heartbeat: float,
 ) -> bool:
-    """True when the significant view changed or the heartbeat is due."""
+    """True when the significant view changed (see :func:`differs`) or the heartbeat is
+    due."""
     if old is None or seconds_since_patch is None:
         return True
-    if significant(old) != significant(new):
+    if differs(significant(old), significant(new)):
         return True
     return seconds_since_patch >= heartbeat
 

@@ -1,0 +1,43 @@
+"""The status patch policy writes changed values only: tolerance against the last write."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tokenscale.status import differs, needs_patch
+
+
+def a_status(tokens_per_second: float = 1000.0, cost: float = 50.0,
+             desired: int = 150) -> dict[str, Any]:
+    return {
+        "phase": "Active", "lastReconcileTime": "2026-03-10T12:00:00Z",
+        "spend": {"cost": cost, "tokens": 4.5e6},
+        "targets": [{"name": "llama", "desiredReplicas": desired, "reason": "DemandDriven",
+                     "tokensPerSecond": tokens_per_second,
+                     "forecastTokensPerSecond": tokens_per_second * 1.02}],
+    }
+
+
+def test_rate_noise_within_ten_percent_is_no_patch() -> None:
+    old = a_status(1000.0)
+    assert not needs_patch(old, a_status(1049.0), seconds_since_patch=30, heartbeat=300)
+    assert not needs_patch(old, a_status(951.0), seconds_since_patch=30, heartbeat=300)
+    assert needs_patch(old, a_status(1150.0), seconds_since_patch=30, heartbeat=300)
+    assert needs_patch(old, a_status(1049.0), seconds_since_patch=300, heartbeat=300)
+
+
+def test_spend_drift_adds_up_against_the_last_write() -> None:
+    old = a_status(cost=50.0)
+    assert not needs_patch(old, a_status(cost=50.4), seconds_since_patch=30, heartbeat=300)
+    assert needs_patch(old, a_status(cost=50.6), seconds_since_patch=30, heartbeat=300)
+
+
+def test_integers_and_strings_compare_exactly() -> None:
+    old = a_status(desired=150)
+    assert needs_patch(old, a_status(desired=151), seconds_since_patch=30, heartbeat=300)
+    assert differs({"phase": "Active"}, {"phase": "BudgetAtRisk"})
+    assert differs({"a": 1}, {"a": 1, "b": None})
+    assert differs([1, 2], [1, 2, 3])
+    assert not differs({"x": float("nan")}, {"x": float("nan")})
+    assert differs({"x": float("inf")}, {"x": 1.0})
+    assert differs({"x": True}, {"x": False})
