@@ -60,7 +60,7 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from tokenscale.crd import crd
-from tokenscale.status import significant
+from tokenscale.status import differs, significant
 from tokenscale.testbed.apiserver import ApiServer, ApiServerThread, write_kubeconfig
 from tokenscale.testbed.prometheus import PrometheusServer, free_port
 from tokenscale.testbed.waiting import wait_for
@@ -143,14 +143,32 @@ def deployment_body(namespace: str, name: str) -> dict[str, Any]:
     }
 
 
-def populate(server: ApiServer, cfg: Config) -> None:
-    """Create the Deployments and TokenBudgets (on the emulator's loop)."""
+def running_status(origin: float, now: float) -> dict[str, Any]:
+    """The status an operator running since ``origin`` (this period) would have written:
+    the spend so far, so the benchmark sees a budget hours into its period, not a new one."""
+    def stamp(t: float) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+    midnight = math.floor(now / 86400) * 86400
+    hours = max(0.0, now - max(origin, midnight)) / 3600
+    return {
+        "phase": "Active",
+        "period": {"start": stamp(midnight), "end": stamp(midnight + 86400)},
+        "spend": {"cost": 2 * 3.9 * hours, "tokens": 2 * BASE_TOKENS * hours * 3600},
+        "lastReconcileTime": stamp(now),
+    }
+
+
+def populate(server: ApiServer, cfg: Config, origin: float, now: float) -> None:
+    """Create the Deployments and TokenBudgets (on the emulator's loop), the latter with the
+    status of an operator that has served them since the period start."""
     for i in range(cfg.budgets):
         ns = _namespace(i, cfg.budgets_per_namespace)
         for name in _targets(i):
             server.create_object("apps/v1", "deployments", deployment_body(ns, name))
+    status = running_status(origin, now)
     for i in range(cfg.budgets):
-        server.create_object(TB, "tokenbudgets", budget_body(i, cfg))
+        server.create_object(TB, "tokenbudgets", {**budget_body(i, cfg), "status": status})
 
 
 def pods(cfg: Config) -> list[PodLoad]:
@@ -186,12 +204,28 @@ class PrefilledPrometheus(PrometheusServer):
         super()._write_targets()
 
 
-def history_blocks(fleet: SyntheticFleet, start: float, end: float, step: float,
-                   work: Path, target_labels: str) -> Path:
-    """promtool TSDB blocks of the fleet's counters from ``start`` to ``end``."""
+def history_times(origin: float, fine_from: float, end: float, step: float) -> list[float]:
+    """Sample times: every 5 min from ``origin`` (the period start) to ``fine_from``, then
+    every ``step`` s (the scrape interval) to ``end``: ``increase()`` since the period start
+    sees the whole period, range queries over the forecast window see scrape resolution."""
+    times = []
+    t = origin
+    while t < fine_from:
+        times.append(t)
+        t += 300.0
+    t = fine_from
+    while t <= end:
+        times.append(t)
+        t += step
+    return times
+
+
+def history_blocks(fleet: SyntheticFleet, times: list[float], work: Path,
+                   target_labels: str) -> Path:
+    """promtool TSDB blocks of the fleet's counters at ``times``."""
     text = work / "history.om"
     with text.open("w") as out:
-        fleet.write_history(out, start, end, step, target_labels)
+        fleet.write_history(out, times, target_labels)
     blocks = work / "blocks"
     blocks.mkdir()
     subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(text),
@@ -337,10 +371,10 @@ def _tail(path: Path, n: int = 3000) -> str:
     return path.read_text(errors="replace")[-n:] if path.exists() else ""
 
 
-def statuses(server: ApiServer) -> int:
-    """How many TokenBudgets have a lastReconcileTime."""
+def statuses(server: ApiServer, after: str) -> int:
+    """How many TokenBudgets have a lastReconcileTime later than ``after`` (RFC 3339)."""
     return sum(1 for o in server.list_objects(TB, "tokenbudgets")
-               if (o.get("status") or {}).get("lastReconcileTime"))
+               if str((o.get("status") or {}).get("lastReconcileTime") or "") > after)
 
 
 def events_by_reason(server: ApiServer, since: float) -> dict[str, int]:
@@ -358,19 +392,19 @@ def sample_statuses(server: ApiServer, names: list[tuple[str, str]]) -> list[dic
                           or {}) for ns, n in names]
 
 
-def changed_paths(before: Any, after: Any, prefix: str = "") -> list[str]:
-    """Dotted paths whose values differ (lists by index)."""
+def changed_paths(before: Any, after: Any, prefix: str = "", key: str = "") -> list[str]:
+    """Dotted paths whose values differ by the operator's patch policy (lists by index)."""
     if isinstance(before, dict) and isinstance(after, dict):
         out = []
-        for key in sorted(set(before) | set(after)):
-            out += changed_paths(before.get(key), after.get(key), f"{prefix}.{key}")
+        for k in sorted(set(before) | set(after)):
+            out += changed_paths(before.get(k), after.get(k), f"{prefix}.{k}", k)
         return out
     if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
         out = []
         for i, (b, a) in enumerate(zip(before, after, strict=True)):
-            out += changed_paths(b, a, f"{prefix}[{i}]")
+            out += changed_paths(b, a, f"{prefix}[{i}]", key)
         return out
-    return [] if before == after else [prefix or "."]
+    return [prefix or "."] if differs(before, after, key) else []
 
 
 def replicas_of(server: ApiServer, keys: list[tuple[str, str]]) -> list[int]:
@@ -405,16 +439,19 @@ def _run(rig: Rig) -> dict[str, Any]:
     namespaces = [_namespace(i * cfg.budgets_per_namespace, cfg.budgets_per_namespace)
                   for i in range(n_ns)]
 
-    # 1. synthetic vLLM series, with a history of one forecast window
+    # 1. synthetic vLLM series since the period start (UTC midnight), at least one forecast
+    # window of it at scrape resolution
     history = cfg.forecast_window_seconds + 120
     now = time.time()
-    origin = now - history
+    midnight = math.floor(now / 86400) * 86400
+    origin = min(midnight, now - history)
     loads = pods(cfg)
     fleet = SyntheticFleet(loads, origin)
     rig.exporter_port = free_port()
-    rig.say(f"writing {history}s of history for {len(loads)} pods")
+    rig.say(f"writing {(now - origin) / 3600:.1f} h of history for {len(loads)} pods")
     blocks = history_blocks(
-        fleet, origin, now - cfg.scrape_interval, cfg.scrape_interval, work,
+        fleet, history_times(origin, now - history, now - cfg.scrape_interval,
+                             cfg.scrape_interval), work,
         f'job="{PrefilledPrometheus.JOB}",instance="127.0.0.1:{rig.exporter_port}"')
     (work / "pods.json").write_text(json.dumps(
         [[p.namespace, p.pod, p.tokens_per_second] for p in loads]))
@@ -441,7 +478,7 @@ def _run(rig: Rig) -> dict[str, Any]:
     rig.api = ApiServerThread(crds=[crd()], namespaces=namespaces)
     rig.api.start()
     t0 = time.monotonic()
-    rig.api.call(lambda s: populate(s, cfg), timeout=600)
+    rig.api.call(lambda s: populate(s, cfg, origin, now), timeout=600)
     rig.say(f"emulator at {rig.api.url}: {cfg.budgets} TokenBudgets, {2 * cfg.budgets} "
             f"Deployments in {n_ns} namespaces ({time.monotonic() - t0:.1f}s)")
     kubeconfig = write_kubeconfig(work / "kubeconfig", rig.api.url)
@@ -459,11 +496,13 @@ def _run(rig: Rig) -> dict[str, Any]:
                                     stdout=subprocess.DEVNULL, stderr=oplog.open("wb"))
     op = psutil.Process(rig.operator.pid)
     t0 = time.monotonic()
+    created = str(running_status(origin, now)["lastReconcileTime"])
 
     def all_reported() -> bool:
         if rig.operator is not None and rig.operator.poll() is not None:
             raise RuntimeError(f"the operator exited: {_tail(oplog)}")
-        return bool(rig.api and rig.api.call(statuses, timeout=60) >= cfg.budgets)
+        return bool(rig.api and rig.api.call(lambda s: statuses(s, created), timeout=60)
+                    >= cfg.budgets)
 
     wait_for(all_reported, timeout=max(120.0, 6 * cfg.interval_seconds + cfg.budgets * 0.05),
              interval=0.5, message="every TokenBudget to get a status")

@@ -88,18 +88,13 @@ class SyntheticFleet:
         lines.append("")
         return "\n".join(lines)
 
-    def write_history(self, out: IO[str], start: float, end: float, step: float,
+    def write_history(self, out: IO[str], times: Sequence[float],
                       target_labels: str = "") -> int:
-        """OpenMetrics samples of the token counters every ``step`` s in [start, end];
+        """OpenMetrics samples of the token counters at ``times`` (ascending, unix s);
         returns the number of samples written. Families and series are contiguous, samples
         oldest first (as promtool wants them). ``target_labels`` (e.g.
         ``job="testbed",instance="127.0.0.1:9400"``) are the labels Prometheus' scrape adds,
         so history and live samples form one series."""
-        times: list[float] = []
-        t = start
-        while t <= end:
-            times.append(t)
-            t += step
         count = 0
         extra = f",{target_labels}}}" if target_labels else "}"
         for name in (PROMPT, GENERATION):
