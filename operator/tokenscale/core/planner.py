@@ -413,7 +413,9 @@ def plan(spec: TokenBudgetSpec, observation: Observation, memory: Memory,
                 f"onExhausted={budget.on_exhausted}: {w.final} replicas (demand/hold wants "
                 f"{w.cap})"
             )
-        elif w.final < w.cap:
+        elif w.final < w.cap or (floors_over and w.final < w.behaviour):
+            # The budget outranks minMarginalValue: when the floors alone overrun it, a
+            # target held at its floor is BudgetCapped even if the value cut-off agreed.
             w.reason = "BudgetCapped"
             if floors_over:
                 limit = (f"minReplicas floors cost {_money(floors_cost)} {currency}/h, above "
@@ -421,7 +423,8 @@ def plan(spec: TokenBudgetSpec, observation: Observation, memory: Memory,
                          if floors_cost > affordable else
                          f"minReplicas floors serve {_rate(floors_tokens)} tok/s, above the "
                          f"affordable {_rate(token_cap)} tok/s")
-                w.message = f"wants {w.cap}, kept at minReplicas {w.final}: {limit}"
+                w.message = (f"wants {max(w.cap, w.behaviour)}, kept at minReplicas {w.final}: "
+                             f"{limit}")
             else:
                 parts = []
                 if math.isfinite(affordable):
