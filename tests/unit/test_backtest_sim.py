@@ -157,3 +157,21 @@ def test_tokenscale_runs_the_planner_and_keeps_the_cost_budget() -> None:
     assert hpa["cost"] > 7.2  # the HPA ignores the budget
     assert ts["slo_attainment"] < hpa["slo_attainment"]
     assert any(reason == "BudgetCapped" for _, reason in bt.reasons)
+
+
+def test_sliding_windows_match_their_definitions() -> None:
+    """ready_from_paid is a trailing minimum, sliding_max an asymmetric window maximum."""
+    from tokenscale.sim.cluster import ready_from_paid
+    from tokenscale.sim.oracle import sliding_max
+
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        values = rng.integers(0, 9, size=int(rng.integers(1, 60))).astype(np.int64)
+        cold, initial = int(rng.integers(0, 12)), int(rng.integers(0, 9))
+        padded = np.concatenate([np.full(cold, initial), values])
+        trailing_min = [padded[i : i + cold + 1].min() for i in range(len(values))]
+        assert ready_from_paid(values, cold, initial).tolist() == trailing_min
+        before, after = int(rng.integers(0, 7)), int(rng.integers(0, 7))
+        window_max = [values[max(0, i - before) : i + after + 1].max()
+                      for i in range(len(values))]
+        assert sliding_max(values, before, after).tolist() == window_max

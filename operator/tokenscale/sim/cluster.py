@@ -29,6 +29,7 @@ scraped every ``scrape_s`` seconds; a scrape at time s sees the state at the end
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,6 +75,24 @@ def lindley(arrivals: FloatArray, capacity: FloatArray, q0: FloatArray) -> Float
     return out
 
 
+def forward_window(
+    values: IntArray, width: int, combine: Callable[[IntArray, IntArray], IntArray]
+) -> IntArray:
+    """``combine`` (np.minimum or np.maximum) over ``values[t : t + width]`` per t.
+
+    Doubling: log2(width) vectorised passes, O(n log w); the tail keeps shorter windows.
+    """
+    out = values.copy()
+    span = 1
+    while span * 2 <= width:
+        out[: len(out) - span] = combine(out[: len(out) - span], out[span:])
+        span *= 2
+    if span < width:
+        rest = width - span
+        out[: len(out) - rest] = combine(out[: len(out) - rest], out[rest:])
+    return out
+
+
 def ready_from_paid(paid: IntArray, cold_start_s: int, initial: int) -> IntArray:
     """Ready replicas per second from requested replicas per second (sliding minimum).
 
@@ -82,16 +101,7 @@ def ready_from_paid(paid: IntArray, cold_start_s: int, initial: int) -> IntArray
     if cold_start_s <= 0:
         return paid.copy()
     padded = np.concatenate([np.full(cold_start_s, initial, dtype=paid.dtype), paid])
-    # sliding minimum over windows of cold_start_s + 1 via doubling (log2 steps, O(n log w))
-    width = cold_start_s + 1
-    out = padded.copy()
-    span = 1
-    while span * 2 <= width:
-        out[: len(out) - span] = np.minimum(out[: len(out) - span], out[span:])
-        span *= 2
-    if span < width:
-        rest = width - span
-        out[: len(out) - rest] = np.minimum(out[: len(out) - rest], out[rest:])
+    out = forward_window(padded, cold_start_s + 1, np.minimum)
     return np.asarray(out[: len(paid)], dtype=paid.dtype)
 
 

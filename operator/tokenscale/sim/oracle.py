@@ -37,7 +37,13 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from tokenscale.sim.cluster import SimTarget, lindley, on_time_tokens, ready_from_paid
+from tokenscale.sim.cluster import (
+    SimTarget,
+    forward_window,
+    lindley,
+    on_time_tokens,
+    ready_from_paid,
+)
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -218,15 +224,8 @@ def sliding_max(values: IntArray, before: int, after: int) -> IntArray:
     if width <= 1:
         return values.copy()
     low = np.iinfo(np.int64).min
-    padded = np.concatenate([np.full(after, low), values, np.full(before, low)])
-    out = padded.copy()
-    span = 1
-    while span * 2 <= width:
-        out[: len(out) - span] = np.maximum(out[: len(out) - span], out[span:])
-        span *= 2
-    if span < width:
-        rest = width - span
-        out[: len(out) - rest] = np.maximum(out[: len(out) - rest], out[rest:])
+    padded = np.concatenate([np.full(before, low), values, np.full(after, low)])
+    out = forward_window(padded, width, np.maximum)
     return np.asarray(out[:n], dtype=np.int64)
 
 
