@@ -27,7 +27,7 @@ demo: venv prometheus
 test: venv prometheus
 	$(PY) -m ruff check $(LINT_PATHS)
 	$(PY) -m mypy
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=12
 
 lint: venv
 	$(PY) -m ruff check $(LINT_PATHS)
