@@ -11,7 +11,6 @@ seconds; timestamps are RFC 3339 strings in status.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -469,9 +468,3 @@ def parse_status(raw: Any) -> TokenBudgetStatus:
 def dump(model: BaseModel) -> dict[str, Any]:
     """Wire form: camelCase, no unset optionals."""
     return model.model_dump(by_alias=True, exclude_none=True, mode="json")
-
-
-def is_finite(x: float) -> bool:
-    """True for a real, finite number."""
-    return not (math.isnan(x) or math.isinf(x))
-
