@@ -418,21 +418,6 @@ def dumps(obj: Any) -> str:
 # ------------------------------------------------------------------------ RBAC
 
 
-def keda_crd() -> dict[str, Any]:
-    """A minimal ScaledObject CRD (keda.sh/v1alpha1), enough to list ScaledObjects."""
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": "scaledobjects.keda.sh"},
-        "spec": {"group": "keda.sh", "scope": "Namespaced",
-                 "names": {"plural": "scaledobjects", "singular": "scaledobject",
-                           "kind": "ScaledObject", "listKind": "ScaledObjectList"},
-                 "versions": [{"name": "v1alpha1", "served": True, "storage": True,
-                               "schema": {"openAPIV3Schema": {
-                                   "type": "object",
-                                   "x-kubernetes-preserve-unknown-fields": True}}}]},
-    }
-
-
 _DISCOVERY = ("/api", "/apis", "/version", "/healthz", "/livez", "/readyz", "/openapi")
 
 

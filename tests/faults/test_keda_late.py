@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from faultkit import create, keda_crd
+from faultkit import create
 
 from tokenscale.adapters.kube import KubeAdapter, load_client
 from tokenscale.testbed.apiserver import ApiServerThread
+from tokenscale.testbed.resources import keda_scaledobject_crd
 
 pytestmark = pytest.mark.faults
 NS = "inference"
@@ -23,7 +24,8 @@ async def test_keda_installed_later_is_noticed(apiserver: ApiServerThread,
     try:
         assert await kube.list_autoscalers(NS) == []  # 404: no KEDA in this cluster
         assert await remembering.list_autoscalers(NS) == []
-        create(apiserver, "apiextensions.k8s.io/v1", "customresourcedefinitions", keda_crd())
+        create(apiserver, "apiextensions.k8s.io/v1", "customresourcedefinitions",
+               keda_scaledobject_crd())
         create(apiserver, "keda.sh/v1alpha1", "scaledobjects", {
             "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
             "metadata": {"name": "llama", "namespace": NS},

@@ -20,7 +20,6 @@ from faultkit import (
     create,
     deployment,
     granted,
-    keda_crd,
     operators,
     replica_history,
     required_permissions,
@@ -32,6 +31,7 @@ from faultkit import (
 
 from tokenscale.testbed.apiserver import ApiServerThread
 from tokenscale.testbed.kubectl import Kubectl
+from tokenscale.testbed.resources import keda_scaledobject_crd
 from tokenscale.testbed.waiting import wait_for
 
 pytestmark = pytest.mark.faults
@@ -68,7 +68,8 @@ def test_unscalable_targets_get_a_condition_and_are_never_scaled(
     faulty_prometheus: FaultyPrometheus,
 ) -> None:
     prom = faulty_prometheus
-    create(apiserver, "apiextensions.k8s.io/v1", "customresourcedefinitions", keda_crd())
+    create(apiserver, "apiextensions.k8s.io/v1", "customresourcedefinitions",
+           keda_scaledobject_crd())
     # Demand 1,000 tok/s needs 1 replica: every target below would be scaled 3 -> 1.
     cases = {"with-hpa": "llama", "with-keda": "mistral", "missing": "ghost",
              "cross-ns": "victim", "control": "control"}

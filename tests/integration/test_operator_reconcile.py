@@ -26,21 +26,12 @@ from tokenscale.settings import OperatorSettings
 from tokenscale.testbed.apiserver import ApiServer, ApiServerThread
 from tokenscale.testbed.kubectl import Kubectl
 from tokenscale.testbed.prometheus import free_port
+from tokenscale.testbed.resources import keda_scaledobject_crd
 
 pytestmark = pytest.mark.integration
 
 NS = "inference"
 SAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "samples" / "chat-cost-budget.yaml"
-KEDA_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-    "metadata": {"name": "scaledobjects.keda.sh"},
-    "spec": {"group": "keda.sh", "scope": "Namespaced",
-             "names": {"kind": "ScaledObject", "plural": "scaledobjects",
-                       "singular": "scaledobject", "listKind": "ScaledObjectList"},
-             "versions": [{"name": "v1alpha1", "served": True, "storage": True,
-                           "schema": {"openAPIV3Schema": {
-                               "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]},
-}
 
 
 def deployment(name: str, replicas: int) -> dict[str, Any]:
@@ -172,7 +163,7 @@ async def test_a_keda_scaledobject_is_a_conflict_and_absent_keda_is_none(h: Harn
     assert condition(h.budget(), "Conflict")["status"] == "False"
 
     other = Reconciler(h.reconciler.settings, KubeAdapter(load_client(5)), OperatorMetrics())
-    h.create("apiextensions.k8s.io/v1", "customresourcedefinitions", KEDA_CRD)
+    h.create("apiextensions.k8s.io/v1", "customresourcedefinitions", keda_scaledobject_crd())
     h.create("keda.sh/v1alpha1", "scaledobjects", {
         "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
         "metadata": {"name": "llama-keda", "namespace": NS},

@@ -158,23 +158,34 @@ def types_from_crd(crd: dict[str, Any]) -> list[ResourceType]:
     return out
 
 
+def schemaless_crd(
+    group: str, version: str, plural: str, kind: str, scope: str = "Namespaced"
+) -> dict[str, Any]:
+    """A CRD that accepts any object (``x-kubernetes-preserve-unknown-fields``)."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{group}"},
+        "spec": {
+            "group": group, "scope": scope,
+            "names": {"plural": plural, "singular": kind.lower(), "kind": kind,
+                      "listKind": f"{kind}List"},
+            "versions": [{
+                "name": version, "served": True, "storage": True,
+                "schema": {"openAPIV3Schema": {
+                    "type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+            }],
+        },
+    }
+
+
 def kopf_peering_crds() -> list[dict[str, Any]]:
     """The kopf.dev peering CRDs (cluster-wide and namespaced), for kopf without --standalone."""
-    out = []
-    for plural, kind, scope in (("clusterkopfpeerings", "ClusterKopfPeering", "Cluster"),
-                                ("kopfpeerings", "KopfPeering", "Namespaced")):
-        out.append({
-            "apiVersion": "apiextensions.k8s.io/v1",
-            "kind": "CustomResourceDefinition",
-            "metadata": {"name": f"{plural}.kopf.dev"},
-            "spec": {
-                "group": "kopf.dev", "scope": scope,
-                "names": {"plural": plural, "singular": kind.lower(), "kind": kind},
-                "versions": [{
-                    "name": "v1", "served": True, "storage": True,
-                    "schema": {"openAPIV3Schema": {
-                        "type": "object", "x-kubernetes-preserve-unknown-fields": True}},
-                }],
-            },
-        })
-    return out
+    return [schemaless_crd("kopf.dev", "v1", "clusterkopfpeerings", "ClusterKopfPeering",
+                           "Cluster"),
+            schemaless_crd("kopf.dev", "v1", "kopfpeerings", "KopfPeering")]
+
+
+def keda_scaledobject_crd() -> dict[str, Any]:
+    """KEDA's ScaledObject CRD (keda.sh/v1alpha1), enough to create and list ScaledObjects."""
+    return schemaless_crd("keda.sh", "v1alpha1", "scaledobjects", "ScaledObject")
