@@ -5,7 +5,16 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 LINT_PATHS := $(wildcard operator tests benchmarks)
 
-.PHONY: demo test lint crd venv prometheus clean
+.PHONY: demo test test-clock lint crd venv prometheus clean
+
+# Suites whose outcome could depend on the calendar: they run again on a test clock that
+# starts each test at a chosen instant (tests/testclock.py). `make test` keeps one instant.
+CLOCK_SUITES := tests/faults tests/e2e/test_operator_e2e.py tests/integration/test_operator_reconcile.py tests/unit/test_core_budget.py \
+	tests/unit/test_core_accounting.py tests/unit/test_core_planner.py
+CLOCK_SMOKE := tests/faults/test_restart.py tests/faults/test_peering.py \
+	tests/e2e/test_operator_e2e.py::test_operator_restart_mid_period_keeps_spend \
+	tests/unit/test_core_budget.py tests/unit/test_core_accounting.py
+CLOCK_INSTANTS ?= month-start month-end week-start dst-spring dst-autumn
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -28,6 +37,14 @@ test: venv prometheus
 	$(PY) -m ruff check $(LINT_PATHS)
 	$(PY) -m mypy
 	$(PY) -m pytest -q -p no:cacheprovider --durations=12
+	TOKENSCALE_TEST_CLOCK=month-end $(PY) -m pytest -q -p no:cacheprovider $(CLOCK_SMOKE)
+
+test-clock: venv prometheus
+	@for instant in $(CLOCK_INSTANTS); do \
+	  echo "== TOKENSCALE_TEST_CLOCK=$$instant"; \
+	  TOKENSCALE_TEST_CLOCK=$$instant $(PY) -m pytest -q -p no:cacheprovider $(CLOCK_SUITES) \
+	    || exit 1; \
+	done
 
 lint: venv
 	$(PY) -m ruff check $(LINT_PATHS)

@@ -7,13 +7,39 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
+import testclock
 from tokenscale.crd import crd
 from tokenscale.testbed.apiserver import ApiServer, ApiServerThread, write_kubeconfig
 from tokenscale.testbed.kubectl import Kubectl
 from tokenscale.testbed.prometheus import PrometheusServer
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+# Property tests replay the same examples on every run and keep no database between runs.
+hypothesis_settings.register_profile("tokenscale", derandomize=True, database=None)
+hypothesis_settings.load_profile("tokenscale")
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test inherits operator settings or an in-cluster identity from the shell that runs
+    it (a stray TOKENSCALE_NAMESPACES, or a CI pod's service account)."""
+    import os
+
+    for name in list(os.environ):
+        if ((name.startswith("TOKENSCALE_") and name != "TOKENSCALE_TEST_CLOCK")
+                or name.startswith("KUBERNETES_SERVICE_")):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def test_clock() -> testclock.TestClock:
+    """The calendar of this test's operator processes (``TOKENSCALE_TEST_CLOCK``, see
+    tests/testclock.py); the system clock unless a run chose an instant."""
+    return testclock.begin_test()
 
 
 @pytest.fixture

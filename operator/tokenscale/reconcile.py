@@ -330,6 +330,7 @@ class Reconciler:
                 url, timeout,
                 on_query=lambda kind: self.metrics.prometheus_queries.labels(kind).inc(),
                 on_failure=lambda kind: self.metrics.prometheus_errors.labels(kind).inc(),
+                clock_offset_seconds=self.settings.clock_offset_seconds,
             )
         return self._readers[key]
 

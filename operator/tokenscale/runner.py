@@ -150,7 +150,9 @@ async def operate(
     if settings.peering_name is not None:
         gate = PeeringGate(client, settings.peering_name, identity, priority,
                            settings.api_timeout_seconds)
-    reconciler = Reconciler(settings, kube, metrics, gate=gate)
+    offset = settings.clock_offset_seconds
+    reconciler = Reconciler(settings, kube, metrics, gate=gate,
+                            wall_clock=lambda: time.time() + offset)
     registry = kopf.OperatorRegistry()
     register(registry, reconciler)
     endpoints = Endpoints(settings, metrics, reconciler, ready)

@@ -67,6 +67,13 @@ class OperatorSettings(BaseSettings):
     api_workers: int = Field(8, ge=1, le=256, description="Threads for Kubernetes API calls.")
     api_timeout_seconds: float = Field(10.0, gt=0, description="Kubernetes request timeout.")
     instance: str = Field("", description="Reporting instance in Events (default hostname).")
+    clock_offset_seconds: float = Field(
+        0.0, ge=-10 * 366 * 86400, le=10 * 366 * 86400,
+        description="Shift of the operator's calendar clock (s) against the system clock: "
+        "budget periods, price windows, spend and status times follow the shifted clock, "
+        "while Prometheus is still asked in its own time. For rehearsing a period end or a "
+        "DST change (and for the tests); 0 in production.",
+    )
 
     @field_validator("namespaces", mode="before")
     @classmethod

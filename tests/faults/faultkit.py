@@ -35,6 +35,7 @@ from typing import Any
 
 from aiohttp import web
 
+import testclock
 from tokenscale.testbed.apiserver import ApiServerThread
 from tokenscale.testbed.prometheus import free_port
 from tokenscale.testbed.waiting import wait_for
@@ -202,6 +203,7 @@ class OperatorProcess:
             "TOKENSCALE_STATUS_HEARTBEAT_SECONDS": "1",
             "TOKENSCALE_RATE_WINDOW": "10s",
             "TOKENSCALE_TICK_SECONDS": "0.5",
+            **testclock.current().env(),
             **{f"TOKENSCALE_{k.upper()}": v for k, v in settings.items()},
         }
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (kept open for the process)
@@ -315,10 +317,15 @@ def target(name: str, deploy: str | None = None, **overrides: Any) -> dict[str, 
 def budget(namespace: str, name: str, targets: list[dict[str, Any]], *,
            prometheus_url: str | None = None, **spec_overrides: Any) -> dict[str, Any]:
     """A TokenBudget with compressed time: 5 s interval, 60 s forecast window,
-    no scale-down stabilization and no tolerance, unless overridden."""
+    no scale-down stabilization and no tolerance, unless overridden.
+
+    Its budget never binds and its period does not end within ten minutes of the test
+    clock's now (whatever the day): 1e9 USD paces over 1.3 million USD/h even with a whole
+    month left. A test about accounting or rollover sets ``budget`` itself."""
+    zone, period = testclock.zone_and_period_lasting(600)
     spec: dict[str, Any] = {
         "mode": "Active",
-        "budget": {"period": "Month", "maxCost": 1_000_000, "currency": "USD"},
+        "budget": {"period": period, "timeZone": zone, "maxCost": 1e9, "currency": "USD"},
         "planning": {"intervalSeconds": 5, "targetUtilization": 1.0, "headroom": 0.0,
                      "forecastWindowSeconds": 60, "tolerance": 0.0,
                      "scaleDownStabilizationSeconds": 0},

@@ -21,6 +21,7 @@ from faultkit import (
     wait_cycles,
 )
 
+import testclock
 from tokenscale.testbed.apiserver import ApiServerThread
 from tokenscale.testbed.waiting import wait_for
 
@@ -41,9 +42,12 @@ def test_sigkill_and_restart_keeps_spend_and_stabilization(
     prom = faulty_prometheus
     url = prom.add("chat", Channel(NS, "llama", rate=4000.0))
     create(apiserver, "apps/v1", "deployments", deployment(NS, "llama", REPLICAS))
+    # A Day in the test clock's zone: at a "month-end" or "dst-*" instant the period ends
+    # while the test runs, and the spend must restart from the new period's start.
     create(apiserver, "tokenscale.dev/v1alpha1", "tokenbudgets", budget(
         NS, "chat", [target("llama", costPerReplicaHour=PRICE)], prometheus_url=url,
-        planning={"scaleDownStabilizationSeconds": 600}))
+        planning={"scaleDownStabilizationSeconds": 600},
+        budget={"period": "Day", "timeZone": testclock.current().zone}))
 
     first = OperatorProcess(kubeconfig, url, instance="first")
     with operators(first):
@@ -67,8 +71,13 @@ def test_sigkill_and_restart_keeps_spend_and_stabilization(
         spent_after, at_after = after["spend"]["cost"], _time(after["lastReconcileTime"])
         rate = REPLICAS * PRICE / 3600.0  # currency/s while the replicas stayed at 4
         one_interval = rate * INTERVAL
-        expected = spent_before + rate * (at_after - at_before)
-        assert spent_after >= spent_before  # no reset
+        if after["period"]["start"] == before["period"]["start"]:
+            expected = spent_before + rate * (at_after - at_before)
+            assert spent_after >= spent_before  # no reset
+        else:  # the day ended in between: the new day's spend counts from its start
+            period_start = _time(after["period"]["start"])
+            assert at_before <= period_start <= at_after, (before["period"], after["period"])
+            expected = rate * (at_after - period_start)
         assert abs(spent_after - expected) <= one_interval, (spent_before, spent_after,
                                                              expected)
         # The restarted operator still knows the recommendation of 4: no scale-down.

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+import testclock
 from tokenscale.adapters.kube import KubeAdapter, load_client
 from tokenscale.metrics import OperatorMetrics
 from tokenscale.reconcile import Reconciler
@@ -47,6 +47,11 @@ def tokenbudget(name: str = "chat", **spec_changes: Any) -> dict[str, Any]:
     body["metadata"]["name"] = name
     body["spec"]["planning"]["intervalSeconds"] = 5
     body["spec"]["fallback"] = {"afterSeconds": 3600}
+    # a period that does not end within the test (whatever the test clock's day)
+    sample = body["spec"]["budget"]
+    zone, period = testclock.zone_and_period_lasting(
+        600, periods=(sample.get("period", "Day"), "Week", "Month"))
+    body["spec"]["budget"] = {**sample, "timeZone": zone, "period": period}
     body["spec"].update(spec_changes)
     return body
 
@@ -55,12 +60,12 @@ class Harness:
     """A Reconciler wired to the emulator; cycles at chosen times."""
 
     def __init__(self, server: ApiServer, api: ApiServerThread, reconciler: Reconciler,
-                 kubectl: Kubectl):
+                 kubectl: Kubectl, start: float):
         self.kubectl = kubectl
         self.server = server
         self.api = api
         self.reconciler = reconciler
-        self.t = math.floor(time.time())
+        self.t = start  # the operator's clock (unix s): moved by cycle(), read by it
 
     def create(self, api_version: str, plural: str, body: dict[str, Any]) -> None:
         self.api.call(lambda s: s.create_object(api_version, plural, copy.deepcopy(body)))
@@ -91,13 +96,15 @@ class Harness:
 
 @pytest.fixture
 async def harness(apiserver: ApiServerThread, emulator: ApiServer, kubeconfig: Path,
-                  kubectl: Kubectl, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Harness]:
+                  kubectl: Kubectl, monkeypatch: pytest.MonkeyPatch,
+                  test_clock: testclock.TestClock) -> AsyncIterator[Harness]:
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     settings = OperatorSettings(prometheus_url=f"http://127.0.0.1:{free_port()}",
                                 status_heartbeat_seconds=3600, rate_window="5s")
     kube = KubeAdapter(load_client(5), workers=4, timeout_seconds=5)
-    reconciler = Reconciler(settings, kube, OperatorMetrics())
-    h = Harness(emulator, apiserver, reconciler, kubectl)
+    reconciler = Reconciler(settings, kube, OperatorMetrics(), wall_clock=lambda: h.t)
+    h = Harness(emulator, apiserver, reconciler, kubectl,
+                start=math.floor(test_clock.now().timestamp()))
     h.create("apps/v1", "deployments", deployment("llama-8b", 3))
     yield h
     reconciler.close()

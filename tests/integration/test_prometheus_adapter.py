@@ -123,6 +123,26 @@ async def test_token_rate_grouped_by_target_for_both_metric_spellings(
     assert check_samples([], at.timestamp(), 60) == ("Empty", "no series for this target")
 
 
+async def test_a_shifted_operator_clock_still_reads_prometheus_in_its_own_time(
+    prometheus: PrometheusServer,
+) -> None:
+    """An operator whose calendar runs 40 days ahead (TOKENSCALE_CLOCK_OFFSET_SECONDS) asks
+    at its own "now" and gets today's samples, stamped in its own clock."""
+    shift = 40 * 86400.0
+    shifted = PrometheusReader(prometheus.url, 5, clock_offset_seconds=shift)
+    plain = PrometheusReader(prometheus.url, 5)
+    at = datetime.now(UTC) + timedelta(seconds=shift)
+    series = await shifted.range(promql.token_rate_query([NS], "5s"),
+                                 at - timedelta(seconds=20), at, 2)
+    rate8 = sum_by_time(group_by_target(series, [LLAMA8])[LLAMA8].pods)
+    assert rate8 and rate8[-1][1] == pytest.approx(600.0, rel=0.05)
+    assert check_samples(rate8, at.timestamp(), 60) is None  # fresh in the shifted clock
+    queue = await shifted.instant(promql.queue_query([NS]), at)
+    assert queue and all(abs(s.samples[-1][0] - at.timestamp()) < 1 for s in queue)
+    # the same instant asked without the shift is 40 days in Prometheus' future: nothing
+    assert await plain.instant(promql.queue_query([NS]), at) == []
+
+
 async def test_queue_and_increase_since_period_start(prometheus: PrometheusServer) -> None:
     reader = PrometheusReader(prometheus.url, 5)
     at = datetime.now(UTC)

@@ -92,8 +92,12 @@ class PrometheusReader:
         timeout_seconds: float,
         on_query: Callable[[str], None] | None = None,
         on_failure: Callable[[str], None] | None = None,
+        clock_offset_seconds: float = 0.0,
     ):
         self.url = url.rstrip("/")
+        #: the operator's clock minus Prometheus' clock (s): times sent are shifted back by
+        #: it and the sample times received forward, so callers see one clock only.
+        self.clock_offset_seconds = clock_offset_seconds
         self.timeout_seconds = timeout_seconds
         self._client = PrometheusConnect(
             url=self.url, disable_ssl=False, retry=Retry(total=False)
@@ -107,7 +111,7 @@ class PrometheusReader:
 
     async def instant(self, query: str, at: datetime, timeout: float | None = None) -> list[Series]:
         """Evaluate ``query`` at ``at``."""
-        params = {"time": f"{at.timestamp():.3f}"}
+        params = {"time": self._stamp(at)}
         return await self._run("instant", query, params, timeout)
 
     async def range(
@@ -116,11 +120,14 @@ class PrometheusReader:
     ) -> list[Series]:
         """Evaluate ``query`` from ``start`` to ``end`` every ``step_seconds``."""
         params = {
-            "start": f"{start.timestamp():.3f}",
-            "end": f"{end.timestamp():.3f}",
+            "start": self._stamp(start),
+            "end": self._stamp(end),
             "step": f"{max(step_seconds, 0.001):g}",
         }
         return await self._run("range", query, params, timeout)
+
+    def _stamp(self, at: datetime) -> str:
+        return f"{at.timestamp() - self.clock_offset_seconds:.3f}"
 
     async def _run(
         self, kind: str, query: str, params: dict[str, str], timeout: float | None
@@ -159,7 +166,12 @@ class PrometheusReader:
             raise MetricFailure("HTTPError", str(exc)[:500]) from None
         except (ValueError, KeyError, TypeError) as exc:  # not JSON / not the API shape
             raise MetricFailure("BadResponse", f"{type(exc).__name__}: {exc}"[:500]) from None
-        return parse_result(result)
+        series = parse_result(result)
+        if self.clock_offset_seconds:
+            shift = self.clock_offset_seconds
+            series = [Series(s.labels, tuple((t + shift, v) for t, v in s.samples))
+                      for s in series]
+        return series
 
     def _range_request(self, query: str, params: dict[str, str], seconds: float) -> Any:
         # custom_query_range wants datetimes and a step string; the raw call keeps float
