@@ -4,7 +4,7 @@
 
 What runs (all on 127.0.0.1):
 
-* the Kubernetes API emulator (:mod:`tokenscale.testbed.apiserver`) in a thread of this
+* the Kubernetes API emulator (:mod:`tokenscale_testbed.apiserver`) in a thread of this
   process, with N TokenBudgets in namespaces of ``--budgets-per-namespace`` each, and their
   2N Deployments (1 replica, 1 ready);
 * one synthetic vLLM exporter process (``benchmarks/synthetic_vllm.py``) serving the token
@@ -61,9 +61,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tokenscale.crd import crd
 from tokenscale.status import differs, significant
-from tokenscale.testbed.apiserver import ApiServer, ApiServerThread, write_kubeconfig
-from tokenscale.testbed.prometheus import PrometheusServer, free_port
-from tokenscale.testbed.waiting import wait_for
+from tokenscale_testbed.apiserver import ApiServer, ApiServerThread, write_kubeconfig
+from tokenscale_testbed.prometheus import PrometheusServer, free_port
+from tokenscale_testbed.waiting import wait_for
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

@@ -11,9 +11,9 @@ from hypothesis import settings as hypothesis_settings
 
 import testclock
 from tokenscale.crd import crd
-from tokenscale.testbed.apiserver import ApiServer, ApiServerThread, write_kubeconfig
-from tokenscale.testbed.kubectl import Kubectl
-from tokenscale.testbed.prometheus import PrometheusServer
+from tokenscale_testbed.apiserver import ApiServer, ApiServerThread, write_kubeconfig
+from tokenscale_testbed.kubectl import Kubectl
+from tokenscale_testbed.prometheus import PrometheusServer
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -99,8 +99,8 @@ def zone_and_period_lasting(seconds: float, clock: TestClock | None = None,
                             ) -> tuple[str, str]:
     """A (timeZone, period) whose current period still has ``seconds`` left at the clock's
     now: for tests whose behaviour is not a period rollover. The first of ``periods`` that
-    lasts, in the clock's own zone first, then in zones whose midnight lies elsewhere. Chosen once per test: every budget of a test
-    gets the same answer, however long the test runs."""
+    lasts, in the clock's own zone first, then in zones whose midnight lies elsewhere.
+    Chosen once per test: every budget of a test gets the same answer, however long it runs."""
     if clock is None and (seconds, periods) in _lasting:
         return _lasting[(seconds, periods)]
     chosen = _choose(seconds, clock or current(), periods)

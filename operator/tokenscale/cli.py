@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 
 def _crd(args: argparse.Namespace) -> int:
@@ -12,14 +12,6 @@ def _crd(args: argparse.Namespace) -> int:
 
     sys.stdout.write(render())
     return 0
-
-
-def _not_yet(name: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        print(f"tokenscale {name}: not implemented yet", file=sys.stderr)
-        return 2
-
-    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     from tokenscale.backtest import add_arguments as add_backtest  # argparse only: cheap
 
     add_backtest(sub.add_parser("backtest", help="replay traces: tokenscale vs hpa/static/oracle"))
-    __import__("tokenscale.demo.main").demo.main.configure(sub.add_parser(
+    from tokenscale.demo.options import configure as add_demo  # argparse only: cheap
+
+    add_demo(sub.add_parser(
         "demo", help="local demo: emulator, Prometheus, simulated vLLM fleet, operator, live"))
     return parser
 

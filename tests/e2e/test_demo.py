@@ -20,7 +20,7 @@ import pytest
 
 from tokenscale.demo.budgets import adapt, demo_time_zone, load_samples
 from tokenscale.demo.workloads import WORKLOADS, select_workloads
-from tokenscale.testbed.prometheus import PrometheusMissingError, find_prometheus, free_port
+from tokenscale_testbed.prometheus import PrometheusMissingError, find_prometheus, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "manifests" / "samples"

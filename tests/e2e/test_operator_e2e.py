@@ -24,11 +24,11 @@ from prometheus_client.parser import text_string_to_metric_families
 import testclock
 from tokenscale.adapters.promql import token_rate_query
 from tokenscale.crd import crd
-from tokenscale.testbed.apiserver import ApiServer, ApiServerThread, write_kubeconfig
-from tokenscale.testbed.fleet import FleetThread, ModelConfig
-from tokenscale.testbed.kubectl import Kubectl
-from tokenscale.testbed.prometheus import PrometheusServer, free_port
-from tokenscale.testbed.waiting import wait_for
+from tokenscale_testbed.apiserver import ApiServer, ApiServerThread, write_kubeconfig
+from tokenscale_testbed.fleet import FleetThread, ModelConfig
+from tokenscale_testbed.kubectl import Kubectl
+from tokenscale_testbed.prometheus import PrometheusServer, free_port
+from tokenscale_testbed.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

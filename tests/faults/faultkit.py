@@ -36,9 +36,9 @@ from typing import Any
 from aiohttp import web
 
 import testclock
-from tokenscale.testbed.apiserver import ApiServerThread
-from tokenscale.testbed.prometheus import free_port
-from tokenscale.testbed.waiting import wait_for
+from tokenscale_testbed.apiserver import ApiServerThread
+from tokenscale_testbed.prometheus import free_port
+from tokenscale_testbed.waiting import wait_for
 
 MODES = ("ok", "slow", "empty", "nan", "inf", "multiple", "http500", "garbage")
 #: The failure kind the operator must name for each mode (DESIGN.md, METRIC_FAILURES).

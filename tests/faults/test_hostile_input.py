@@ -36,8 +36,8 @@ from faultkit import (
 )
 
 from tokenscale.crd import crd
-from tokenscale.testbed.apiserver import ApiServerThread
-from tokenscale.testbed.waiting import wait_for
+from tokenscale_testbed.apiserver import ApiServerThread
+from tokenscale_testbed.waiting import wait_for
 
 pytestmark = pytest.mark.faults
 NS = "inference"
@@ -152,7 +152,7 @@ def _permissive_crd() -> dict[str, Any]:
 def test_the_operator_refuses_each_spec_and_serves_the_rest(
     tmp_path: Path, faulty_prometheus: FaultyPrometheus
 ) -> None:
-    from tokenscale.testbed.apiserver import write_kubeconfig
+    from tokenscale_testbed.apiserver import write_kubeconfig
 
     prom = faulty_prometheus
     with ApiServerThread(crds=[_permissive_crd()], namespaces=["default", NS]) as api:

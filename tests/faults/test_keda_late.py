@@ -9,8 +9,8 @@ import pytest
 from faultkit import create
 
 from tokenscale.adapters.kube import KubeAdapter, load_client
-from tokenscale.testbed.apiserver import ApiServerThread
-from tokenscale.testbed.resources import keda_scaledobject_crd
+from tokenscale_testbed.apiserver import ApiServerThread
+from tokenscale_testbed.resources import keda_scaledobject_crd
 
 pytestmark = pytest.mark.faults
 NS = "inference"

@@ -21,9 +21,9 @@ from faultkit import (
     wait_cycles,
 )
 
-from tokenscale.testbed.apiserver import ApiServerThread
-from tokenscale.testbed.prometheus import free_port
-from tokenscale.testbed.waiting import wait_for
+from tokenscale_testbed.apiserver import ApiServerThread
+from tokenscale_testbed.prometheus import free_port
+from tokenscale_testbed.waiting import wait_for
 
 pytestmark = pytest.mark.faults
 NS = "inference"

@@ -18,10 +18,10 @@ from faultkit import (
     target,
 )
 
-from tokenscale.testbed.apiserver import ApiServerThread
-from tokenscale.testbed.fleet import FleetThread, ModelConfig, constant
-from tokenscale.testbed.prometheus import PrometheusServer
-from tokenscale.testbed.waiting import wait_for
+from tokenscale_testbed.apiserver import ApiServerThread
+from tokenscale_testbed.fleet import FleetThread, ModelConfig, constant
+from tokenscale_testbed.prometheus import PrometheusServer
+from tokenscale_testbed.waiting import wait_for
 
 pytestmark = pytest.mark.faults
 NS = "inference"

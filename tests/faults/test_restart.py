@@ -22,8 +22,8 @@ from faultkit import (
 )
 
 import testclock
-from tokenscale.testbed.apiserver import ApiServerThread
-from tokenscale.testbed.waiting import wait_for
+from tokenscale_testbed.apiserver import ApiServerThread
+from tokenscale_testbed.waiting import wait_for
 
 pytestmark = pytest.mark.faults
 NS = "inference"

@@ -29,10 +29,10 @@ from faultkit import (
     wait_cycles,
 )
 
-from tokenscale.testbed.apiserver import ApiServerThread
-from tokenscale.testbed.kubectl import Kubectl
-from tokenscale.testbed.resources import keda_scaledobject_crd
-from tokenscale.testbed.waiting import wait_for
+from tokenscale_testbed.apiserver import ApiServerThread
+from tokenscale_testbed.kubectl import Kubectl
+from tokenscale_testbed.resources import keda_scaledobject_crd
+from tokenscale_testbed.waiting import wait_for
 
 pytestmark = pytest.mark.faults
 NS = "inference"

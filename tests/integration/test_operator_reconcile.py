@@ -23,10 +23,10 @@ from tokenscale.adapters.kube import KubeAdapter, load_client
 from tokenscale.metrics import OperatorMetrics
 from tokenscale.reconcile import Reconciler
 from tokenscale.settings import OperatorSettings
-from tokenscale.testbed.apiserver import ApiServer, ApiServerThread
-from tokenscale.testbed.kubectl import Kubectl
-from tokenscale.testbed.prometheus import free_port
-from tokenscale.testbed.resources import keda_scaledobject_crd
+from tokenscale_testbed.apiserver import ApiServer, ApiServerThread
+from tokenscale_testbed.kubectl import Kubectl
+from tokenscale_testbed.prometheus import free_port
+from tokenscale_testbed.resources import keda_scaledobject_crd
 
 pytestmark = pytest.mark.integration
 

@@ -35,7 +35,7 @@ from tokenscale.status import (
     needs_patch,
     significant,
 )
-from tokenscale.testbed.validation import validate
+from tokenscale_testbed.validation import validate
 
 NOW = datetime(2026, 3, 10, 12, 0, 7, 250000, tzinfo=UTC)
 

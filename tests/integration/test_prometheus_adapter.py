@@ -28,7 +28,7 @@ from tokenscale.adapters.prometheus import (
     sum_by_time,
 )
 from tokenscale.adapters.promql import WorkloadRef
-from tokenscale.testbed.prometheus import PrometheusServer, free_port
+from tokenscale_testbed.prometheus import PrometheusServer, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from tokenscale.crd import crd
-from tokenscale.testbed.apiserver import ApiServer
-from tokenscale.testbed.kubectl import Kubectl
+from tokenscale_testbed.apiserver import ApiServer
+from tokenscale_testbed.kubectl import Kubectl
 
 pytestmark = pytest.mark.integration
 

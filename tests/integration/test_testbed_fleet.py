@@ -9,8 +9,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tokenscale.testbed.apiserver import ApiServer, ApiServerThread
-from tokenscale.testbed.fleet import (
+from tokenscale_testbed.apiserver import ApiServer, ApiServerThread
+from tokenscale_testbed.fleet import (
     Fleet,
     FleetThread,
     ModelConfig,
@@ -20,8 +20,8 @@ from tokenscale.testbed.fleet import (
     render_metrics,
     step,
 )
-from tokenscale.testbed.prometheus import PrometheusMissingError, PrometheusServer
-from tokenscale.testbed.waiting import async_wait_for, wait_for
+from tokenscale_testbed.prometheus import PrometheusMissingError, PrometheusServer
+from tokenscale_testbed.waiting import async_wait_for, wait_for
 
 pytestmark = pytest.mark.integration
 SAFE = "[bcdfghjklmnpqrstvwxz2456789]"

@@ -12,8 +12,8 @@ import kopf
 import pytest
 import yaml
 
-from tokenscale.testbed.apiserver import ApiServer, ApiServerThread
-from tokenscale.testbed.waiting import wait_for
+from tokenscale_testbed.apiserver import ApiServer, ApiServerThread
+from tokenscale_testbed.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 SAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "samples" / "chat-cost-budget.yaml"

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tokenscale import api, crd
-from tokenscale.crdschema import crd_schema, schema_errors
+from tokenscale_testbed.crdschema import crd_schema, schema_errors
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "tokenbudgets.tokenscale.dev.yaml"

@@ -62,6 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from tokenscale.extras import require
+
+    needs = ("numpy", "matplotlib") if args.plot else ("numpy",)
+    require("backtest", "tokenscale backtest" + (" --plot" if args.plot else ""), needs)
     from tokenscale.backtest.command import run
 
     return run(args)

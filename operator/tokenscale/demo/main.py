@@ -25,41 +25,12 @@ from types import FrameType
 from typing import Any
 
 from tokenscale.demo import budgets as budgets_mod
+from tokenscale.demo.options import DEFAULT_DAY_SECONDS
 from tokenscale.demo.plot import write_plot
 from tokenscale.demo.record import Recorder
 from tokenscale.demo.stack import PROMPT_FRACTION, DemoError, Stack, port_is_free, repo_root
 from tokenscale.demo.view import CLEAR, Header, progress_line, render, sim_clock, spend_text
 from tokenscale.demo.workloads import WORKLOADS, select_workloads
-
-DEFAULT_API_PORT = 16443
-DEFAULT_PROMETHEUS_PORT = 19090
-DEFAULT_DAY_SECONDS = 240.0
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    """Add the demo's options to ``parser`` (the ``demo`` sub-command)."""
-    parser.add_argument("--duration", type=float, default=None, metavar="S",
-                        help="stop after S seconds (default: run until Ctrl-C)")
-    parser.add_argument("--day-seconds", type=float, default=None, metavar="S",
-                        help="real seconds one simulated day takes (default: 240, or the "
-                             "duration if shorter)")
-    parser.add_argument("--summary-json", type=Path, default=None, metavar="OUT.json",
-                        help="write the summary as JSON (for scripts)")
-    parser.add_argument("--plot", type=Path, default=None, metavar="OUT.png",
-                        help="the PNG to write (default: <demo-dir>/demo.png)")
-    parser.add_argument("--demo-dir", type=Path, default=Path(".demo"),
-                        help="kubeconfig, applied manifests and operator log (default .demo)")
-    parser.add_argument("--api-port", type=int, default=DEFAULT_API_PORT,
-                        help=f"port of the Kubernetes API emulator (default {DEFAULT_API_PORT})")
-    parser.add_argument("--prometheus-port", type=int, default=DEFAULT_PROMETHEUS_PORT,
-                        help=f"port of Prometheus (default {DEFAULT_PROMETHEUS_PORT})")
-    parser.add_argument("--traces", type=Path, default=None, metavar="DIR",
-                        help="trace directory (default $TOKENSCALE_TRACES or ../shared/traces "
-                             "next to the repo)")
-    parser.add_argument("--refresh", type=float, default=2.0, metavar="S",
-                        help="seconds between screen refreshes (default 2)")
-    parser.add_argument("--no-color", action="store_true", help="no ANSI colours")
-    parser.set_defaults(func=run)
 
 
 def default_traces_dir(root: Path | None) -> Path:
@@ -184,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
             raise DemoError(f"interrupted by {stop.signal} during start")
 
         recorder = Recorder(adapted, demands, {k: v[0] for k, v in capacity.items()})
-        from tokenscale.testbed.kubectl import find_kubectl
+        from tokenscale_testbed.kubectl import find_kubectl
 
         kubectl = f"{_rel(Path(find_kubectl()))} --kubeconfig {_rel(stack.kubeconfig)}"
         header = Header(

@@ -15,7 +15,7 @@ from typing import Any
 
 from tokenscale.demo.budgets import AdaptedBudget
 from tokenscale.demo.workloads import WorkloadDemand
-from tokenscale.testbed.apiserver import ApiServer
+from tokenscale_testbed.apiserver import ApiServer
 
 TB_API = "tokenscale.dev/v1alpha1"
 

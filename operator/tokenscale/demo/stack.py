@@ -28,10 +28,10 @@ import yaml
 
 from tokenscale.demo.budgets import AdaptedBudget
 from tokenscale.demo.workloads import WorkloadDemand
-from tokenscale.testbed.apiserver import ApiServer, ApiServerThread, write_kubeconfig
-from tokenscale.testbed.fleet import FleetThread, ModelConfig
-from tokenscale.testbed.kubectl import Kubectl, KubectlMissingError, find_kubectl
-from tokenscale.testbed.prometheus import (
+from tokenscale_testbed.apiserver import ApiServer, ApiServerThread, write_kubeconfig
+from tokenscale_testbed.fleet import FleetThread, ModelConfig
+from tokenscale_testbed.kubectl import Kubectl, KubectlMissingError, find_kubectl
+from tokenscale_testbed.prometheus import (
     PrometheusError,
     PrometheusMissingError,
     PrometheusServer,

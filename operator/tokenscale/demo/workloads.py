@@ -12,7 +12,7 @@ mistral-7b (Deployment)   batch-summ.   ServeGen m-small day shape × Mooncake 1
 ========================  ============  ==================================================
 
 Time axis: ``demand(t)`` takes *simulated* seconds since the demo started (the fleet's clock,
-see :mod:`tokenscale.testbed.fleet`); a day-shaped source repeats every 86,400 simulated
+see :mod:`tokenscale_testbed.fleet`); a day-shaped source repeats every 86,400 simulated
 seconds. A 1 h request trace is stretched over the simulated day (its bursts then last
 seconds of real demo time instead of milliseconds) and multiplies the day shape, normalised
 to mean 1 and clipped at :data:`MAX_BURST`.

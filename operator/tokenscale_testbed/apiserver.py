@@ -1,10 +1,8 @@
-"""A Kubernetes API emulator for tests and the demo: kmock 0.8 plus what kopf and kubectl need.
+"""A Kubernetes API emulator for tests and the demo: what kopf and kubectl need of the server.
 
-kmock's :class:`kmock.KubernetesEmulator` stores objects as plain merged dicts and matches every
-request against every earlier one; kopf and kubectl need more of the real server's semantics.
-This module answers every Kubernetes API path itself (O(1) per request, bounded history) and
-hands any other path to a kmock emulator (``server.kmock``), so tests can still add kmock DSL
-reactions for odd endpoints. What it implements, as a real API server does:
+It answers every Kubernetes API path itself (O(1) per request, bounded history); any other
+path is a 404 ``Status``, as on a real API server. What it implements, as a real API server
+does:
 
 - objects get ``uid``, ``creationTimestamp``, ``resourceVersion`` (one global counter) and
   ``generation`` (bumped when anything outside metadata and status changes);
@@ -46,12 +44,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-import kmock
 import yaml
 from aiohttp import web
 
-from tokenscale.testbed import patching, selectors, validation
-from tokenscale.testbed.resources import ResourceType, builtin_types, types_from_crd
+from tokenscale_testbed import patching, selectors, validation
+from tokenscale_testbed.resources import ResourceType, builtin_types, types_from_crd
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +213,6 @@ class ApiServer:
                  watch_history: int = 10_000, request_log: int = 2_000) -> None:
         self.host = host
         self.port = port
-        self.kmock = kmock.KubernetesEmulator()
         self.faults: list[Fault] = []
         self.counts: collections.Counter[tuple[str, str]] = collections.Counter()
         self.recent: collections.deque[RequestRecord] = collections.deque(maxlen=request_log)
@@ -225,7 +221,6 @@ class ApiServer:
         self._types: dict[tuple[str, str, str], ResourceType] = {}
         self._store: dict[StoreKey, _Resource] = collections.defaultdict(_Resource)
         self._runner: web.ServerRunner | None = None
-        self._kmock_entered = False
         for rtype in builtin_types():
             self._types[rtype.key] = rtype
         for ns in (*namespaces, "kube-system"):
@@ -242,8 +237,6 @@ class ApiServer:
 
     async def start(self) -> str:
         """Listen; return the URL."""
-        await self.kmock.__aenter__()
-        self._kmock_entered = True
         loop = asyncio.get_running_loop()
 
         def request(message: Any, payload: Any, protocol: Any, writer: Any,
@@ -268,9 +261,6 @@ class ApiServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        if self._kmock_entered:
-            self._kmock_entered = False
-            await self.kmock.__aexit__(None, None, None)
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -357,7 +347,8 @@ class ApiServer:
         parts = [p for p in request.path.split("/") if p]
         if not parts or parts[0] not in ("api", "apis", "version", "healthz", "livez", "readyz",
                                          "openapi"):
-            return await self.kmock(request)  # anything else: kmock's DSL reactions
+            raise ApiError(404, f"the server could not find the requested resource "
+                                f"({request.path})")
         if parts[0] in ("healthz", "livez", "readyz"):
             return web.Response(text="ok")
         if parts[0] == "version":
@@ -1064,7 +1055,7 @@ def running(**kwargs: Any) -> Iterator[ApiServerThread]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m tokenscale.testbed.apiserver --port 0 --kubeconfig k.yaml``: serve forever."""
+    """``python -m tokenscale_testbed.apiserver --port 0 --kubeconfig k.yaml``: serve forever."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)

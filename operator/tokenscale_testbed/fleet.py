@@ -21,7 +21,7 @@ Prometheus' ``rate()`` over the counters equals the demand the curve says. A day
 plays in 24 h / speedup. Tokens are totals (prompt + generation), split by ``prompt_fraction``.
 
 Runs in-process (``async with Fleet(...)``, or :class:`FleetThread`) and standalone:
-``python -m tokenscale.testbed.fleet --config fleet.json`` (see :func:`load_config`).
+``python -m tokenscale_testbed.fleet --config fleet.json`` (see :func:`load_config`).
 """
 
 from __future__ import annotations
@@ -537,7 +537,7 @@ def load_config(path: str | Path) -> tuple[str, list[ModelConfig], dict[str, Any
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m tokenscale.testbed.fleet --config fleet.json``: run until interrupted."""
+    """``python -m tokenscale_testbed.fleet --config fleet.json``: run until interrupted."""
     parser = argparse.ArgumentParser(description="simulated vLLM fleet")
     parser.add_argument("--config", required=True)
     args = parser.parse_args(argv)

@@ -4,7 +4,7 @@ In order: drop ``null`` values of non-nullable fields, prune unknown fields (str
 schemas), apply ``default`` values, validate types/enums/bounds/required/patterns with
 jsonschema (Draft 4 understands the OpenAPI v3.0 boolean ``exclusiveMinimum``), then evaluate
 the ``x-kubernetes-validations`` CEL rules with a real CEL evaluator
-(:mod:`tokenscale.crdschema`).
+(:mod:`tokenscale_testbed.crdschema`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from tokenscale.crdschema import FieldError, field_errors
+from tokenscale_testbed.crdschema import FieldError, field_errors
 
 _ROOT_KEEP = {"apiVersion", "kind", "metadata"}
 _PRESERVE = "x-kubernetes-preserve-unknown-fields"
