@@ -238,6 +238,22 @@ class MetricsSpec(_Model):
     queue_query: str = Field("", max_length=4096, description="Waiting requests by pod.")
 
 
+class SloSpec(_Model):
+    """The service level a target buys, counted per request as serving benchmarks do: a
+    request meets it when its time to first token and its mean inter-token latency are both
+    within bounds; ``attainment`` is the share of requests that must meet it."""
+
+    ttft_seconds: float = Field(
+        2.0, gt=0, le=600, description="Time to first token (s), queueing included."
+    )
+    inter_token_latency_seconds: float = Field(
+        0.05, gt=0, le=10, description="Mean time between output tokens of a request (s)."
+    )
+    attainment: float = Field(
+        0.99, gt=0, le=1, description="Share of requests that must meet both bounds."
+    )
+
+
 class TargetSpec(_Model):
     """One inference workload under the budget."""
 
@@ -258,6 +274,7 @@ class TargetSpec(_Model):
         ..., gt=0, le=1e5, description="Price of one replica (currency/h)."
     )
     cold_start_seconds: int = Field(60, ge=0, le=7200, description="Request to Ready (s).")
+    slo: SloSpec = Field(default_factory=SloSpec, description="The service level bought.")
     weight: float = Field(1, gt=0, le=1000, description="Relative value of this model.")
     performance: PerformanceSpec = Field(default_factory=PerformanceSpec)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
