@@ -181,7 +181,7 @@ def test_event_bodies_are_valid_core_v1_events(type_: str) -> None:
 def test_quality_samples_pair_quality_with_the_targets_token_rate() -> None:
     from tokenscale.adapters.prometheus import Series
     from tokenscale.adapters.promql import WorkloadRef
-    from tokenscale.reconcile import quality_samples
+    from tokenscale.observation import quality_samples
 
     ref = WorkloadRef("inference", "Deployment", "llama")
     pod_a, pod_b = "llama-7d9f8c6b5-x2k4p", "llama-7d9f8c6b5-q9w8e"

@@ -44,12 +44,12 @@ def test_integers_and_strings_compare_exactly() -> None:
 
 
 def test_heartbeats_of_many_budgets_are_spread_not_synchronised() -> None:
-    from tokenscale.reconcile import _heartbeat
+    from tokenscale.reporting import heartbeat_seconds
     from tokenscale.settings import OperatorSettings
 
     settings = OperatorSettings(status_heartbeat_seconds=300)
-    beats = [_heartbeat(settings, f"ns-{i // 10}", f"tb-{i}") for i in range(1000)]
+    beats = [heartbeat_seconds(settings, f"ns-{i // 10}", f"tb-{i}") for i in range(1000)]
     assert all(300 <= b < 375 for b in beats)
-    assert _heartbeat(settings, "ns-0", "tb-0") == beats[0]  # stable across calls
+    assert heartbeat_seconds(settings, "ns-0", "tb-0") == beats[0]  # stable across calls
     # in any 30 s slice of the spread, at most about half of the budgets come due together
     assert max(sum(lo <= b < lo + 30 for b in beats) for lo in range(300, 375, 5)) < 600

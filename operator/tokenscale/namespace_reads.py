@@ -1,0 +1,60 @@
+"""One cycle's Kubernetes reads, one set of LISTs per namespace for all due budgets.
+
+Per namespace: one LIST per workload kind the due budgets scale (Deployments, StatefulSets
+only if used) and one LIST of other autoscalers (HPAs and KEDA ScaledObjects). A failed LIST
+is kept as its :class:`KubeError`, so the budgets of that namespace can say why they were not
+planned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from tokenscale.adapters.kube import Autoscaler, KubeAdapter, KubeError, Workload
+from tokenscale.registry import BudgetEntry
+
+#: Workloads of one namespace by (kind, name).
+Workloads = dict[tuple[str, str], Workload]
+
+
+@dataclass
+class NamespaceState:
+    """The workloads and the other autoscalers of one namespace (or why they are unknown)."""
+
+    workloads: Workloads | KubeError
+    autoscalers: list[Autoscaler] | KubeError
+
+
+def kinds_by_namespace(due: list[BudgetEntry]) -> dict[str, set[str]]:
+    """The workload kinds the ``due`` budgets scale, per namespace."""
+    kinds: dict[str, set[str]] = {}
+    for entry in due:
+        assert entry.spec is not None
+        for t in entry.spec.targets:
+            kinds.setdefault(entry.namespace, set()).add(t.scale_target_ref.kind)
+    return kinds
+
+
+async def read_namespace(kube: KubeAdapter, namespace: str, kinds: set[str]) -> NamespaceState:
+    """The workloads of ``kinds`` and the autoscalers of one namespace."""
+    workloads: Workloads | KubeError = {}
+    try:
+        for kind in sorted(kinds):
+            listed = await kube.list_workloads(namespace, kind)
+            assert isinstance(workloads, dict)
+            workloads.update({(kind, name): w for name, w in listed.items()})
+    except KubeError as exc:
+        workloads = exc
+    try:
+        autoscalers: list[Autoscaler] | KubeError = await kube.list_autoscalers(namespace)
+    except KubeError as exc:
+        autoscalers = exc
+    return NamespaceState(workloads, autoscalers)
+
+
+async def read_namespaces(kube: KubeAdapter, due: list[BudgetEntry]) -> dict[str, NamespaceState]:
+    """The state of every namespace with a ``due`` budget, read concurrently."""
+    kinds = kinds_by_namespace(due)
+    states = await asyncio.gather(*(read_namespace(kube, ns, k) for ns, k in kinds.items()))
+    return dict(zip(kinds, states, strict=True))

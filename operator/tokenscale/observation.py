@@ -1,0 +1,213 @@
+"""The core's :class:`Observation` of one budget, built from the cycle's shared reads.
+
+Pure: no I/O, no clock, no logging. Everything arrives as arguments (the spec, the budget's
+namespace, the Prometheus answers with the cycle's time ``answers.at`` in unix s, the
+namespace's workloads and autoscalers, the freshness limit), so a cycle can be replayed and
+tested from plain values.
+
+Per target:
+
+* ``token_rate_samples``: the target's pods' tokens/s summed per timestamp, over the budget's
+  forecast window; a workload scaled to zero with no series serves 0 tokens/s.
+* ``queue_length``: the newest waiting-requests value of each pod, summed.
+* ``metrics_error``: the first failure kind (:data:`tokenscale.core.types.METRIC_FAILURES`)
+  of the token rate, else of the queue; ``None`` when both are usable.
+* ``conflict``: another autoscaler on the workload; ``target_error``: the workload is missing.
+
+``tokens_in_period`` is the tokens served since period start summed over the targets' pods.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from tokenscale import api
+from tokenscale.adapters.kube import Autoscaler, KubeError, Workload
+from tokenscale.adapters.prometheus import (
+    MetricFailure,
+    Series,
+    TargetSeries,
+    check_samples,
+    group_by_target,
+    sum_by_time,
+)
+from tokenscale.adapters.promql import WorkloadRef
+from tokenscale.core.types import Observation, TargetObservation
+from tokenscale.namespace_reads import Workloads
+from tokenscale.prometheus_reads import (
+    FitHistory,
+    Grouped,
+    UrlAnswers,
+    group_answer,
+    period_span_seconds,
+)
+
+RateSamples = tuple[tuple[datetime, float], ...]  # (time, tokens/s), oldest first
+
+
+def build_observation(
+    spec: api.TokenBudgetSpec,
+    namespace: str,
+    answers: UrlAnswers,
+    workloads: Workloads,
+    autoscalers: list[Autoscaler] | KubeError,
+    stale_after_seconds: float,
+) -> Observation:
+    """What the planner sees of one budget this cycle.
+
+    ``stale_after_seconds``: a target whose newest token-rate sample is older than this
+    (relative to ``answers.at``) is Stale. Unreadable ``autoscalers`` mean no conflict is known.
+    """
+    refs = {t.name: target_ref(namespace, t) for t in spec.targets}
+    window_start = answers.at - spec.planning.forecast_window_seconds
+    targets: dict[str, TargetObservation] = {}
+    for t in spec.targets:
+        ref = refs[t.name]
+        workload = workloads.get((ref.kind, ref.name))
+        conflict = find_conflict(autoscalers, ref)
+        if workload is None:
+            targets[t.name] = TargetObservation(
+                current_replicas=0, ready_replicas=0,
+                target_error=f"{ref.kind} {ref.name} not found in {ref.namespace}",
+                conflict=conflict,
+            )
+            continue
+        rate = _chosen_answer(answers, "rate", t.metrics.token_rate_query, answers.rate, ref)
+        queue = _chosen_answer(answers, "queue", t.metrics.queue_query, answers.queue, ref)
+        samples, rate_error = token_rate(rate, ref, workload, window_start, answers.at,
+                                         stale_after_seconds)
+        queue_length, queue_error = waiting_requests(queue, ref)
+        targets[t.name] = TargetObservation(
+            current_replicas=workload.replicas,
+            ready_replicas=workload.ready_replicas,
+            token_rate_samples=samples,
+            queue_length=queue_length,
+            metrics_error=rate_error or queue_error,
+            conflict=conflict,
+            quality_samples=quality_samples(answers.fits.get(t.performance.query), ref),
+        )
+    return Observation(targets=targets,
+                       tokens_in_period=tokens_in_period(spec, answers, refs.values()))
+
+
+def target_ref(namespace: str, target: api.TargetSpec) -> WorkloadRef:
+    """The workload of one target (always in the budget's namespace)."""
+    return WorkloadRef(namespace, target.scale_target_ref.kind, target.scale_target_ref.name)
+
+
+def find_conflict(autoscalers: list[Autoscaler] | KubeError, ref: WorkloadRef) -> str | None:
+    """The first other autoscaler that scales ``ref`` (e.g. ``"HorizontalPodAutoscaler
+    llama"``), None if there is none or the autoscalers could not be listed."""
+    if isinstance(autoscalers, KubeError):
+        return None
+    for a in autoscalers:
+        if a.target_kind == ref.kind and a.target_name == ref.name:
+            return a.describe()
+    return None
+
+
+def _chosen_answer(
+    answers: UrlAnswers, kind: str, override: str, default: Grouped, ref: WorkloadRef
+) -> Grouped:
+    """The target's user query's answer (``kind`` "rate" | "queue") if it has one, else the
+    default query's."""
+    if not override:
+        return default
+    return group_answer(answers.overrides[(kind, override)], [ref])
+
+
+def token_rate(
+    rate: Grouped, ref: WorkloadRef, workload: Workload, window_start: float, at: float,
+    stale_after_seconds: float,
+) -> tuple[RateSamples, str | None]:
+    """The target's tokens/s samples from ``window_start`` (unix s) on, and the failure kind
+    (None: usable). A spec edited while the cycle queried has refs the answers were not
+    grouped for: no series this cycle (Empty, held), grouped next cycle."""
+    if isinstance(rate, MetricFailure):
+        return (), rate.kind
+    group = rate.get(ref) or TargetSeries()
+    summed = [(ts, v) for ts, v in sum_by_time(group.pods) if ts >= window_start]
+    error: str | None
+    if group.failure:
+        error = group.failure
+    elif not summed and workload.replicas == 0:
+        summed = [(at, 0.0)]  # scaled to zero: serves nothing
+        error = None
+    else:
+        problem = check_samples(summed, at, stale_after_seconds)
+        error = problem[0] if problem else None
+    return tuple((datetime.fromtimestamp(ts, UTC), v) for ts, v in summed), error
+
+
+def waiting_requests(queue: Grouped, ref: WorkloadRef) -> tuple[float, str | None]:
+    """The target's queue length (waiting requests, the newest value of each pod summed; 0
+    when unknown) and the failure kind (None: usable)."""
+    if isinstance(queue, MetricFailure):
+        return 0.0, queue.kind
+    group = queue.get(ref) or TargetSeries()
+    failure = group.failure or None
+    values = [s[-1][1] for s in group.pods.values() if s]
+    if any(math.isnan(v) for v in values):
+        return 0.0, failure or "NotANumber"
+    if any(math.isinf(v) for v in values):
+        return 0.0, failure or "Infinite"
+    return float(sum(values)), failure
+
+
+def tokens_in_period(
+    spec: api.TokenBudgetSpec, answers: UrlAnswers, refs: Iterable[WorkloadRef]
+) -> float | None:
+    """Tokens served since the start of the budget's period by the pods of ``refs`` (the
+    newest finite ``increase()`` value of each pod, summed); None when the query failed or
+    was not asked."""
+    result = answers.increase.get(period_span_seconds(spec.budget, answers.at))
+    if result is None or isinstance(result, MetricFailure):
+        return None
+    total = 0.0
+    for ref in set(refs):
+        group = result.get(ref)
+        if group is None:
+            continue
+        for samples in group.pods.values():
+            if samples and math.isfinite(samples[-1][1]):
+                total += samples[-1][1]
+    return total
+
+
+def quality_samples(
+    fit: FitHistory | None, ref: WorkloadRef
+) -> tuple[tuple[float, float], ...]:
+    """``(tokens/s, quality)`` pairs at the timestamps both histories share.
+
+    The quality query may answer per pod (then the target's pods are averaged) or with one
+    series (a model-wide signal); anything else gives no samples. Points with no traffic
+    (tokens/s <= 0) or non-finite values are left out: ln(0) has no place in the fit.
+    """
+    if fit is None:
+        return ()
+    quality_series, rate_series = fit
+    quality = _quality_by_time(quality_series, ref)
+    if quality is None:
+        return ()
+    rates = dict(sum_by_time(group_by_target(rate_series, [ref])[ref].pods))
+    return tuple(
+        (rates[ts], q) for ts, q in sorted(quality.items())
+        if ts in rates and rates[ts] > 0 and math.isfinite(rates[ts]) and math.isfinite(q)
+    )
+
+
+def _quality_by_time(quality_series: list[Series], ref: WorkloadRef) -> dict[float, float] | None:
+    """Quality per timestamp: the mean over the target's pods, else the one model-wide
+    series; None when neither fits."""
+    per_pod = group_by_target(quality_series, [ref])[ref]
+    if per_pod.pods and not per_pod.failure:
+        sums: dict[float, list[float]] = {}
+        for samples in per_pod.pods.values():
+            for ts, v in samples:
+                sums.setdefault(ts, []).append(v)
+        return {ts: sum(vs) / len(vs) for ts, vs in sums.items()}
+    if len(quality_series) == 1:
+        return dict(quality_series[0].samples)
+    return None

@@ -1,0 +1,255 @@
+"""The observation builder, table-driven: one cycle's Prometheus answers and the namespace's
+workloads in, what the planner sees of each target out. Pure: plain values, no mocks, no I/O.
+
+Times in the rows are seconds before the cycle (``AT``); rates are tokens/s, queues waiting
+requests, increases tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from core_world import NOW, spec, target
+
+from tokenscale.adapters.kube import Autoscaler, KubeError, Workload
+from tokenscale.adapters.prometheus import MetricFailure, Series
+from tokenscale.adapters.promql import WorkloadRef
+from tokenscale.core.types import Observation, TargetObservation
+from tokenscale.observation import build_observation
+from tokenscale.prometheus_reads import FitHistory, UrlAnswers, group_answer
+
+NS = "inference"
+AT = NOW.timestamp()  # the cycle's time (unix s): Wednesday noon UTC
+DAY_SO_FAR = 12 * 3600  # s from the start of the Day period (UTC midnight) to AT
+STALE_AFTER = 120.0  # s
+LLAMA = WorkloadRef(NS, "Deployment", "llama")
+MISTRAL = WorkloadRef(NS, "Deployment", "mistral")
+POD_A, POD_B = "llama-7d9f8c6b5-x2k4p", "llama-7d9f8c6b5-q9w8e"
+MISTRAL_POD = "mistral-5c8d7b9f4-abcde"
+RATE_QUERY = 'sum by (namespace, pod) (rate(my_tokens_total[1m]))'
+QUEUE_QUERY = "sum by (namespace, pod) (my_waiting_requests)"
+TIMEOUT = MetricFailure("Timeout", "no answer within 5 s")
+HTTP_500 = MetricFailure("HTTPError", "500 Internal Server Error")
+UNREACHABLE = MetricFailure("Unreachable", "connection refused")
+NAN, INF = math.nan, math.inf
+
+Answer = list[Series] | MetricFailure
+
+
+def pod(name: str, *points: tuple[float, float]) -> Series:
+    """One pod's series; ``points`` are (seconds before AT, value), oldest first."""
+    return Series({"namespace": NS, "pod": name}, tuple((AT - ago, v) for ago, v in points))
+
+
+def samples(*points: tuple[float, float]) -> tuple[tuple[datetime, float], ...]:
+    """Expected ``token_rate_samples`` from (seconds before AT, tokens/s) pairs."""
+    return tuple((datetime.fromtimestamp(AT - ago, UTC), v) for ago, v in points)
+
+
+def answers(rate: Answer | None = None, queue: Answer | None = None,
+            increase: dict[int, Answer] | None = None,
+            overrides: dict[tuple[str, str], Answer] | None = None,
+            fits: dict[str, FitHistory] | None = None) -> UrlAnswers:
+    """The cycle's answers, the default ones grouped to llama and mistral as a cycle does."""
+    refs = [LLAMA, MISTRAL]
+    return UrlAnswers(
+        at=AT, window=600.0,
+        rate=group_answer(rate if rate is not None else [], refs),
+        queue=group_answer(queue if queue is not None else [], refs),
+        increase={span: group_answer(a, refs) for span, a in (increase or {}).items()},
+        overrides=dict(overrides or {}), fits=dict(fits or {}),
+    )
+
+
+def deployments(**replicas: int) -> dict[tuple[str, str], Workload]:
+    """Deployments by name with ``replicas`` (all ready)."""
+    return {("Deployment", name): Workload("Deployment", name, n, n)
+            for name, n in replicas.items()}
+
+
+def observe(got: UrlAnswers, targets: list[dict[str, Any]] | None = None,
+            workloads: dict[tuple[str, str], Workload] | None = None,
+            autoscalers: list[Autoscaler] | KubeError | None = None) -> Observation:
+    return build_observation(
+        spec(targets=targets, planning={"forecastWindowSeconds": 600}), NS, got,
+        workloads if workloads is not None else deployments(llama=2),
+        autoscalers if autoscalers is not None else [], STALE_AFTER)
+
+
+# ------------------------------------------------------------------ metrics of one target
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row: the answers, the llama target's spec fields and replicas, what it gets."""
+
+    rate: Answer
+    expect: dict[str, Any]  # TargetObservation field -> value
+    queue: Answer = field(default_factory=list)
+    overrides: dict[tuple[str, str], Answer] = field(default_factory=dict)
+    target_fields: dict[str, Any] = field(default_factory=dict)
+    replicas: int = 2
+
+
+def _case(id: str, rate: Answer, expect: dict[str, Any], **rest: Any) -> Any:
+    return pytest.param(Case(rate, expect, **rest), id=id)
+
+
+FRESH = [pod(POD_A, (60, 400), (30, 500), (0, 600)), pod(POD_B, (60, 100), (30, 100), (0, 100))]
+
+METRIC_CASES = [
+    _case("fresh-samples-summed-per-timestamp", FRESH,
+          {"token_rate_samples": samples((60, 500), (30, 600), (0, 700)),
+           "metrics_error": None, "current_replicas": 2, "ready_replicas": 2}),
+    _case("samples-before-forecast-window-dropped",
+          [pod(POD_A, (900, 9999), (601, 9999), (600, 400), (0, 600))],
+          {"token_rate_samples": samples((600, 400), (0, 600)), "metrics_error": None}),
+    _case("stale-newest-sample", [pod(POD_A, (400, 500), (300, 500))],
+          {"token_rate_samples": samples((400, 500), (300, 500)), "metrics_error": "Stale"}),
+    _case("newest-sample-at-the-stale-limit-is-fresh", [pod(POD_A, (180, 500), (120, 500))],
+          {"metrics_error": None}),
+    _case("missing-series-is-empty", [pod(MISTRAL_POD, (0, 900))],
+          {"token_rate_samples": (), "metrics_error": "Empty"}),
+    _case("scaled-to-zero-without-series-serves-nothing", [],
+          {"token_rate_samples": samples((0, 0.0)), "metrics_error": None,
+           "current_replicas": 0}, replicas=0),
+    _case("query-wide-failure", TIMEOUT,
+          {"token_rate_samples": (), "metrics_error": "Timeout", "queue_length": 0.0}),
+    _case("nan-newest-sample", [pod(POD_A, (30, 500), (0, NAN))],
+          {"metrics_error": "NotANumber"}),
+    _case("infinite-newest-sample", [pod(POD_A, (30, 500), (0, INF))],
+          {"metrics_error": "Infinite"}),
+    _case("same-pod-twice-is-multiple-series", [pod(POD_A, (0, 500)), pod(POD_A, (0, 600))],
+          {"metrics_error": "MultipleSeries"}),
+    _case("queue-newest-value-summed-over-pods", FRESH,
+          {"queue_length": 7.0, "metrics_error": None},
+          queue=[pod(POD_A, (30, 9), (0, 3)), pod(POD_B, (15, 4))]),
+    _case("queue-of-another-workload-ignored", FRESH, {"queue_length": 3.0},
+          queue=[pod(POD_A, (0, 3)), pod(MISTRAL_POD, (0, 50))]),
+    _case("no-queue-series-is-zero-and-usable", FRESH,
+          {"queue_length": 0.0, "metrics_error": None}, queue=[]),
+    _case("queue-nan-is-an-error-and-zero", FRESH,
+          {"queue_length": 0.0, "metrics_error": "NotANumber"},
+          queue=[pod(POD_A, (0, NAN)), pod(POD_B, (0, 4))]),
+    _case("queue-infinite-is-an-error-and-zero", FRESH,
+          {"queue_length": 0.0, "metrics_error": "Infinite"}, queue=[pod(POD_A, (0, INF))]),
+    _case("queue-failure-with-a-good-rate", FRESH,
+          {"token_rate_samples": samples((60, 500), (30, 600), (0, 700)),
+           "queue_length": 0.0, "metrics_error": "HTTPError"}, queue=HTTP_500),
+    _case("rate-failure-named-before-queue-failure", TIMEOUT,
+          {"metrics_error": "Timeout"}, queue=HTTP_500),
+    _case("rate-override-query-replaces-the-default", [pod(POD_A, (0, 9999))],
+          {"token_rate_samples": samples((0, 250)), "metrics_error": None},
+          overrides={("rate", RATE_QUERY): [pod(POD_A, (0, 250))]},
+          target_fields={"metrics": {"tokenRateQuery": RATE_QUERY}}),
+    _case("rate-override-failure", FRESH, {"token_rate_samples": (),
+                                           "metrics_error": "Unreachable"},
+          overrides={("rate", RATE_QUERY): UNREACHABLE},
+          target_fields={"metrics": {"tokenRateQuery": RATE_QUERY}}),
+    _case("queue-override-query-replaces-the-default", FRESH,
+          {"queue_length": 2.0, "metrics_error": None},
+          queue=[pod(POD_A, (0, 50))],
+          overrides={("queue", QUEUE_QUERY): [pod(POD_A, (0, 2))]},
+          target_fields={"metrics": {"queueQuery": QUEUE_QUERY}}),
+]
+
+
+@pytest.mark.parametrize("case", METRIC_CASES)
+def test_target_metrics(case: Case) -> None:
+    got = observe(answers(rate=case.rate, queue=case.queue, overrides=case.overrides),
+                  targets=[target(**case.target_fields)],
+                  workloads=deployments(llama=case.replicas))
+    seen = got.targets["llama"]
+    assert {name: getattr(seen, name) for name in case.expect} == case.expect
+
+
+# -------------------------------------------------------------- workloads and autoscalers
+
+
+HPA = Autoscaler("HorizontalPodAutoscaler", "llama-hpa", "Deployment", "llama")
+KEDA_ON_STATEFULSET = Autoscaler("ScaledObject", "llama-keda", "StatefulSet", "llama")
+
+WORKLOAD_CASES = [
+    pytest.param(deployments(llama=3), [], {"current_replicas": 3, "target_error": None,
+                                            "conflict": None}, id="workload-found"),
+    pytest.param({("Deployment", "llama"): Workload("Deployment", "llama", 4, 1)}, [],
+                 {"current_replicas": 4, "ready_replicas": 1}, id="ready-fewer-than-desired"),
+    pytest.param(deployments(mistral=2), [],
+                 {"current_replicas": 0, "ready_replicas": 0, "token_rate_samples": (),
+                  "target_error": "Deployment llama not found in inference"},
+                 id="workload-missing"),
+    pytest.param(deployments(llama=2), [HPA],
+                 {"conflict": "HorizontalPodAutoscaler llama-hpa", "current_replicas": 2},
+                 id="hpa-on-the-workload-is-a-conflict"),
+    pytest.param(deployments(llama=2), [KEDA_ON_STATEFULSET], {"conflict": None},
+                 id="autoscaler-of-another-kind-is-no-conflict"),
+    pytest.param(deployments(llama=2), KubeError(403, "Forbidden"), {"conflict": None},
+                 id="unreadable-autoscalers-are-no-conflict"),
+    pytest.param({}, [HPA], {"target_error": "Deployment llama not found in inference",
+                             "conflict": "HorizontalPodAutoscaler llama-hpa"},
+                 id="missing-workload-keeps-its-conflict"),
+]
+
+
+@pytest.mark.parametrize(("workloads", "autoscalers", "expect"), WORKLOAD_CASES)
+def test_target_workload(workloads: dict[tuple[str, str], Workload],
+                         autoscalers: list[Autoscaler] | KubeError,
+                         expect: dict[str, Any]) -> None:
+    got = observe(answers(rate=FRESH), workloads=workloads, autoscalers=autoscalers)
+    seen = got.targets["llama"]
+    assert {name: getattr(seen, name) for name in expect} == expect
+
+
+# ------------------------------------------------------------- tokens since period start
+
+
+TOKENS_CASES = [
+    pytest.param({DAY_SO_FAR: [pod(POD_A, (0, 1e6)), pod(POD_B, (0, 2e6))]}, 3e6,
+                 id="summed-over-the-targets-pods"),
+    pytest.param({DAY_SO_FAR: [pod(POD_A, (60, 5e5), (0, 1e6))]}, 1e6,
+                 id="newest-value-of-each-pod"),
+    pytest.param({DAY_SO_FAR: [pod(POD_A, (0, 1e6)), pod(POD_B, (0, NAN))]}, 1e6,
+                 id="non-finite-pod-left-out"),
+    pytest.param({DAY_SO_FAR: [pod(POD_A, (0, 1e6)), pod(MISTRAL_POD, (0, 5e6))]}, 1e6,
+                 id="untargeted-workloads-not-counted"),
+    pytest.param({DAY_SO_FAR: []}, 0.0, id="no-series-is-zero-tokens"),
+    pytest.param({DAY_SO_FAR: TIMEOUT}, None, id="query-failure-is-unknown"),
+    pytest.param({DAY_SO_FAR - 3600: [pod(POD_A, (0, 1e6))]}, None,
+                 id="increase-over-another-span-is-not-used"),
+]
+
+
+@pytest.mark.parametrize(("increase", "tokens"), TOKENS_CASES)
+def test_tokens_in_period(increase: dict[int, Answer], tokens: float | None) -> None:
+    assert observe(answers(rate=FRESH, increase=increase)).tokens_in_period == tokens
+
+
+# ------------------------------------------------------------------------------ the rest
+
+
+def test_each_target_sees_only_its_own_pods() -> None:
+    got = observe(
+        answers(rate=[*FRESH, pod(MISTRAL_POD, (0, 900))],
+                queue=[pod(POD_A, (0, 1)), pod(MISTRAL_POD, (0, 5))],
+                increase={DAY_SO_FAR: [pod(POD_A, (0, 1e6)), pod(MISTRAL_POD, (0, 4e6))]}),
+        targets=[target("llama"), target("mistral")],
+        workloads=deployments(llama=2, mistral=1))
+    assert got.targets == {
+        "llama": TargetObservation(2, 2, samples((60, 500), (30, 600), (0, 700)), 1.0),
+        "mistral": TargetObservation(1, 1, samples((0, 900)), 5.0),
+    }
+    assert got.tokens_in_period == 5e6
+
+
+def test_performance_query_history_gives_quality_samples() -> None:
+    quality = [Series({"model": "llama"}, ((AT - 300, 0.7), (AT, 0.75)))]
+    rates = [pod(POD_A, (300, 200), (0, 400))]
+    fitted = target(performance={"query": "avg(my_quality_score)"})
+    got = observe(answers(rate=FRESH, fits={"avg(my_quality_score)": (quality, rates)}),
+                  targets=[fitted])
+    assert got.targets["llama"].quality_samples == ((200.0, 0.7), (400.0, 0.75))
+    assert observe(answers(rate=FRESH)).targets["llama"].quality_samples == ()
