@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -30,6 +31,47 @@ POLICY_KEYS = {"cost", "gpu_hours", "slo_attainment", "budget_overrun", "scale_e
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/traces not present")
+def test_the_yardstick_over_seeds_on_a_real_trace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The default model (engines, per-request SLO, the HPA/KEDA family, the oracle family)
+    over three overlapping slices: the JSON contract of the yardstick."""
+    budget = tmp_path / "budget.yaml"
+    budget.write_text(BUDGET.replace("maxCost: 40", "maxCost: 4000"))
+    out = tmp_path / "out.json"
+    code = main([
+        "backtest", "--budget", str(budget),
+        "--trace", f"llama-8b={SHARED / 'azure2023_AzureLLMInferenceTrace_conv.csv'}",
+        "--scale", "8", "--duration", "1800", "--seeds", "3", "--warmup", "120",
+        "--json", str(out), "--no-progress",
+    ])
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "lower envelope" in table and "95 % interval" in table
+    doc = json.loads(out.read_text())
+    for summary in doc["policies"].values():
+        assert set(summary) >= POLICY_KEYS | {"goodput_tokens", "shed_share"}
+        assert 0.0 <= summary["slo_attainment"] <= 1.0 and summary["shed_share"] == 0.0
+        assert 0 < summary["goodput_tokens"] <= summary["request_tokens"]
+    members = {p["member"] for p in doc["hpa_family"]}
+    assert {m.split("@")[0] for m in members} == {
+        f"hpa-{m}-{w}s" for m in ("served", "demand", "waiting", "kv") for w in (90, 300)}
+    front = doc["hpa_frontier"]  # the envelope: cheaper only with less attainment
+    assert all(a["cost"] < b["cost"] and a["slo_attainment"] < b["slo_attainment"]
+               for a, b in itertools.pairwise(front))
+    assert {p["member"] for p in front} <= members and doc["frontier_member"] in members
+    assert len(doc["seeds"]) == 3
+    ratios = [s["cost_ratio_vs_hpa_at_equal_slo"] for s in doc["seeds"]]
+    low, high = doc["cost_ratio_ci95"]
+    assert low <= doc["cost_ratio_vs_hpa_at_equal_slo"] <= high
+    assert doc["cost_ratio_vs_hpa_at_equal_slo"] == pytest.approx(sum(ratios) / 3, abs=1e-5)
+    assert 0 < doc["oracle_lower_bound_cost"] <= doc["oracle_cost_at_tokenscale_slo"]
+    assert "gap_captured" in doc
+    assert doc["settings"]["slo"]["llama-8b"] == {
+        "ttftSeconds": 2.0, "interTokenLatencySeconds": 0.05, "attainment": 0.99}
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/traces not present")
 def test_backtest_json_shape_on_a_real_trace_slice(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -39,7 +81,7 @@ def test_backtest_json_shape_on_a_real_trace_slice(
     code = main([
         "backtest", "--budget", str(budget),
         "--trace", f"llama-8b={SHARED / 'azure2023_AzureLLMInferenceTrace_conv.csv'}",
-        "--scale", "3", "--duration", "900", "--slo-seconds", "10",
+        "--scale", "3", "--duration", "900", "--slo-seconds", "10", "--fluid",
         "--hpa-utilizations", "0.5,0.7,0.9", "--json", str(out), "--plot", str(png),
     ])
     assert code == 0

@@ -58,7 +58,7 @@ def test_oracle_never_costs_more_than_a_policy_that_met_the_slo(
     spec = _spec(capacity, cold)
     utils = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
     bt = run_backtest(spec, {"m": trace},  # type: ignore[arg-type]
-                      Settings(progress=False, hpa_utilizations=utils))
+                      Settings(progress=False, engine=None, hpa_utilizations=utils))
     oracle = bt.policy_summary(bt.runs["oracle"])
     assert oracle["slo_attainment"] == pytest.approx(1.0, abs=1e-9)
     met = {p: bt.policy_summary(r) for p, r in bt.runs.items() if p != "oracle"}

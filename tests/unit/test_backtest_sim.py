@@ -112,7 +112,7 @@ def test_hpa_rules_by_hand() -> None:
 def test_static_cost_attainment_and_overrun_by_hand() -> None:
     spec = spec_for(target={"minReplicas": 0})
     bt = run_backtest(spec, {"m": constant_trace(10.0, 120)},
-                      Settings(progress=False, hpa_utilizations=(0.5, 0.9)))
+                      Settings(progress=False, engine=None, hpa_utilizations=(0.5, 0.9)))
     # horizon: 120 s trace + 10 s SLO + 60 s rate window, rounded up to 30 s -> 210 s
     assert bt.horizon == 210
     static = bt.policy_summary(bt.runs["static"])
@@ -134,7 +134,7 @@ def test_periods_and_price_windows_are_calendar_based() -> None:
         {"days": ["Mon"], "start": "00:00", "end": "00:30", "multiplier": 0.5}]})
     start = datetime(2024, 1, 1, 0, 0, tzinfo=UTC)  # a Monday
     bt = run_backtest(spec, {"m": constant_trace(5.0, 3700)},
-                      Settings(progress=False, start=start, hpa_utilizations=(0.8,)))
+                      Settings(progress=False, engine=None, start=start, hpa_utilizations=(0.8,)))
     assert len(bt.period_starts) == 2  # hour periods: 00:00 and 01:00
     assert bt.period_index[3599] == 0 and bt.period_index[3600] == 1
     assert bt.price[:1800].tolist() == [0.5] * 1800 and bt.price[1800] == 1.0
@@ -149,7 +149,7 @@ def test_tokenscale_runs_the_planner_and_keeps_the_cost_budget() -> None:
     # demand needs ~4 replicas (30 tok/s at 10 tok/s x 0.8); the budget pays ~2 per hour
     spec = spec_for(budget={"period": "Hour", "maxCost": 7.2})
     bt = run_backtest(spec, {"m": constant_trace(30.0, 3000)},
-                      Settings(progress=False, hpa_utilizations=(0.8,)))
+                      Settings(progress=False, engine=None, hpa_utilizations=(0.8,)))
     ts = bt.policy_summary(bt.runs["tokenscale"])
     hpa = bt.policy_summary(bt.runs["hpa"])
     assert ts["budget_overrun"] == pytest.approx(0.0, abs=0.01)

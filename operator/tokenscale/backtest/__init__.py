@@ -54,6 +54,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="also sweep an HPA on the other metric (reported separately)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the Poisson arrivals synthesised for window traces")
+    parser.add_argument("--seeds", type=int, default=1, metavar="N",
+                        help="repeat over N seeds (window traces: Poisson seeds) or N overlapping "
+                        "half-length slices (request traces); reports the ratio's mean and "
+                        "95 %% interval")
+    parser.add_argument("--warmup", type=float, default=300.0, metavar="SECONDS",
+                        help="exclude the first SECONDS of each run from cost and attainment, "
+                        "for every policy alike (default 300)")
+    parser.add_argument("--fluid", action="store_true",
+                        help="version 1's fluid model: fixed capacity per replica, a token "
+                        "meets the SLO when it waits at most --slo-seconds (no engine model)")
+    parser.add_argument("--decode-tokens-per-second", type=float, default=3800.0, metavar="D",
+                        help="engine: asymptotic decode throughput of a replica (default 3800)")
+    parser.add_argument("--prefill-tokens-per-second", type=float, default=16000.0,
+                        metavar="P", help="engine: prefill throughput of a replica "
+                        "(default 16000)")
+    parser.add_argument("--itl-floor-ms", type=float, default=8.0, metavar="MS",
+                        help="engine: inter-token latency at batch 1 (default 8)")
+    parser.add_argument("--max-batch", type=int, default=256, metavar="N",
+                        help="engine: running sequences per replica at most (default 256)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar on stderr (default: when stderr is a terminal)")
     parser.add_argument("--quiet", action="store_true", help="do not print the table")

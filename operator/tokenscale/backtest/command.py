@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import yaml
 from tokenscale.api import SpecError, TokenBudgetSpec, parse_spec
 from tokenscale.backtest.report import table, to_json
 from tokenscale.sim.engine import Backtest, Settings, run_backtest
+from tokenscale.sim.latency import EngineModel
 from tokenscale.sim.policies import HpaSettings
 from tokenscale.sim.traces import Trace, TraceError, load_trace
 
@@ -46,8 +49,11 @@ def _pairs(items: list[str], what: str) -> list[tuple[str | None, str]]:
     return out
 
 
-def prepare_traces(spec: TokenBudgetSpec, args: argparse.Namespace) -> dict[str, Trace]:
-    """Load, scale, compress and slice the traces of ``--trace TARGET=PATH``."""
+def prepare_traces(spec: TokenBudgetSpec, args: argparse.Namespace,
+                   seed: int = 0) -> dict[str, Trace]:
+    """Load, scale, compress and slice the traces of ``--trace TARGET=PATH``. The engine model
+    scales request traces by request rate (:meth:`Trace.replicated`, seeded), the fluid model
+    by tokens per request."""
     names = [t.name for t in spec.targets]
     traces: dict[str, Trace] = {}
     for name, path in _pairs(args.trace, "--trace"):
@@ -82,7 +88,8 @@ def prepare_traces(spec: TokenBudgetSpec, args: argparse.Namespace) -> dict[str,
         raise UsageError("--speedup must be > 0")
     out = {}
     for n, tr in traces.items():
-        tr = tr.scaled(factors[n]).compressed(args.speedup)
+        tr = (tr.scaled(factors[n]) if args.fluid
+              else tr.replicated(factors[n], seed=seed)).compressed(args.speedup)
         if args.offset or args.duration is not None:
             duration = args.duration if args.duration is not None else tr.duration_s
             tr = tr.sliced(args.offset, duration)
@@ -106,28 +113,119 @@ def settings_from(args: argparse.Namespace) -> Settings:
         raise UsageError("--hpa-utilizations must be in (0, 1]")
     if args.slo_seconds < 0 or args.scrape_seconds <= 0 or args.prefill_weight < 0:
         raise UsageError("--slo-seconds >= 0, --scrape-seconds > 0, --prefill-weight >= 0")
+    if not 1 <= args.seeds <= 100 or args.warmup < 0:
+        raise UsageError("--seeds must be 1..100 and --warmup >= 0")
+    if min(args.decode_tokens_per_second, args.prefill_tokens_per_second,
+           args.itl_floor_ms, args.max_batch) <= 0:
+        raise UsageError("the engine's throughputs, ITL floor and batch must be > 0")
+    engine = None if args.fluid else EngineModel(
+        decode_tokens_per_s=args.decode_tokens_per_second,
+        prefill_tokens_per_s=args.prefill_tokens_per_second,
+        itl_floor_s=args.itl_floor_ms / 1000.0, max_batch=args.max_batch)
     return Settings(slo_s=args.slo_seconds, scrape_s=args.scrape_seconds,
+                    engine=engine, warmup_s=0 if args.fluid else int(args.warmup),
                     hpa_utilizations=utils, prefill_weight=args.prefill_weight, seed=args.seed,
                     start=start, progress=args.progress,
                     hpa=HpaSettings(metric=args.hpa_metric),
                     hpa_other_metric=args.hpa_both_metrics)
 
 
+def _slice(traces: dict[str, Trace], k: int, n: int) -> dict[str, Trace]:
+    """Slice ``k`` of ``n``: half the trace long, starts spread evenly over its first half
+    (so every slice is long enough for cold starts and scale-down windows to matter)."""
+    duration = max(t.duration_s for t in traces.values())
+    length = duration / 2
+    start = k * (duration - length) / max(n - 1, 1)
+    return {name: t.sliced(start, length) for name, t in traces.items()}
+
+
+def _run_seed(spec: TokenBudgetSpec, args: argparse.Namespace, k: int,
+              base: Settings) -> tuple[Backtest, dict[str, Any], dict[str, Trace]]:
+    """Seed ``k`` of ``--seeds``: window traces get Poisson seed ``seed + k``, request traces
+    the k-th of ``--seeds`` overlapping half-length slices (their arrivals are real, not
+    drawn; a scaled trace's replication is seeded with ``seed + k`` too)."""
+    traces = prepare_traces(spec, args, seed=args.seed + k)
+    if args.seeds > 1 and all(t.kind == "requests" for t in traces.values()):
+        traces = _slice(traces, k, args.seeds)
+    bt = run_backtest(spec, traces, replace(base, seed=base.seed + k))
+    return bt, to_json(bt), traces
+
+
+#: two-sided 97.5 % quantiles of Student's t for 1..30 degrees of freedom (then ~normal)
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def interval95(values: list[float]) -> tuple[float, float, float]:
+    """Mean and the 95 % confidence interval of the mean (Student's t)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, mean, mean
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = (_T975[n - 2] if n - 1 <= len(_T975) else 1.96) * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def _aggregate(docs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
+    """One document for several seeds: the first seed's, with the policies' figures and the
+    comparisons averaged, and each seed's row under ``seeds``."""
+    doc = dict(docs[0])
+    doc["policies"] = {
+        p: {k: (sum(d["policies"][p][k] for d in docs) / len(docs)
+                if isinstance(v, float) else v) for k, v in s.items()}
+        for p, s in docs[0]["policies"].items()}
+    rows = []
+    for seed, d in zip(seeds, docs, strict=True):
+        ts = d["policies"]["tokenscale"]
+        rows.append({"seed": seed, "cost_ratio_vs_hpa_at_equal_slo":
+                     d["cost_ratio_vs_hpa_at_equal_slo"], "gap_captured": d.get("gap_captured"),
+                     "frontier_member": d.get("frontier_member"),
+                     "tokenscale_cost": ts["cost"], "tokenscale_slo_attainment":
+                     ts["slo_attainment"], "oracle_lower_bound_cost":
+                     d.get("oracle_lower_bound_cost")})
+    doc["seeds"] = rows
+    for key in ("cost_ratio_vs_hpa_at_equal_slo", "gap_captured", "cost_ratio_vs_oracle",
+                "oracle_lower_bound_cost", "hpa_frontier_cost_at_tokenscale_slo",
+                "oracle_cost_at_tokenscale_slo"):
+        values = [d[key] for d in docs if d.get(key) is not None]
+        if values:
+            mean, lo, hi = interval95(values)
+            doc[key] = round(mean, 6)
+            if key == "cost_ratio_vs_hpa_at_equal_slo":
+                doc["cost_ratio_ci95"] = [round(lo, 6), round(hi, 6)]
+            if key == "gap_captured":
+                doc["gap_captured_ci95"] = [round(lo, 6), round(hi, 6)]
+    members = [d.get("frontier_member") for d in docs]
+    doc["frontier_member"] = max(set(members), key=members.count)
+    doc["wall_seconds"] = round(sum(d["wall_seconds"] for d in docs), 3)
+    return doc
+
+
 def execute(args: argparse.Namespace) -> tuple[Backtest, dict[str, Any]]:
-    """Run the backtest of ``args``; returns the run and the JSON document."""
+    """Run the backtest of ``args`` (over ``--seeds``); returns the first seed's run and the
+    JSON document."""
     try:
         spec = load_budget(args.budget)
     except SpecError as exc:
         raise UsageError(f"{args.budget}: invalid TokenBudget: {exc}") from None
-    traces = prepare_traces(spec, args)
-    bt = run_backtest(spec, traces, settings_from(args))
-    extra = {"traces": {n: {"path": p, "format": traces[n].format,
-                            "requests": round(traces[n].requests, 1),
-                            "duration_s": round(traces[n].duration_s, 3)}
-                        for n, p in ((n or spec.targets[0].name, p)
-                                     for n, p in _pairs(args.trace, "--trace"))},
-             "scale": args.scale, "speedup": args.speedup}
-    return bt, to_json(bt, extra)
+    base = settings_from(args)
+    runs = [_run_seed(spec, args, k, base) for k in range(args.seeds)]
+    bt, _, traces = runs[0]
+    doc = runs[0][1] if args.seeds == 1 else _aggregate([r[1] for r in runs],
+                                                        [args.seed + k for k in range(args.seeds)])
+    if args.seeds == 1:
+        doc["seeds"] = [{"seed": args.seed,
+                         "cost_ratio_vs_hpa_at_equal_slo": doc["cost_ratio_vs_hpa_at_equal_slo"],
+                         "gap_captured": doc.get("gap_captured")}]
+    doc.update({"traces": {n: {"path": p, "format": traces[n].format,
+                               "requests": round(traces[n].requests, 1),
+                               "duration_s": round(traces[n].duration_s, 3)}
+                           for n, p in ((n or spec.targets[0].name, p)
+                                        for n, p in _pairs(args.trace, "--trace"))},
+                "scale": args.scale, "speedup": args.speedup})
+    return bt, doc
 
 
 def run(args: argparse.Namespace) -> int:

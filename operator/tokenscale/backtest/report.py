@@ -10,7 +10,7 @@ from __future__ import annotations
 from itertools import pairwise
 from typing import Any
 
-from tokenscale.sim.engine import POLICIES, Backtest
+from tokenscale.sim.engine import ATTAINMENT_TOLERANCE, POLICIES, Backtest, lower_bound_cost
 
 
 def frontier(points: list[dict[str, float]]) -> list[dict[str, float]]:
@@ -43,6 +43,52 @@ def cost_at_attainment(points: list[dict[str, float]], attainment: float) -> tup
             w = 0.0 if span <= 0 else (attainment - lo["slo_attainment"]) / span
             return lo["cost"] + w * (hi["cost"] - lo["cost"]), "interpolated"
     return front[-1]["cost"], "beyond_frontier"  # pragma: no cover - covered by the ifs above
+
+
+def envelope_at(points: list[dict[str, Any]], attainment: float) -> tuple[float, str, str]:
+    """The lower envelope's cost at ``attainment`` (see :func:`cost_at_attainment`), how it was
+    obtained, and the ``member`` of the point that bounds it from above (the cheapest point
+    reaching the attainment)."""
+    cost, how = cost_at_attainment(points, attainment)
+    front = frontier(points)
+    reaching = [p for p in front if p["slo_attainment"] >= attainment - 1e-12]
+    bound = reaching[0] if reaching else (front[-1] if front else {})
+    return cost, how, str(bound.get("member", ""))
+
+
+def _family_points(bt: Backtest) -> list[dict[str, Any]]:
+    out = []
+    for member, runs in bt.family.items():
+        s = bt.policy_summary(runs)
+        out.append({"member": member.name, "cost": round(s["cost"], 6),
+                    "slo_attainment": round(s["slo_attainment"], 6)})
+    return out
+
+
+def yardstick(bt: Backtest, tokenscale: dict[str, Any]) -> dict[str, Any]:
+    """Engine mode: tokenscale against the HPA/KEDA family's lower envelope and the oracle,
+    at tokenscale's attainment (DESIGN.md, "Benchmarks")."""
+    att = tokenscale["slo_attainment"] - ATTAINMENT_TOLERANCE
+    cost = tokenscale["cost"]
+    points = _family_points(bt)
+    env, how, member = envelope_at(points, att)
+    oracle_points = [{"member": f"oracle#{k}", "cost": bt.policy_summary(r)["cost"],
+                      "slo_attainment": bt.policy_summary(r)["slo_attainment"]}
+                     for k, r in enumerate(bt.oracles)]
+    oracle_env, oracle_how, _ = envelope_at(oracle_points, att)
+    gap = env - oracle_env
+    return {
+        "hpa_frontier": frontier(points),
+        "hpa_family": points,
+        "cost_ratio_vs_hpa_at_equal_slo": round(cost / env, 6) if env > 0 else None,
+        "hpa_frontier_cost_at_tokenscale_slo": round(env, 6),
+        "hpa_frontier_comparison": how,
+        "frontier_member": member,
+        "oracle_cost_at_tokenscale_slo": round(oracle_env, 6),
+        "oracle_comparison": oracle_how,
+        "oracle_lower_bound_cost": round(lower_bound_cost(bt), 6),
+        "gap_captured": round((env - cost) / gap, 6) if gap > 0 else None,
+    }
 
 
 def _round(d: dict[str, float]) -> dict[str, Any]:
@@ -114,6 +160,17 @@ def to_json(bt: Backtest, extra: dict[str, Any] | None = None) -> dict[str, Any]
         },
         "wall_seconds": round(bt.wall_seconds, 3),
     }
+    if bt.family:
+        doc.update(yardstick(bt, ts))
+        engine = bt.settings.engine
+        assert engine is not None
+        doc["settings"].update({
+            "engine": {"decode_tokens_per_s": engine.decode_tokens_per_s,
+                       "prefill_tokens_per_s": engine.prefill_tokens_per_s,
+                       "itl_floor_s": engine.itl_floor_s, "max_batch": engine.max_batch},
+            "warmup_seconds": bt.settings.warmup_s,
+            "slo": {t.name: t.slo.model_dump(by_alias=True) for t in bt.spec.targets},
+        })
     if extra:
         doc.update(extra)
     return doc
@@ -130,14 +187,17 @@ def table(doc: dict[str, Any]) -> str:
     """A plain-text report of a :func:`to_json` document."""
     cur = doc["currency"]
     head = (f"{'policy':<12} {'GPU-h':>9} {'cost ' + cur:>12} {'SLO att.':>9} "
-            f"{'tokens late':>12} {'scale ev.':>9} {'peak':>5} {'overrun ' + cur:>12}")
+            f"{'tokens late':>12} {'scale ev.':>9} {'peak':>5} {'overrun ' + cur:>12} "
+            f"{'goodput':>9} {'shed':>6}")
     lines = [head, "-" * len(head)]
 
     def row(name: str, s: dict[str, Any]) -> str:
         return (f"{name:<12} {s['gpu_hours']:>9.2f} {s['cost']:>12.2f} "
                 f"{s['slo_attainment']:>9.2%} {_fmt_tokens(s['tokens_late']):>12} "
                 f"{s['scale_events']:>9d} {s['peak_replicas']:>5d} "
-                f"{s.get('budget_overrun', 0):>12.2f}")
+                f"{s.get('budget_overrun', 0):>12.2f} "
+                f"{_fmt_tokens(s.get('goodput_tokens', s['tokens'] - s['tokens_late'])):>9} "
+                f"{s.get('shed_share', 0.0):>6.1%}")
 
     for name, s in doc["policies"].items():
         lines.append(row(name, s))
@@ -148,11 +208,14 @@ def table(doc: dict[str, Any]) -> str:
             for name, s in per.items():
                 lines.append(row(name, s))
     lines.append("")
-    lines.append(f"hpa sweep on {doc['hpa_metric']} tokens/s "
-                 "(target utilization: cost, SLO attainment)")
+    if "frontier_member" in doc:
+        lines.append("hpa/keda family: lower envelope (member: cost, SLO attainment)")
+    else:
+        lines.append(f"hpa sweep on {doc['hpa_metric']} tokens/s "
+                     "(target utilization: cost, SLO attainment)")
     for p in doc["hpa_frontier"]:
-        lines.append(f"  {p['target_utilization']:.2f}: {p['cost']:>12.2f} {cur}  "
-                     f"{p['slo_attainment']:.2%}")
+        label = p.get("member") or f"{p['target_utilization']:.2f}"
+        lines.append(f"  {label}: {p['cost']:>12.2f} {cur}  {p['slo_attainment']:.2%}")
     ratio = doc["cost_ratio_vs_hpa_at_equal_slo"]
     how = doc["hpa_frontier_comparison"]
     note = {
@@ -168,6 +231,17 @@ def table(doc: dict[str, Any]) -> str:
                      f"{alt['cost_ratio_vs_hpa_at_equal_slo']:.3f} ({alt['comparison']})")
     if doc["cost_ratio_vs_oracle"] is not None:
         lines.append(f"cost ratio vs oracle: {doc['cost_ratio_vs_oracle']:.3f}")
+    if "frontier_member" in doc:
+        lines.append(f"envelope at tokenscale's attainment: {doc['frontier_member']}; oracle "
+                     f"there {doc['oracle_cost_at_tokenscale_slo']:.2f} {cur}, lower bound "
+                     f"{doc['oracle_lower_bound_cost']:.2f} {cur}; gap captured: "
+                     + (f"{doc['gap_captured']:.2f}" if doc["gap_captured"] is not None
+                        else "n/a"))
+    if "cost_ratio_ci95" in doc:
+        lo, hi = doc["cost_ratio_ci95"]
+        lines.append(f"over {len(doc['seeds'])} seeds/slices: cost ratio vs envelope mean "
+                     f"{doc['cost_ratio_vs_hpa_at_equal_slo']:.3f}, 95 % interval "
+                     f"[{lo:.3f}, {hi:.3f}]")
     budget = doc["budget"]
     limit = []
     if budget["max_cost"] is not None:

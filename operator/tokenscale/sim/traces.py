@@ -127,6 +127,29 @@ class Trace:
             output_rate=self.output_rate * factor,
         )
 
+    def replicated(self, factor: float, seed: int = 0) -> Trace:
+        """Demand × ``factor`` by request rate, requests unchanged: each request of a request
+        trace arrives ``factor`` times on average (floor(factor) copies, one more with the
+        fractional probability), the copies jittered uniformly within ±1 s, so the load curve
+        and the prompt/output lengths (hence the latencies) are kept. Window traces scale their
+        rates (their requests are synthesised anyway)."""
+        if factor <= 0:
+            raise ValueError("scale factor must be > 0")
+        if self.kind != "requests" or factor == 1:
+            return self.scaled(factor) if self.kind != "requests" else self
+        assert self.time_s is not None
+        assert self.input_tokens is not None and self.output_tokens is not None
+        rng = np.random.default_rng(seed)
+        whole = math.floor(factor)
+        copies = whole + (rng.random(len(self.time_s)) < factor - whole)
+        idx = np.repeat(np.arange(len(self.time_s)), copies)
+        jitter = np.where(np.arange(len(idx)) == np.searchsorted(idx, idx), 0.0,
+                          rng.uniform(-1.0, 1.0, len(idx)))  # the first copy keeps its time
+        times = np.clip(self.time_s[idx] + jitter, 0.0, max(self.duration_s - 1e-6, 0.0))
+        order = np.argsort(times, kind="stable")
+        return replace(self, time_s=times[order], input_tokens=self.input_tokens[idx][order],
+                       output_tokens=self.output_tokens[idx][order])
+
     def compressed(self, speedup: float) -> Trace:
         """Time compressed ``speedup``-fold: the same requests arrive ``speedup`` × faster."""
         if speedup <= 0:
