@@ -55,6 +55,10 @@ def test_prometheus_killed_holds_then_falls_back_then_recovers(
                      and status_of(apiserver, NS, "chat")["targets"][0]["reason"]
                      == "DemandDriven", timeout=40, message="fresh metrics, demand-driven")
             cost_before = status_of(apiserver, NS, "chat")["spend"]["cost"]
+            # 2,500 tokens/s need 3 replicas; a busy machine can make the first readings
+            # of the ramp-up ask for 4. Either way: no change while Prometheus is away.
+            before = replica_history(apiserver, NS, "llama")
+            assert before[-1] in (3, 4), before
 
             assert prom._proc is not None
             prom._proc.kill()  # SIGKILL, no shutdown
@@ -65,7 +69,7 @@ def test_prometheus_killed_holds_then_falls_back_then_recovers(
             assert "llama: Unreachable" in metrics()["message"]
             assert held["targets"][0]["reason"] == "MetricsUnavailableHold"
             assert held["metricsUnavailableSince"]
-            assert replica_history(apiserver, NS, "llama") == [3]
+            assert replica_history(apiserver, NS, "llama") == before
 
             wait_for(lambda: metrics().get("reason") == "FallbackActive", timeout=30,
                      message="fallback after fallback.afterSeconds")
@@ -87,4 +91,4 @@ def test_prometheus_killed_holds_then_falls_back_then_recovers(
             assert st["phase"] == "Active"
             assert op.alive
             # Never below the pre-outage count while Prometheus was away.
-            assert replica_history(apiserver, NS, "llama") == [3, 5, 3]
+            assert replica_history(apiserver, NS, "llama") == [*before, 5, 3]
