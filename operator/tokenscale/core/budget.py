@@ -1,5 +1,10 @@
 """Budget periods, time-of-day prices, spend accounting, pacing and projections.
 
+DESIGN.md step 1, **Accounting**: :func:`account` turns the memory of the last cycle and what ran
+since into an :class:`Accounts` (spend of the period, exhaustion, affordable rates);
+:func:`spend_figures` adds the projections reported in status. The functions below it are the
+pieces they are made of.
+
 Units: costs in the budget's currency, cost rates in currency/h, token rates in tokens/s,
 times tz-aware ``datetime`` (returned in UTC).
 
@@ -30,9 +35,11 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta, tzinfo
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from tokenscale.api import WEEKDAYS, BudgetSpec, PriceWindow, TokenBudgetSpec
+from tokenscale.core.types import Memory, Spend
 
 _HOUR = timedelta(hours=1)
 _DAY_MINUTES = 24 * 60
@@ -214,3 +221,112 @@ def counter_increase(values: list[float] | tuple[float, ...]) -> float:
             total += v - previous if v >= previous else v
         previous = v
     return total
+
+
+# ------------------------------------------------------------------------ step 1: accounting
+
+
+class Usage(NamedTuple):
+    """What the targets ran at this cycle: the rates step 1 integrates."""
+
+    base_cost_rate: float  # currency/h at the current replicas, before the price multiplier
+    token_rate: float  # observed tokens/s of the targets with usable metrics
+    tokens_in_period: float | None  # Prometheus increase() since period start, None if unknown
+
+
+class Accounts(NamedTuple):
+    """The period's spend at ``at`` and what the rest of the budget allows."""
+
+    at: datetime
+    period_start: datetime
+    period_end: datetime
+    spent: float  # currency
+    tokens: float
+    previous_period_cost: float | None  # final cost of a period closed since the last cycle
+    cost_exhausted: bool
+    token_exhausted: bool
+    exhausted: bool  # either limit is spent
+    affordable: float  # currency/h; inf without maxCost
+    token_cap: float  # tokens/s of served capacity; inf without maxTokens
+
+    @property
+    def hours_left(self) -> float:
+        """Hours from ``at`` to the end of the period."""
+        return (self.period_end - self.at).total_seconds() / 3600.0
+
+
+def account(spec: TokenBudgetSpec, memory: Memory, usage: Usage, now: datetime) -> Accounts:
+    """Step 1: spend and tokens of the period at ``now``, from ``memory`` and ``usage``.
+
+    Cost is integrated from ``memory.last_accounted`` (nothing on the first cycle); at rollover
+    the spend restarts at 0 and the part of the interval before the new period goes to
+    ``previous_period_cost``. Tokens are Prometheus' count when known (never below what the
+    period already counted), else the observed rate × time is added.
+    """
+    budget = spec.budget
+    period_start, period_end = period_bounds(budget, now)
+    spent, previous = _accrue_spend(spec, memory, usage.base_cost_rate, period_start, now)
+    tokens = _count_tokens(memory, usage, period_start, now)
+    cost_exhausted = is_exhausted(budget.max_cost, spent)
+    token_exhausted = is_exhausted(budget.max_tokens, tokens)
+    return Accounts(
+        at=now,
+        period_start=period_start,
+        period_end=period_end,
+        spent=spent,
+        tokens=tokens,
+        previous_period_cost=previous,
+        cost_exhausted=cost_exhausted,
+        token_exhausted=token_exhausted,
+        exhausted=cost_exhausted or token_exhausted,
+        affordable=affordable_cost_rate(budget.max_cost, spent, now, period_end),
+        token_cap=affordable_token_rate(budget.max_tokens, tokens, now, period_end),
+    )
+
+
+def _accrue_spend(spec: TokenBudgetSpec, memory: Memory, base_rate: float,
+                  period_start: datetime, now: datetime) -> tuple[float, float | None]:
+    """``(spent this period, final cost of the closed period or None)`` at ``now``."""
+    rolled = memory.period_start != period_start
+    spent = 0.0 if rolled else memory.spend_cost
+    previous = memory.spend_cost if rolled and memory.period_start is not None else None
+    last = memory.last_accounted
+    if last is None or last >= now:
+        return spent, previous
+    if last >= period_start and not spec.pricing.schedule:
+        return spent + base_rate * (now - last).total_seconds() / 3600.0, previous
+    for p_start, cost in accrue_cost(spec, base_rate, last, now):
+        if p_start == period_start:
+            spent += cost
+        elif p_start == memory.period_start and previous is not None:
+            previous += cost
+    return spent, previous
+
+
+def _count_tokens(memory: Memory, usage: Usage, period_start: datetime, now: datetime) -> float:
+    """Tokens served in the period at ``now``."""
+    tokens = 0.0 if memory.period_start != period_start else memory.spend_tokens
+    if usage.tokens_in_period is not None:
+        # Never below what this period already counted: Prometheus can lose history
+        # (a restart without a persistent TSDB, retention shorter than the period).
+        return max(tokens, usage.tokens_in_period, 0.0)
+    last = memory.last_accounted
+    if last is not None and last < now:
+        tokens += usage.token_rate * (now - max(last, period_start)).total_seconds()
+    return tokens
+
+
+def spend_figures(accounts: Accounts, usage: Usage, multiplier: float,
+                  planned_rate: float) -> Spend:
+    """Spend for status: so far, and projected to period end at the planned cost rate
+    (currency/h) and the observed token rate."""
+    now, end = accounts.at, accounts.period_end
+    spent, tokens = accounts.spent, accounts.tokens
+    return Spend(
+        cost=spent,
+        tokens=tokens,
+        projected_cost=project(spent, planned_rate / 3600.0, now, end),
+        projected_tokens=project(tokens, usage.token_rate, now, end),
+        cost_per_hour=usage.base_cost_rate * multiplier,
+        cost_per_million_tokens=spent / tokens * 1e6 if tokens > 0 else None,
+    )

@@ -2,7 +2,7 @@
 
 Units: token rates in tokens/s, durations in seconds, replicas as counts.
 
-Demand (DESIGN.md step 2). The observed rate is the newest sample. The trend is a least-squares
+Demand (DESIGN.md step 3). The observed rate is the newest sample. The trend is a least-squares
 line through the samples of the last ``forecastWindowSeconds``; the forecast is that line's value
 ``coldStartSeconds`` after now (never negative), i.e. the rate when a replica requested now would
 be ready. Fewer than two samples, or all at one instant, forecast the observed rate. Queued
@@ -11,7 +11,7 @@ the observation or :data:`DEFAULT_TOKENS_PER_REQUEST`, and ``drainSeconds =
 max(intervalSeconds, coldStartSeconds)``: new replicas cannot help sooner than they start, and
 the queue is re-evaluated every interval anyway. ``demand = max(observed, forecast) + drain``.
 
-Need (step 3). ``demand × (1 + headroom) / (tokensPerReplicaPerSecond × targetUtilization)``
+Need (step 4). ``demand × (1 + headroom) / (tokensPerReplicaPerSecond × targetUtilization)``
 replicas, rounded up (with a 1e-9 slack against float noise), then clamped to
 ``[minReplicas, maxReplicas]``.
 
@@ -24,6 +24,11 @@ Behaviour (step 6), HPA-like:
   demand-driven counts after tolerance, before limits and budget.
 * A budget-forced scale-down is applied after these steps and is never delayed (planner).
 
+:func:`recommend` runs these steps for one target with usable metrics and returns a
+:class:`Recommendation`: the demand, the need, the count the target should run before the budget,
+and the reason (DemandDriven, MinReplicas, MaxReplicas, WithinTolerance, ScaleUpLimited or
+StabilizingScaleDown).
+
 Recommendation memory is compacted losslessly: per target only a run with strictly falling
 replica counts over time is kept (an older entry not above a newer one can never again be the
 window maximum), then entries older than the window are dropped and at most ``limit`` per
@@ -35,13 +40,80 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
-from tokenscale.core.types import RecommendationEntry
+from tokenscale.api import PlanningSpec, Reason, TargetSpec
+from tokenscale.core.types import RecommendationEntry, TargetObservation
 
 #: Tokens per queued request when the observation does not say (prompt + output, typical chat).
 DEFAULT_TOKENS_PER_REQUEST = 1000.0
 #: Scale-up step: at most this many replicas more, or doubling, whichever is larger.
 SCALE_UP_MIN_STEP = 4
+
+
+class Demand(NamedTuple):
+    """The demand of one target (tokens/s) and the unrounded replicas it needs."""
+
+    observed: float
+    forecast: float  # the trend coldStartSeconds ahead
+    drain: float  # the rate that drains the queue
+    total: float  # max(observed, forecast) + drain
+    raw_need: float
+
+
+class Recommendation(NamedTuple):
+    """What demand asks of one target, before the budget, and why."""
+
+    demand: Demand
+    current: int
+    need: int  # demand-driven replicas within [min, max]
+    recommendation: int  # after the tolerance band; remembered for stabilization
+    behaviour: int  # after the scale-up limit and scale-down stabilization
+    reason: Reason
+
+
+def estimate_demand(target: TargetSpec, obs: TargetObservation, planning: PlanningSpec,
+                    now: datetime) -> Demand:
+    """Step 3, demand: observed and forecast rate plus the queue's drain, and the raw need."""
+    observed, forecast = trend_forecast(
+        obs.token_rate_samples, now, planning.forecast_window_seconds, target.cold_start_seconds
+    )
+    drain_seconds = max(planning.interval_seconds, target.cold_start_seconds)
+    drain = queue_drain_rate(obs.queue_length, obs.tokens_per_request, drain_seconds)
+    total = max(observed, forecast) + drain
+    raw = raw_need(total, planning.headroom, target.tokens_per_replica_per_second,
+                   planning.target_utilization)
+    return Demand(observed, forecast, drain, total, raw)
+
+
+def recommend(target: TargetSpec, obs: TargetObservation, planning: PlanningSpec,
+              history: Sequence[RecommendationEntry], now: datetime) -> Recommendation:
+    """Steps 3, 4 and 6 for one target: demand, need within [min, max], tolerance band, then
+    the scale-up limit or the scale-down stabilization over ``history``."""
+    demand = estimate_demand(target, obs, planning, now)
+    low, high = target.min_replicas, target.max_replicas
+    unclamped = round_need(demand.raw_need)
+    need = clamp(unclamped, low, high)
+    reason: Reason = (
+        "MinReplicas" if unclamped < low else "MaxReplicas" if unclamped > high else "DemandDriven"
+    )
+    current = max(0, obs.current_replicas)
+    rec = need
+    if (need != current and low <= current <= high
+            and within_tolerance(demand.raw_need, current, planning.tolerance)):
+        rec, reason = current, "WithinTolerance"
+    behaviour = rec
+    if rec > current:
+        behaviour = min(rec, max(low, scale_up_limit(current)))
+    elif rec < current:
+        window = planning.scale_down_stabilization_seconds
+        stable = stabilized_recommendation(history, target.name, now, window, rec)
+        behaviour = min(current, clamp(stable, low, high))
+    if behaviour < rec:
+        reason = "ScaleUpLimited"
+    elif behaviour > rec:
+        reason = "StabilizingScaleDown"
+    return Recommendation(demand, current, need, rec, behaviour, reason)
 
 
 def trend_forecast(

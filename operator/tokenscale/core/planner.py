@@ -1,7 +1,7 @@
 """One planning cycle: ``plan(spec, observation, memory, now) -> Plan``.
 
 Pure: everything arrives as arguments, nothing is read from the clock, network or environment.
-The steps follow DESIGN.md "The decision" in its order:
+:func:`plan` runs the steps of DESIGN.md "The decision", each in its module:
 
 1. **Accounting** (:mod:`~tokenscale.core.budget`). The cost of the *current* replicas of all
    targets (× costPerReplicaHour × price multiplier) is integrated from ``memory.last_accounted``
@@ -10,54 +10,38 @@ The steps follow DESIGN.md "The decision" in its order:
    of the interval inside the new period; the closed period's final cost is reported in
    ``Plan.previous_period_cost``. Tokens: ``observation.tokens_in_period`` (Prometheus
    ``increase()`` since period start) when known, else the observed token rate × time is added.
-2. **Demand** (:mod:`~tokenscale.core.capacity`): ``max(observed, trend forecast coldStartSeconds
-   ahead) + queue × tokensPerRequest / max(intervalSeconds, coldStartSeconds)``.
-3. **Need**: ``ceil(demand·(1+headroom)/(tokensPerReplicaPerSecond·targetUtilization))`` within
+2. **Service model** (:mod:`~tokenscale.core.costmodel`): the quality model per target, fitted
+   from ``quality_samples`` or the spec's.
+3. **Demand** (:mod:`~tokenscale.core.capacity`): ``max(observed, trend forecast
+   coldStartSeconds ahead) + queue × tokensPerRequest / max(intervalSeconds, coldStartSeconds)``.
+4. **Need**: ``ceil(demand·(1+headroom)/(tokensPerReplicaPerSecond·targetUtilization))`` within
    ``[minReplicas, maxReplicas]`` (reasons MinReplicas / MaxReplicas when clamped).
-4. **Pacing**: affordable cost rate = remaining cost / hours left (currency/h, compared with
-   replica prices × the multiplier *now*, so cheap hours buy more replicas); a token budget caps
-   served capacity (replicas × tokensPerReplicaPerSecond × targetUtilization) at remaining tokens
-   / seconds left. Spent → BudgetExhausted: ``ScaleToMinimum`` sets every target to minReplicas
-   at once; ``Hold`` keeps the current replicas (scale-downs the demand allows still happen,
-   scale-ups do not).
-5. **Allocation** (:mod:`~tokenscale.core.costmodel`): the counts from step 6's behaviour are the
-   caps; if they fit the affordable rates they stand, else greedy by marginal value from the
-   minReplicas floors (reason BudgetCapped). ``minMarginalValue > 0`` caps each target where the
-   next replica's value per currency/h falls below it, even within budget (DiminishingReturns).
-6. **Behaviour** (applied to the need before step 5): tolerance band (WithinTolerance),
-   scale-up at most ``max(current+4, 2·current)`` (ScaleUpLimited), scale-down to the highest
-   recommendation within the stabilization window (StabilizingScaleDown). The budget cap comes
-   after these, so a budget-forced scale-down is never delayed.
-7. **Outages**: a target whose metrics failed (``metrics_error``) or returned no samples holds
-   its current replicas (clamped to [min, max]; MetricsUnavailableHold); once the outage is
-   ``fallback.afterSeconds`` old and ``fallback.replicas`` is set, it runs
-   ``max(current, fallback.replicas)`` clamped to [min, max] (FallbackReplicas): missing metrics
-   never lower replicas. Budget caps still apply (they need no Prometheus). The outage start is
-   kept in ``memory.metrics_unavailable_since`` (set on the first failing cycle, cleared when all
-   targets report again). Hold/fallback targets record no recommendation and ignore
-   minMarginalValue.
-8. **Conflict**: a target with another autoscaler (``conflict``), a workload problem
-   (``target_error``) or no observation at all keeps its current replicas, is never scaled
-   (reason Conflict, also in DryRun: nothing would be set) and its cost still counts against the
-   budget as a fixed floor.
+5. **Pacing and allocation** (:mod:`~tokenscale.core.pacing`): the counts from step 6 are the
+   caps, cut by minMarginalValue (DiminishingReturns); if they fit the affordable rates they
+   stand, else greedy by marginal value from the minReplicas floors (BudgetCapped). Spent →
+   BudgetExhausted and onExhausted.
+6. **Behaviour** (:mod:`~tokenscale.core.capacity`, applied to the need before step 5):
+   tolerance band (WithinTolerance), scale-up at most ``max(current+4, 2·current)``
+   (ScaleUpLimited), scale-down to the highest recommendation within the stabilization window
+   (StabilizingScaleDown). The budget cap comes after these, so a budget-forced scale-down is
+   never delayed.
+7. **Outages** (:mod:`~tokenscale.core.outage`): targets without usable metrics hold
+   (MetricsUnavailableHold) or run the fallback (FallbackReplicas), never fewer replicas;
+   targets with another autoscaler, a workload problem or no observation are not scaled
+   (Conflict) and their cost counts as a fixed floor.
+8. **Output**: a Decision per target with one reason and a message with the numbers
+   (:mod:`~tokenscale.core.messages`), the conditions and phase
+   (:mod:`~tokenscale.core.conditions`), spend and the memory for the next cycle.
 
-Output. Every Decision has one reason; precedence: Conflict > BudgetExhausted > BudgetCapped >
-DiminishingReturns > ScaleUpLimited > StabilizingScaleDown > WithinTolerance (only when it kept
-a count the need would have changed) > MinReplicas/MaxReplicas > DemandDriven. In DryRun every
-non-conflict decision carries reason DryRun, the replicas it would set and the underlying reason
-in the message, and ``scale`` is False. ``scale`` is True only in Active mode when the replicas
-differ from the current ones.
+The steps hand each other immutable typed records (``typing.NamedTuple``: as frozen as a frozen
+dataclass and about three times cheaper to build, which matters at a dozen records per call).
 
-Conditions (type: True reasons / False reason): MetricsAvailable: MetricsFresh / MetricsUnavailable
-or FallbackActive. BudgetExhausted: CostBudgetSpent, TokenBudgetSpent / BudgetRemaining.
-BudgetAtRisk: Exhausted, MinReplicasOverBudget, DemandExceedsBudget, ProjectedOverrun /
-WithinBudget. ScalingLimited: the first limiting target's reason (ScaleUpLimited, MinReplicas,
-MaxReplicas, BudgetCapped, BudgetExhausted, DiminishingReturns) / DesiredWithinRange. Conflict:
-ConflictingAutoscaler, TargetNotScalable / NoConflict. Ready: Reconciled / TargetNotScalable,
-ConflictingAutoscaler, MetricsUnavailable.
-
-Phase: BudgetExhausted > Degraded (metrics unavailable or a Conflict target) > BudgetAtRisk >
-DryRun > Active.
+Reason precedence: Conflict > BudgetExhausted > BudgetCapped > DiminishingReturns >
+ScaleUpLimited > StabilizingScaleDown > WithinTolerance (only when it kept a count the need
+would have changed) > MinReplicas/MaxReplicas > DemandDriven. In DryRun every non-conflict
+decision carries reason DryRun, the replicas it would set and the underlying reason in the
+message, and ``scale`` is False. ``scale`` is True only in Active mode when the replicas differ
+from the current ones.
 
 Memory: spend and period updated, ``last_accounted = now``, recommendations compacted per
 target (see :func:`~tokenscale.core.capacity.compact_recommendations`) to the stabilization
@@ -69,48 +53,31 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
+from typing import NamedTuple
 
-from tokenscale.api import MAX_RECOMMENDATIONS, TargetSpec, TokenBudgetSpec
+from tokenscale.api import MAX_RECOMMENDATIONS, TokenBudgetSpec
 from tokenscale.core.budget import (
+    Accounts,
+    Usage,
+    account,
     accrue_cost,
-    affordable_cost_rate,
-    affordable_token_rate,
     counter_increase,
-    is_exhausted,
     period_bounds,
     price_multiplier,
-    project,
+    spend_figures,
 )
-from tokenscale.core.capacity import (
-    clamp,
-    compact_recommendations,
-    queue_drain_rate,
-    raw_need,
-    round_need,
-    scale_up_limit,
-    stabilized_recommendation,
-    trend_forecast,
-    within_tolerance,
-)
-from tokenscale.core.costmodel import (
-    AllocationItem,
-    allocate,
-    continuous_optimum,
-    fit_log_linear,
-    marginal_value,
-    select_model,
-    value_cap,
-)
+from tokenscale.core.capacity import Recommendation, compact_recommendations, recommend
+from tokenscale.core.conditions import Situation, conditions
+from tokenscale.core.costmodel import continuous_optimum, fit_log_linear, select_model
+from tokenscale.core.messages import decision_message, dry_run_message
+from tokenscale.core.outage import Hold, Outage, Seen, classify, hold, outage_clock
+from tokenscale.core.pacing import Allocation, Outcome, Proposal, pace
 from tokenscale.core.types import (
-    ConditionValue,
     Decision,
     Memory,
-    ModelFit,
     Observation,
     Plan,
     RecommendationEntry,
-    Spend,
-    TargetObservation,
 )
 
 #: ``plan`` and the helpers the operator and the backtest use next to it.
@@ -124,142 +91,6 @@ __all__ = [
     "price_multiplier",
 ]
 
-#: Reasons that mean "the count is limited by something other than demand".
-LIMITING_REASONS = frozenset(
-    {"ScaleUpLimited", "MinReplicas", "MaxReplicas", "BudgetCapped", "BudgetExhausted",
-     "DiminishingReturns"}
-)
-
-_CONTROL, _HOLD, _FIXED = 0, 1, 2
-
-
-class _Work:
-    """Mutable per-target state of one cycle."""
-
-    __slots__ = (
-        "behaviour", "cap", "current", "demand_text", "error", "final", "forecast", "kind",
-        "message", "model", "need", "obs", "observed", "reason", "recommendation", "spec",
-    )
-
-    def __init__(self, spec: TargetSpec, obs: TargetObservation, kind: int) -> None:
-        self.spec = spec
-        self.obs = obs
-        self.kind = kind
-        self.current = max(0, obs.current_replicas)
-        self.observed: float | None = None
-        self.forecast: float | None = None
-        self.need: int | None = None
-        self.recommendation: int | None = None
-        self.behaviour = self.current
-        self.cap = self.current
-        self.final = self.current
-        self.reason = "DemandDriven"
-        self.message = ""
-        self.demand_text = ""
-        self.error = ""
-        self.model: ModelFit | None = None
-
-
-def _money(x: float) -> str:
-    return f"{x:,.2f}"
-
-
-def _rate(x: float) -> str:
-    return f"{x:,.0f}"
-
-
-def _model_for(target: TargetSpec, obs: TargetObservation) -> ModelFit:
-    fit = fit_log_linear(obs.quality_samples) if obs.quality_samples else None
-    return select_model(target.performance.a, target.performance.b, fit)
-
-
-def _plan_demand(w: _Work, spec: TokenBudgetSpec, memory_recs: list[RecommendationEntry],
-                 now: datetime) -> None:
-    """Steps 2, 3 and 6 for a target with usable metrics: need, recommendation, behaviour."""
-    t = w.spec
-    o = w.obs
-    planning = spec.planning
-    observed, forecast = trend_forecast(
-        o.token_rate_samples, now, planning.forecast_window_seconds, t.cold_start_seconds
-    )
-    drain_seconds = max(planning.interval_seconds, t.cold_start_seconds)
-    drain = queue_drain_rate(o.queue_length, o.tokens_per_request, drain_seconds)
-    demand = max(observed, forecast) + drain
-    raw = raw_need(demand, planning.headroom, t.tokens_per_replica_per_second,
-                   planning.target_utilization)
-    unclamped = round_need(raw)
-    need = clamp(unclamped, t.min_replicas, t.max_replicas)
-    w.observed, w.forecast, w.need = observed, forecast, need
-    w.demand_text = (
-        f"demand {_rate(demand)} tok/s (observed {_rate(observed)}, forecast "
-        f"{_rate(forecast)} in {t.cold_start_seconds}s, queue {o.queue_length:g} -> "
-        f"+{_rate(drain)}) at {_rate(t.tokens_per_replica_per_second)} tok/s/replica x "
-        f"{planning.target_utilization:g} utilization, {planning.headroom:.0%} headroom "
-        f"needs {raw:.2f} replicas"
-    )
-    current = w.current
-    if unclamped < t.min_replicas:
-        reason, msg = "MinReplicas", f"{w.demand_text}; minReplicas is {t.min_replicas}"
-    elif unclamped > t.max_replicas:
-        reason, msg = "MaxReplicas", f"{w.demand_text}; maxReplicas is {t.max_replicas}"
-    else:
-        reason, msg = "DemandDriven", w.demand_text
-    rec = need
-    if (need != current and t.min_replicas <= current <= t.max_replicas
-            and within_tolerance(raw, current, planning.tolerance)):
-        rec = current
-        reason = "WithinTolerance"
-        msg = (f"need {raw:.2f} is within {planning.tolerance:.0%} of current {current}; "
-               f"{w.demand_text}")
-    w.recommendation = rec
-    behaviour = rec
-    if rec > current:
-        limit = max(t.min_replicas, scale_up_limit(current))
-        if rec > limit:
-            behaviour = limit
-            reason = "ScaleUpLimited"
-            msg = (f"need {rec}, scale-up limited to {limit} from {current} per interval "
-                   f"(max(+4, 100%)); {w.demand_text}")
-    elif rec < current:
-        stab = clamp(
-            stabilized_recommendation(
-                memory_recs, t.name, now, planning.scale_down_stabilization_seconds, rec
-            ),
-            t.min_replicas, t.max_replicas,
-        )
-        behaviour = min(current, stab)
-        if behaviour > rec:
-            reason = "StabilizingScaleDown"
-            msg = (f"need {rec}, keeping {behaviour}: highest recommendation in the last "
-                   f"{planning.scale_down_stabilization_seconds}s; {w.demand_text}")
-    w.behaviour = behaviour
-    w.reason, w.message = reason, msg
-
-
-def _plan_hold(w: _Work, spec: TokenBudgetSpec, fallback_active: bool,
-               outage_seconds: float) -> None:
-    """Step 7 for a target without usable metrics: hold, or the fallback after a while."""
-    t = w.spec
-    hold = clamp(w.current, t.min_replicas, t.max_replicas)
-    fallback = spec.fallback
-    err = w.obs.metrics_error or "Empty"
-    w.error = err
-    if fallback_active and fallback.replicas is not None:
-        fb = clamp(fallback.replicas, t.min_replicas, t.max_replicas)
-        w.behaviour = max(hold, fb)
-        w.reason = "FallbackReplicas"
-        w.message = (f"metrics unavailable ({err}) for {outage_seconds:.0f}s, over "
-                     f"fallback.afterSeconds {fallback.after_seconds}: {w.behaviour} replicas "
-                     f"(fallback.replicas {fallback.replicas}, never fewer than current "
-                     f"{w.current})")
-    else:
-        w.behaviour = hold
-        w.reason = "MetricsUnavailableHold"
-        then = (f"; fallback to {fallback.replicas} after {fallback.after_seconds}s"
-                if fallback.replicas is not None else "")
-        w.message = (f"metrics unavailable ({err}) for {outage_seconds:.0f}s: holding "
-                     f"{hold} replicas{then}")
-
 
 def plan(spec: TokenBudgetSpec, observation: Observation, memory: Memory,
          now: datetime) -> Plan:
@@ -268,378 +99,159 @@ def plan(spec: TokenBudgetSpec, observation: Observation, memory: Memory,
     See the module docstring for the rules. Returns the decisions (keyed by target name, in
     spec order), the new memory to persist, spend figures, the period, phase and conditions.
     """
-    budget = spec.budget
-    planning = spec.planning
-    currency = budget.currency
-    period_start, period_end = period_bounds(budget, now)
-    multiplier = price_multiplier(spec, now)
+    # 7. Outages, first: which targets can be steered (Control), held (Hold) or not (Fixed).
+    seen = [classify(t, observation.targets.get(t.name)) for t in spec.targets]
+    usage = _usage(seen, observation.tokens_in_period)
+    # 1. Accounting: spend and tokens of the period, exhaustion, affordable rates.
+    accounts = account(spec, memory, usage, now)
+    outage = outage_clock(spec.fallback, memory.metrics_unavailable_since,
+                          any(s.kind == "Hold" for s in seen), now)
+    cycle = _Cycle(spec, now, price_multiplier(spec, now), outage,
+                   _by_target(memory.recommendations))
+    # 2. Service model, 3. Demand, 4. Need, 6. Behaviour (or 7's hold): what each target asks.
+    proposals = [_propose(s, cycle) for s in seen]
+    # 5. Pacing and allocation: what the budget lets each target run, and why.
+    allocation = pace(proposals, spec, accounts)
+    # 8. Output: decisions with messages, spend, conditions and phase, memory.
     active = spec.mode == "Active"
-
-    # ---- observe: classify targets, current cost rate, observed tokens/s
-    works: list[_Work] = []
-    base_rate = 0.0  # currency/h at current replicas, before the multiplier
-    observed_total = 0.0
-    unavailable: list[_Work] = []
-    for t in spec.targets:
-        o = observation.targets.get(t.name)
-        if o is None:
-            o = TargetObservation(current_replicas=0, ready_replicas=0,
-                                  target_error="target not observed this cycle")
-        if o.conflict is not None or o.target_error is not None:
-            w = _Work(t, o, _FIXED)
-        elif o.metrics_error is not None or not o.token_rate_samples:
-            w = _Work(t, o, _HOLD)
-            unavailable.append(w)
-        else:
-            w = _Work(t, o, _CONTROL)
-            observed_total += max(0.0, o.token_rate_samples[-1][1])
-        base_rate += w.current * t.cost_per_replica_hour
-        works.append(w)
-
-    # ---- 1. accounting
-    rolled = memory.period_start != period_start
-    spent = 0.0 if rolled else memory.spend_cost
-    tokens = 0.0 if rolled else memory.spend_tokens
-    previous_period_cost = (
-        memory.spend_cost if rolled and memory.period_start is not None else None
-    )
-    last = memory.last_accounted
-    if last is not None and last < now:
-        if last >= period_start and not spec.pricing.schedule:
-            spent += base_rate * (now - last).total_seconds() / 3600.0
-        else:
-            for p_start, cost in accrue_cost(spec, base_rate, last, now):
-                if p_start == period_start:
-                    spent += cost
-                elif p_start == memory.period_start and previous_period_cost is not None:
-                    previous_period_cost += cost
-        if observation.tokens_in_period is None:
-            tokens += observed_total * (now - max(last, period_start)).total_seconds()
-    if observation.tokens_in_period is not None:
-        # Never below what this period already counted: Prometheus can lose history
-        # (a restart without a persistent TSDB, retention shorter than the period).
-        tokens = max(tokens, observation.tokens_in_period, 0.0)
-
-    cost_exhausted = is_exhausted(budget.max_cost, spent)
-    token_exhausted = is_exhausted(budget.max_tokens, tokens)
-    exhausted = cost_exhausted or token_exhausted
-    affordable = affordable_cost_rate(budget.max_cost, spent, now, period_end)
-    token_cap = affordable_token_rate(budget.max_tokens, tokens, now, period_end)
-
-    # ---- 7. outage bookkeeping
-    outage_since = (
-        (memory.metrics_unavailable_since or now) if unavailable else None
-    )
-    outage_seconds = (now - outage_since).total_seconds() if outage_since else 0.0
-    fallback_active = (
-        bool(unavailable) and spec.fallback.replicas is not None
-        and outage_seconds >= spec.fallback.after_seconds
-    )
-
-    # ---- 2, 3, 6: demand, need, behaviour
-    recs_by_target: dict[str, list[RecommendationEntry]] = {}
-    for entry in memory.recommendations:
-        recs_by_target.setdefault(entry.target, []).append(entry)
-    mmv = planning.min_marginal_value
-    items: list[AllocationItem] = []
-    for w in works:
-        t = w.spec
-        price = t.cost_per_replica_hour * multiplier
-        if w.kind == _FIXED:
-            w.reason = "Conflict"
-            w.message = (
-                f"{w.obs.conflict} also scales {t.scale_target_ref.kind}/"
-                f"{t.scale_target_ref.name}; not scaling, keeping {w.current}"
-                if w.obs.conflict is not None
-                else f"cannot scale {t.scale_target_ref.kind}/{t.scale_target_ref.name}: "
-                f"{w.obs.target_error}"
-            )
-            floor = cap = w.current
-        else:
-            w.model = _model_for(t, w.obs)
-            if w.kind == _CONTROL:
-                _plan_demand(w, spec, recs_by_target.get(t.name, []), now)
-            else:
-                _plan_hold(w, spec, fallback_active, outage_seconds)
-            floor = t.min_replicas
-            cap = w.behaviour
-            if w.kind == _CONTROL:
-                vcap = value_cap(t.weight, w.model.b, price, mmv)
-                if vcap is not None and max(floor, vcap) < cap:
-                    cap = max(floor, vcap)
-                    nxt = marginal_value(t.weight, w.model.b, price, cap)
-                    w.reason = "DiminishingReturns"
-                    w.message = (
-                        f"need {w.behaviour}, stopping at {cap}: replica {cap + 1} adds "
-                        f"{nxt:.3g} quality per {currency}/h, below minMarginalValue {mmv:g}; "
-                        f"{w.demand_text}"
-                    )
-        w.cap = cap
-        items.append(AllocationItem(
-            floor=floor, cap=cap, cost_per_hour=price,
-            tokens_per_second=t.tokens_per_replica_per_second * planning.target_utilization,
-            value=t.weight * (w.model.b if w.model is not None else 0.0),
-        ))
-
-    # ---- 4, 5: pacing and allocation (budget cuts are applied at once)
-    floors_cost = sum(it.floor * it.cost_per_hour for it in items)
-    floors_tokens = sum(it.floor * it.tokens_per_second for it in items)
-    floors_over = floors_cost > affordable or floors_tokens > token_cap
-    if exhausted:
-        for w, it in zip(works, items, strict=True):
-            if w.kind == _FIXED:
-                continue
-            if budget.on_exhausted == "ScaleToMinimum":
-                w.final = it.floor
-            else:
-                w.final = max(it.floor, min(w.current, it.cap))
-    else:
-        counts = allocate(items, affordable, token_cap)
-        for w, n in zip(works, counts, strict=True):
-            w.final = n
-
-    # ---- 8. reasons and messages
-    what = (f"cost ({_money(spent)} of {_money(budget.max_cost or 0)} {currency})"
-            if cost_exhausted else
-            f"token ({_rate(tokens)} of {_rate(budget.max_tokens or 0)} tokens)")
-    hours_left = (period_end - now).total_seconds() / 3600.0
-    for w in works:
-        if w.kind == _FIXED:
-            continue
-        if exhausted:
-            w.reason = "BudgetExhausted"
-            w.message = (
-                f"{what} budget exhausted until {period_end.isoformat()}; "
-                f"onExhausted={budget.on_exhausted}: {w.final} replicas (demand/hold wants "
-                f"{w.cap})"
-            )
-        elif w.final < w.cap or (floors_over and w.final < w.behaviour):
-            # The budget outranks minMarginalValue: when the floors alone overrun it, a
-            # target held at its floor is BudgetCapped even if the value cut-off agreed.
-            w.reason = "BudgetCapped"
-            if floors_over:
-                limit = (f"minReplicas floors cost {_money(floors_cost)} {currency}/h, above "
-                         f"the affordable {_money(affordable)} {currency}/h"
-                         if floors_cost > affordable else
-                         f"minReplicas floors serve {_rate(floors_tokens)} tok/s, above the "
-                         f"affordable {_rate(token_cap)} tok/s")
-                w.message = (f"wants {max(w.cap, w.behaviour)}, kept at minReplicas {w.final}: "
-                             f"{limit}")
-            else:
-                parts = []
-                if math.isfinite(affordable):
-                    left = (budget.max_cost or 0) - spent
-                    parts.append(f"affordable {_money(affordable)} {currency}/h "
-                                 f"({_money(left)} {currency} left for {hours_left:.1f} h)")
-                if math.isfinite(token_cap):
-                    parts.append(f"affordable {_rate(token_cap)} tok/s of served capacity")
-                w.message = (f"wants {w.cap}, budget allows {w.final}: " + ", ".join(parts)
-                             + f"; {w.message}")
-    # ---- conditions, spend, memory
-    decisions: dict[str, Decision] = {}
-    planned_rate = 0.0
-    for w in works:
-        t = w.spec
-        price = t.cost_per_replica_hour * multiplier
-        applied = w.final if active and w.kind != _FIXED else w.current
-        planned_rate += applied * price
-        reason, message = w.reason, w.message
-        if not active and w.kind != _FIXED:
-            message = f"would set {w.final} (now {w.current}); {reason}: {message}"
-            reason = "DryRun"
-        decisions[t.name] = Decision(
-            replicas=w.final,
-            reason=reason,
-            message=message,
-            scale=active and w.kind != _FIXED and w.final != w.current,
-            tokens_per_second=w.observed,
-            forecast_tokens_per_second=w.forecast,
-            queue_length=w.obs.queue_length if w.kind == _CONTROL else None,
-            cost_per_hour=w.final * price,
-            model=w.model,
-            needed_replicas=w.need,
-        )
-
-    current_rate = base_rate * multiplier
-    projected_cost = project(spent, planned_rate / 3600.0, now, period_end)
-    projected_tokens = project(tokens, observed_total, now, period_end)
-    spend = Spend(
-        cost=spent,
-        tokens=tokens,
-        projected_cost=projected_cost,
-        projected_tokens=projected_tokens,
-        cost_per_hour=current_rate,
-        cost_per_million_tokens=spent / tokens * 1e6 if tokens > 0 else None,
-    )
-
-    conditions, phase = _conditions(
-        spec, works, unavailable, fallback_active, outage_seconds, spent, tokens,
-        cost_exhausted, token_exhausted, floors_over, projected_cost, projected_tokens,
-        planned_rate, affordable,
-    )
-
-    new_memory = _next_memory(spec, memory, works, recs_by_target, now, period_start,
-                              spent, tokens, outage_since, decisions)
+    decisions = _decisions(allocation, spec, accounts)
+    planned_rate = _planned_rate(allocation, active)
+    spend = spend_figures(accounts, usage, cycle.multiplier, planned_rate)
+    status, phase = conditions(Situation(spec, allocation, accounts, outage, spend, planned_rate))
     return Plan(
         decisions=decisions,
-        memory=new_memory,
+        memory=_next_memory(cycle, memory, allocation, decisions, accounts),
         spend=spend,
-        period_start=period_start,
-        period_end=period_end,
+        period_start=accounts.period_start,
+        period_end=accounts.period_end,
         phase=phase,
-        conditions=conditions,
-        affordable_cost_per_hour=affordable if math.isfinite(affordable) else None,
-        affordable_tokens_per_second=token_cap if math.isfinite(token_cap) else None,
-        price_multiplier=multiplier,
-        previous_period_cost=previous_period_cost,
+        conditions=status,
+        affordable_cost_per_hour=_finite(accounts.affordable),
+        affordable_tokens_per_second=_finite(accounts.token_cap),
+        price_multiplier=cycle.multiplier,
+        previous_period_cost=accounts.previous_period_cost,
     )
 
 
-def _wants(w: _Work) -> int:
-    return w.need if w.need is not None else w.cap
+class _Cycle(NamedTuple):
+    """What every target's proposal reads besides its own observation."""
+
+    spec: TokenBudgetSpec
+    now: datetime
+    multiplier: float  # price multiplier at now
+    outage: Outage
+    history: dict[str, list[RecommendationEntry]]  # past recommendations per target
 
 
-def _conditions(
-    spec: TokenBudgetSpec, works: list[_Work], unavailable: list[_Work],
-    fallback_active: bool, outage_seconds: float, spent: float, tokens: float,
-    cost_exhausted: bool, token_exhausted: bool, floors_over: bool, projected_cost: float,
-    projected_tokens: float, planned_rate: float, affordable: float,
-) -> tuple[tuple[ConditionValue, ...], str]:
-    budget = spec.budget
-    cur = budget.currency
-    out: list[ConditionValue] = []
-
-    if unavailable:
-        listed = ", ".join(f"{w.spec.name}: {w.error}" for w in unavailable)
-        metrics = ConditionValue(
-            "MetricsAvailable", "False",
-            "FallbackActive" if fallback_active else "MetricsUnavailable",
-            f"no usable token metrics for {outage_seconds:.0f}s ({listed}); "
-            + ("running fallback replicas" if fallback_active else "holding replicas"),
-        )
-    else:
-        metrics = ConditionValue("MetricsAvailable", "True", "MetricsFresh",
-                                 "token metrics are fresh for all observed targets")
-    out.append(metrics)
-
-    limits = []
-    if budget.max_cost is not None:
-        limits.append(f"spent {_money(spent)} of {_money(budget.max_cost)} {cur}")
-    if budget.max_tokens is not None:
-        limits.append(f"{_rate(tokens)} of {_rate(budget.max_tokens)} tokens")
-    spent_text = ", ".join(limits)
-    exhausted = cost_exhausted or token_exhausted
-    if exhausted:
-        out.append(ConditionValue(
-            "BudgetExhausted", "True",
-            "CostBudgetSpent" if cost_exhausted else "TokenBudgetSpent",
-            f"{spent_text}; onExhausted={budget.on_exhausted} until the period ends",
-        ))
-    else:
-        out.append(ConditionValue("BudgetExhausted", "False", "BudgetRemaining", spent_text))
-
-    capped = [w.spec.name for w in works if w.reason == "BudgetCapped"]
-    projection = []
-    if budget.max_cost is not None:
-        projection.append(f"projected {_money(projected_cost)} of {_money(budget.max_cost)} "
-                          f"{cur}")
-    if budget.max_tokens is not None:
-        projection.append(f"projected {_rate(projected_tokens)} of {_rate(budget.max_tokens)} "
-                          "tokens")
-    projection_text = ", ".join(projection)
-    over = (budget.max_cost is not None and projected_cost > budget.max_cost * (1 + 1e-9)) or (
-        budget.max_tokens is not None and projected_tokens > budget.max_tokens * (1 + 1e-9))
-    if exhausted:
-        risk = ConditionValue("BudgetAtRisk", "True", "Exhausted", f"{spent_text}")
-    elif floors_over:
-        risk = ConditionValue("BudgetAtRisk", "True", "MinReplicasOverBudget",
-                              f"minReplicas alone exceed the affordable rate "
-                              f"({_money(planned_rate)} > {_money(affordable)} {cur}/h); "
-                              f"{projection_text}")
-    elif capped:
-        risk = ConditionValue("BudgetAtRisk", "True", "DemandExceedsBudget",
-                              f"budget caps {', '.join(capped)}; {projection_text}")
-    elif over:
-        risk = ConditionValue("BudgetAtRisk", "True", "ProjectedOverrun", projection_text)
-    else:
-        risk = ConditionValue("BudgetAtRisk", "False", "WithinBudget", projection_text)
-    out.append(risk)
-
-    limited = [w for w in works if w.reason in LIMITING_REASONS]
-    if limited:
-        out.append(ConditionValue(
-            "ScalingLimited", "True", limited[0].reason,
-            "; ".join(f"{w.spec.name}: {w.reason} at {w.final} (wants {_wants(w)})"
-                      for w in limited),
-        ))
-    else:
-        out.append(ConditionValue("ScalingLimited", "False", "DesiredWithinRange",
-                                  "every target is at its demand-driven count"))
-
-    fixed = [w for w in works if w.kind == _FIXED]
-    conflict_reason = ""
-    if fixed:
-        conflict_reason = ("ConflictingAutoscaler" if any(w.obs.conflict for w in fixed)
-                           else "TargetNotScalable")
-        out.append(ConditionValue("Conflict", "True", conflict_reason,
-                                  "; ".join(f"{w.spec.name}: {w.message}" for w in fixed)))
-    else:
-        out.append(ConditionValue("Conflict", "False", "NoConflict",
-                                  "no other autoscaler on the targets"))
-
-    if fixed:
-        ready = ConditionValue("Ready", "False", conflict_reason,
-                               f"{len(fixed)} of {len(works)} targets cannot be scaled")
-    elif unavailable:
-        ready = ConditionValue("Ready", "False", "MetricsUnavailable", metrics.message)
-    else:
-        desired = sum(w.final for w in works)
-        ready = ConditionValue("Ready", "True", "Reconciled",
-                               f"{len(works)} targets planned: {desired} replicas, "
-                               f"{_money(planned_rate)} {cur}/h")
-    out.append(ready)
-
-    if exhausted:
-        phase = "BudgetExhausted"
-    elif unavailable or fixed:
-        phase = "Degraded"
-    elif risk.status == "True":
-        phase = "BudgetAtRisk"
-    elif spec.mode == "DryRun":
-        phase = "DryRun"
-    else:
-        phase = "Active"
-    return tuple(out), phase
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
-def _next_memory(
-    spec: TokenBudgetSpec, memory: Memory, works: list[_Work],
-    recs_by_target: dict[str, list[RecommendationEntry]], now: datetime,
-    period_start: datetime, spent: float, tokens: float, outage_since: datetime | None,
-    decisions: dict[str, Decision],
-) -> Memory:
-    window = spec.planning.scale_down_stabilization_seconds
-    per_target = max(1, MAX_RECOMMENDATIONS // len(works))
+def _by_target(entries: tuple[RecommendationEntry, ...]) -> dict[str, list[RecommendationEntry]]:
+    out: dict[str, list[RecommendationEntry]] = {}
+    for entry in entries:
+        out.setdefault(entry.target, []).append(entry)
+    return out
+
+
+def _usage(seen: list[Seen], tokens_in_period: float | None) -> Usage:
+    """Cost rate of the current replicas (before the multiplier) and observed tokens/s."""
+    base_rate = 0.0
+    token_rate = 0.0
+    for s in seen:
+        if s.kind == "Control":
+            token_rate += max(0.0, s.obs.token_rate_samples[-1][1])
+        base_rate += s.current * s.target.cost_per_replica_hour
+    return Usage(base_rate, token_rate, tokens_in_period)
+
+
+def _propose(seen: Seen, cycle: _Cycle) -> Proposal:
+    """What one target asks for before the budget: demand (Control), hold (Hold) or its
+    current replicas (Fixed)."""
+    t = seen.target
+    price = t.cost_per_replica_hour * cycle.multiplier
+    if seen.kind == "Fixed":
+        return Proposal(seen, None, None, seen.current, "Conflict", price)
+    model = select_model(  # 2. service model
+        t.performance.a, t.performance.b,
+        fit_log_linear(seen.obs.quality_samples) if seen.obs.quality_samples else None,
+    )
+    wants: Recommendation | Hold
+    if seen.kind == "Control":  # 3, 4, 6: demand, need, behaviour
+        wants = recommend(t, seen.obs, cycle.spec.planning,
+                          cycle.history.get(t.name, []), cycle.now)
+        return Proposal(seen, model, wants, wants.behaviour, wants.reason, price)
+    wants = hold(seen, cycle.spec.fallback, cycle.outage)  # 7. outages
+    return Proposal(seen, model, wants, wants.replicas, wants.reason, price)
+
+
+def _decisions(allocation: Allocation, spec: TokenBudgetSpec,
+               accounts: Accounts) -> dict[str, Decision]:
+    """The Decision of every target, in spec order."""
+    active = spec.mode == "Active"
+    return {
+        o.proposal.seen.target.name: _decision(
+            o, active, decision_message(o, spec, accounts, allocation))
+        for o in allocation.outcomes
+    }
+
+
+def _decision(o: Outcome, active: bool, message: str) -> Decision:
+    """The Decision of one target; in DryRun the reason becomes DryRun (except Conflict)."""
+    p = o.proposal
+    steered = p.seen.kind != "Fixed"
+    r = p.wants if isinstance(p.wants, Recommendation) else None
+    return Decision(
+        replicas=o.final,
+        reason=o.reason if active or not steered else "DryRun",
+        message=message if active or not steered else dry_run_message(o, message),
+        scale=active and steered and o.final != p.seen.current,
+        tokens_per_second=r.demand.observed if r else None,
+        forecast_tokens_per_second=r.demand.forecast if r else None,
+        queue_length=p.seen.obs.queue_length if r else None,
+        cost_per_hour=o.final * p.price,
+        model=p.model,
+        needed_replicas=r.need if r else None,
+    )
+
+
+def _planned_rate(allocation: Allocation, active: bool) -> float:
+    """Cost rate (currency/h) of the replicas that will run: decided (Active) or current."""
+    total = 0.0
+    for o in allocation.outcomes:
+        p = o.proposal
+        applied = o.final if active and p.seen.kind != "Fixed" else p.seen.current
+        total += applied * p.price
+    return total
+
+
+def _next_memory(cycle: _Cycle, memory: Memory, allocation: Allocation,
+                 decisions: dict[str, Decision], accounts: Accounts) -> Memory:
+    """The memory to persist: spend, compacted recommendations, outage start, scale times."""
+    outcomes = allocation.outcomes
+    window = cycle.spec.planning.scale_down_stabilization_seconds
+    per_target = max(1, MAX_RECOMMENDATIONS // len(outcomes))
+    now = cycle.now
     recommendations: list[RecommendationEntry] = []
-    for w in works:
-        name = w.spec.name
-        entries = recs_by_target.get(name, [])
-        if w.recommendation is not None:
-            entries = [*entries, RecommendationEntry(name, now, w.recommendation)]
+    for o in outcomes:
+        name = o.proposal.seen.target.name
+        entries = cycle.history.get(name, [])
+        if isinstance(o.proposal.wants, Recommendation):
+            entries = [*entries,
+                       RecommendationEntry(name, now, o.proposal.wants.recommendation)]
         if entries:
             recommendations.extend(compact_recommendations(entries, now, window, per_target))
-    last_scale = {w.spec.name: memory.last_scale_time[w.spec.name] for w in works
-                  if w.spec.name in memory.last_scale_time}
+    last_scale = {n: memory.last_scale_time[n] for n in decisions if n in memory.last_scale_time}
     for name, d in decisions.items():
         if d.scale:
             last_scale[name] = now
+    last = memory.last_accounted
     return Memory(
-        period_start=period_start,
-        spend_cost=spent,
-        spend_tokens=tokens,
-        last_accounted=now if memory.last_accounted is None or memory.last_accounted < now
-        else memory.last_accounted,
+        period_start=accounts.period_start,
+        spend_cost=accounts.spent,
+        spend_tokens=accounts.tokens,
+        last_accounted=now if last is None or last < now else last,
         recommendations=tuple(recommendations),
-        metrics_unavailable_since=outage_since,
+        metrics_unavailable_since=cycle.outage.since,
         last_scale_time=last_scale,
     )

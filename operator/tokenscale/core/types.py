@@ -11,6 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal
+
+from tokenscale.api import ConditionType, ModelSource, Phase, Reason
+
+#: Status of a condition, as Kubernetes spells it.
+ConditionStatus = Literal["True", "False", "Unknown"]
 
 #: Failure kinds of a metric read, as reported by the Prometheus adapter.
 METRIC_FAILURES = (
@@ -87,7 +93,7 @@ class ModelFit:
     b: float
     r2: float | None = None
     samples: int = 0
-    source: str = "Default"  # Spec | Fitted | Default
+    source: ModelSource = "Default"
 
 
 @dataclass(frozen=True)
@@ -95,7 +101,7 @@ class Decision:
     """What to do with one target, why (a CamelCase reason of DESIGN.md), and the numbers."""
 
     replicas: int
-    reason: str
+    reason: Reason
     message: str
     scale: bool = False  # True when replicas differ from current and the plan may patch
     tokens_per_second: float | None = None
@@ -123,8 +129,8 @@ class Spend:
 class ConditionValue:
     """A condition as decided by the core (the adapter adds lastTransitionTime)."""
 
-    type: str
-    status: str  # "True" | "False" | "Unknown"
+    type: ConditionType
+    status: ConditionStatus
     reason: str
     message: str
 
@@ -138,7 +144,7 @@ class Plan:
     spend: Spend
     period_start: datetime
     period_end: datetime
-    phase: str
+    phase: Phase
     conditions: tuple[ConditionValue, ...] = ()
     #: Cost rate (currency/h) the rest of the cost budget allows; None without maxCost.
     affordable_cost_per_hour: float | None = None
