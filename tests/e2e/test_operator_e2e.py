@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import objects
 import testclock
 from tokenscale.adapters.promql import token_rate_query
 from tokenscale.crd import crd
@@ -77,17 +78,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 def deployment(name: str, replicas: int) -> str:
-    return f"""
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}, namespace: {NS}, labels: {{app: {name}}}}}
-spec:
-  replicas: {replicas}
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata: {{labels: {{app: {name}}}}}
-    spec: {{containers: [{{name: vllm, image: vllm/vllm-openai:v0.6.3}}]}}
-"""
+    return objects.manifest(objects.deployment(NS, name, replicas))
 
 
 def budget(name: str, target: str, *, mode: str = "Active", max_cost: float = 10_000,

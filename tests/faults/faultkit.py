@@ -35,6 +35,7 @@ from typing import Any
 
 from aiohttp import web
 
+import objects
 import testclock
 from tokenscale_testbed.apiserver import ApiServerThread
 from tokenscale_testbed.prometheus import free_port
@@ -292,26 +293,11 @@ def operators(*procs: OperatorProcess) -> Iterator[tuple[OperatorProcess, ...]]:
 
 
 def deployment(namespace: str, name: str, replicas: int) -> dict[str, Any]:
-    labels = {"app": name}
-    return {
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
-                 "template": {"metadata": {"labels": labels},
-                              "spec": {"containers": [{"name": "vllm", "image": "vllm"}]}}},
-    }
+    """A vLLM Deployment (see tests/objects.py)."""
+    return objects.deployment(namespace, name, replicas, image="vllm")
 
 
-def target(name: str, deploy: str | None = None, **overrides: Any) -> dict[str, Any]:
-    spec = {
-        "name": name,
-        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deploy or name},
-        "minReplicas": 1, "maxReplicas": 16,
-        "tokensPerReplicaPerSecond": 1000, "costPerReplicaHour": 3.6,
-        "coldStartSeconds": 0,
-    }
-    spec.update(overrides)
-    return spec
+target = objects.target
 
 
 def budget(namespace: str, name: str, targets: list[dict[str, Any]], *,
@@ -339,8 +325,7 @@ def budget(namespace: str, name: str, targets: list[dict[str, Any]], *,
             spec[key] = {**spec[key], **value}
         else:
             spec[key] = value
-    return {"apiVersion": "tokenscale.dev/v1alpha1", "kind": "TokenBudget",
-            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+    return objects.tokenbudget(namespace, name, spec)
 
 
 # ------------------------------------------------------------------------ reading back

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+import objects
 import testclock
 from tokenscale.adapters.kube import KubeAdapter, load_client
 from tokenscale.metrics import OperatorMetrics
@@ -35,11 +36,7 @@ SAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "samples" / "chat-c
 
 
 def deployment(name: str, replicas: int) -> dict[str, Any]:
-    return {"apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
-                     "template": {"metadata": {"labels": {"app": name}},
-                                  "spec": {"containers": [{"name": "vllm", "image": "vllm"}]}}}}
+    return objects.deployment(NS, name, replicas, image="vllm")
 
 
 def tokenbudget(name: str = "chat", **spec_changes: Any) -> dict[str, Any]:

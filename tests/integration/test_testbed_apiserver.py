@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 import yaml
 
+import objects
 from tokenscale.crd import crd
 from tokenscale_testbed.apiserver import ApiServer
 from tokenscale_testbed.kubectl import Kubectl
@@ -43,11 +44,7 @@ spec:
 
 
 def deployment(name: str = "llama-8b", replicas: int = 2) -> dict[str, Any]:
-    return {"apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": name, "labels": {"app": name}},
-            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
-                     "template": {"metadata": {"labels": {"app": name}},
-                                  "spec": {"containers": [{"name": "vllm", "image": "x"}]}}}}
+    return objects.deployment(None, name, replicas, image="x")
 
 
 def budget() -> dict[str, Any]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import objects
 from tokenscale_testbed.apiserver import ApiServerThread
 from tokenscale_testbed.prometheus import PrometheusServer, free_port
 from tokenscale_testbed.waiting import wait_for
@@ -56,20 +57,12 @@ def test_the_wheel_without_extras_runs_the_operator(
     assert demo.returncode != 0 and "pip install 'tokenscale[demo]'" in demo.stderr
 
     prom = prometheus_factory(targets=[], scrape_interval=1.0)
-    apiserver.call(lambda s: s.create_object("apps/v1", "deployments", {
-        "metadata": {"name": "llama", "namespace": NS},
-        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "llama"}},
-                 "template": {"metadata": {"labels": {"app": "llama"}},
-                              "spec": {"containers": [{"name": "vllm", "image": "vllm"}]}}}}))
-    apiserver.call(lambda s: s.create_object("tokenscale.dev/v1alpha1", "tokenbudgets", {
-        "apiVersion": "tokenscale.dev/v1alpha1", "kind": "TokenBudget",
-        "metadata": {"name": "chat", "namespace": NS},
-        "spec": {"budget": {"period": "Month", "maxCost": 1e9},
-                 "planning": {"intervalSeconds": 5},
-                 "targets": [{"name": "llama", "scaleTargetRef": {
-                     "apiVersion": "apps/v1", "kind": "Deployment", "name": "llama"},
-                     "minReplicas": 1, "maxReplicas": 4, "tokensPerReplicaPerSecond": 1000,
-                     "costPerReplicaHour": 3.6}]}}))
+    apiserver.call(lambda s: s.create_object("apps/v1", "deployments",
+                                             objects.deployment(NS, "llama", 1)))
+    apiserver.call(lambda s: s.create_object("tokenscale.dev/v1alpha1", "tokenbudgets",
+                                             objects.tokenbudget(NS, "chat", {
+        "budget": {"period": "Month", "maxCost": 1e9}, "planning": {"intervalSeconds": 5},
+        "targets": [objects.target("llama", maxReplicas=4)]})))
     health = free_port()
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path),
            "KUBECONFIG": str(kubeconfig), "TOKENSCALE_PROMETHEUS_URL": prom.url,

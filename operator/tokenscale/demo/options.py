@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tokenscale.extras import require
+from tokenscale.extras import EXTRA_MODULES, require
 
 DEFAULT_API_PORT = 16443
 DEFAULT_PROMETHEUS_PORT = 19090
@@ -39,8 +39,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    require("demo", "the demo", ("numpy", "matplotlib", "jsonschema", "celpy", "psutil", "tqdm",
-                                 "kubectl"))
+    require("demo", "the demo", EXTRA_MODULES["demo"])
     from tokenscale.demo.main import run
 
     return run(args)
