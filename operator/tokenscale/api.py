@@ -358,6 +358,15 @@ class ModelStatus(_Model):
     source: ModelSource = "Default"
 
 
+class AdmissionStatus(_Model):
+    """What a gateway should let through to a target the budget holds below its need."""
+
+    tokens_per_second: float = Field(
+        ..., ge=0, description="Token rate the affordable replicas serve within the SLO."
+    )
+    reason: str = Field(..., description="Why admission is limited (the decision's reason).")
+
+
 class TargetStatus(_Model):
     """What the operator sees and decides for one target."""
 
@@ -373,6 +382,7 @@ class TargetStatus(_Model):
     cost_per_hour: float | None = None
     last_scale_time: str | None = None
     model: ModelStatus | None = None
+    admission: AdmissionStatus | None = None
 
 
 class Recommendation(_Model):

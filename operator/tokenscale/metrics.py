@@ -28,6 +28,11 @@ class OperatorMetrics:
             "tokenscale_current_replicas", "Replicas a target has (spec.replicas).", _TARGET,
             registry=r,
         )
+        self.admission = Gauge(
+            "tokenscale_admission_tokens_per_second",
+            "Token rate a gateway should admit to a target the budget caps below its need "
+            "(tokens/s); absent while no limit applies.", _TARGET, registry=r,
+        )
         self.spend_cost = Gauge(
             "tokenscale_spend_cost", "Spent this period (currency).", (*_BUDGET, "currency"),
             registry=r,
@@ -86,7 +91,7 @@ class OperatorMetrics:
     def forget_budget(self, namespace: str, name: str, targets: list[str], currency: str) -> None:
         """Drop the series of a deleted TokenBudget."""
         for target in targets:
-            for gauge in (self.desired_replicas, self.current_replicas):
+            for gauge in (self.desired_replicas, self.current_replicas, self.admission):
                 with contextlib.suppress(KeyError):
                     gauge.remove(namespace, name, target)
         for g in (self.spend_cost, self.projected_cost, self.cost_per_hour):

@@ -7,6 +7,7 @@ Events are posted for condition changes worth one; a failed post is logged, neve
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import zlib
@@ -130,6 +131,12 @@ class Reporter:
             seen = observation.targets.get(t.name)
             if decision is not None:
                 m.desired_replicas.labels(ns, name, t.name).set(decision.replicas)
+                if decision.admission_tokens_per_second is not None:
+                    m.admission.labels(ns, name, t.name).set(
+                        decision.admission_tokens_per_second)
+                else:
+                    with contextlib.suppress(KeyError):
+                        m.admission.remove(ns, name, t.name)
             if seen is not None:
                 m.current_replicas.labels(ns, name, t.name).set(seen.current_replicas)
         m.spend_cost.labels(ns, name, cur).set(plan.spend.cost)

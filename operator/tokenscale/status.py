@@ -185,6 +185,9 @@ def build_status(
             cost_per_hour=_finite(decision.cost_per_hour),
             last_scale_time=to_rfc3339(last_scale) if last_scale else None,
             model=model,
+            admission=(api.AdmissionStatus(tokens_per_second=decision.admission_tokens_per_second,
+                                           reason=decision.reason)
+                       if decision.admission_tokens_per_second is not None else None),
         ))
     conditions, changes = merge_conditions(
         old.conditions, [*extra_conditions, *plan.conditions], now, generation

@@ -343,6 +343,11 @@ def test_exhausted_budget_scales_to_minimum_with_an_event(
     assert st["targets"][0]["reason"] == "BudgetExhausted"
     assert st["targets"][0]["desiredReplicas"] == 1
     assert st["spend"]["cost"] >= 4
+    # the gateway is told what the one affordable replica serves: 1 x 1000 x 0.8 tokens/s
+    admission = st["targets"][0]["admission"]
+    assert admission == {"tokensPerSecond": 800.0, "reason": "BudgetExhausted"}
+    assert operator.metric("tokenscale_admission_tokens_per_second",
+                           target="exhaust") == 800.0
     # Events follow the status write that records the change
     evs = wait_for(lambda: (e := events(stack, "exhaust")) and any(
         x["reason"] == "BudgetExhausted" and x["type"] == "Warning" for x in e) and e,

@@ -191,12 +191,13 @@ def _decisions(allocation: Allocation, spec: TokenBudgetSpec,
     active = spec.mode == "Active"
     return {
         o.proposal.seen.target.name: _decision(
-            o, active, decision_message(o, spec, accounts, allocation))
+            o, active, decision_message(o, spec, accounts, allocation),
+            spec.planning.target_utilization)
         for o in allocation.outcomes
     }
 
 
-def _decision(o: Outcome, active: bool, message: str) -> Decision:
+def _decision(o: Outcome, active: bool, message: str, utilization: float) -> Decision:
     """The Decision of one target; in DryRun the reason becomes DryRun (except Conflict)."""
     p = o.proposal
     steered = p.seen.kind != "Fixed"
@@ -212,7 +213,19 @@ def _decision(o: Outcome, active: bool, message: str) -> Decision:
         cost_per_hour=o.final * p.price,
         model=p.model,
         needed_replicas=r.need if r else None,
+        admission_tokens_per_second=_admission(o, r, utilization),
     )
+
+
+def _admission(o: Outcome, r: Recommendation | None, utilization: float) -> float | None:
+    """Step 5's admission: when the budget holds a target below its need, the token rate its
+    affordable replicas (those ready among them) serve within the SLO at the planning
+    utilisation (the same margin for second-scale noise the need is sized with); else None."""
+    if r is None or o.reason not in ("BudgetCapped", "BudgetExhausted") or o.final >= r.need:
+        return None
+    t = o.proposal.seen.target
+    serving = min(o.final, max(o.proposal.seen.obs.ready_replicas, 0))
+    return serving * t.tokens_per_replica_per_second * utilization
 
 
 def _planned_rate(allocation: Allocation, active: bool) -> float:

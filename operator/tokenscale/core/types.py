@@ -111,6 +111,9 @@ class Decision:
     model: ModelFit | None = None
     #: Demand-driven replicas within [min, max], before behaviour and budget (None on hold).
     needed_replicas: int | None = None
+    #: When the budget caps the target below its need: the token rate (tokens/s) its
+    #: affordable ready replicas serve within the SLO, for a gateway to admit (None: no limit).
+    admission_tokens_per_second: float | None = None
 
 
 @dataclass(frozen=True)

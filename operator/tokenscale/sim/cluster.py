@@ -137,6 +137,9 @@ class Group:
         self.ready = np.zeros((rows, horizon), dtype=np.int64)
         self.queue = np.zeros((rows, horizon), dtype=np.float64)
         self.t = 0
+        #: work tokens turned away at admission per second, and their running sum
+        self.shed = np.zeros((rows, horizon), dtype=np.float64)
+        self.shed_cumulative = np.zeros((rows, horizon), dtype=np.float64)
         self.initial = np.asarray(initial, dtype=np.int64)  # replicas (ready) before t = 0
         self._q = np.zeros(rows, dtype=np.float64)
         # paid per interval cell; cells before 0 hold the initial (ready) count
@@ -157,8 +160,10 @@ class Group:
         """True once the whole horizon is simulated."""
         return bool(self.t >= self.horizon)
 
-    def advance(self, replicas: IntArray) -> None:
-        """Hold ``replicas`` (requested, per row) for the next interval and simulate it."""
+    def advance(self, replicas: IntArray, admission: FloatArray | None = None) -> None:
+        """Hold ``replicas`` (requested, per row) for the next interval and simulate it;
+        ``admission`` (work tokens/s per row, inf: no limit) turns away the arrivals above it
+        each second, as a gateway does with a token rate limit."""
         t0, t1 = self.t, self.t + self.interval
         k = t0 // self.interval + self._back  # this chunk's cell
         self._cells[:, k] = replicas
@@ -166,6 +171,15 @@ class Group:
         big = np.iinfo(np.int64).max
         ready = np.where(self._mask, window[:, None, :], big).min(axis=2)  # (rows, interval)
         arr = self.arrivals[self.rows_target, t0:t1]
+        if admission is not None:
+            admitted = np.minimum(arr, np.maximum(admission, 0.0)[:, None])
+            shed = arr - admitted
+            arr = admitted
+            before = self.shed_cumulative[:, t0 - 1] if t0 > 0 else np.zeros(len(arr))
+            self.shed[:, t0:t1] = shed
+            self.shed_cumulative[:, t0:t1] = before[:, None] + np.cumsum(shed, axis=1)
+        elif t0 > 0:
+            self.shed_cumulative[:, t0:t1] = self.shed_cumulative[:, t0 - 1][:, None]
         q = lindley(arr, ready * self.capacity[:, None], self._q)
         self.paid[:, t0:t1] = replicas[:, None]
         self.ready[:, t0:t1] = ready
@@ -176,7 +190,8 @@ class Group:
     def served_cumulative(self, at: IntArray) -> FloatArray:
         """Work tokens served by the end of second ``at`` (rows, len(at)); ``at`` < 0 gives 0."""
         idx = np.maximum(at, 0)
-        a = self.cumulative[self.rows_target[:, None], idx[None, :]] - self.queue[:, idx]
+        a = (self.cumulative[self.rows_target[:, None], idx[None, :]]
+             - self.shed_cumulative[:, idx] - self.queue[:, idx])
         return np.where(at[None, :] >= 0, a, 0.0)
 
     def rates_at(self, scrapes: IntArray, window_s: int) -> FloatArray:

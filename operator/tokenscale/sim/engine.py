@@ -79,6 +79,8 @@ class Settings:
     engine: EngineModel | None = field(default_factory=EngineModel)
     #: seconds at the start excluded from cost and attainment, for every policy alike
     warmup_s: int = 0
+    #: a gateway sheds tokenscale's arrivals above the admission rate it publishes
+    admission: bool = True
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class TargetRun:
     paid: IntArray
     ready: IntArray
     queue: FloatArray
+    shed: FloatArray | None = None  # work tokens turned away at admission per second
 
 
 @dataclass
@@ -136,8 +139,15 @@ class Backtest:
         engine = self.settings.engine
         if engine is None or not self.requests:
             return None
-        return request_outcome(self.requests[index], self.arrivals[index], run.ready, run.queue,
-                               engine, self.spec.targets[index].slo, self.settings.warmup_s)
+        arrivals = self.arrivals[index]
+        admitted = None
+        if run.shed is not None and run.shed.any():
+            with np.errstate(divide="ignore", invalid="ignore"):
+                admitted = np.where(arrivals > 0, 1.0 - run.shed / arrivals, 1.0)
+            arrivals = arrivals - run.shed
+        return request_outcome(self.requests[index], arrivals, run.ready, run.queue,
+                               engine, self.spec.targets[index].slo, self.settings.warmup_s,
+                               admitted=admitted)
 
     @property
     def horizon(self) -> int:
@@ -310,7 +320,8 @@ class _World:
 
     def group_runs(self, group: Group, first_row: int) -> dict[str, TargetRun]:
         return {n: TargetRun(group.paid[first_row + i], group.ready[first_row + i],
-                             group.queue[first_row + i]) for i, n in enumerate(self.names)}
+                             group.queue[first_row + i], group.shed[first_row + i])
+                for i, n in enumerate(self.names)}
 
     def initial(self, i: int, utilization: float, headroom: float = 0.0,
                 low: int | None = None) -> int:
@@ -377,7 +388,9 @@ def _run_tokenscale(w: _World) -> tuple[dict[str, TargetRun], TokenscaleControll
                                       w.cfg.rate_window_s)
     pending = 0
     while not group.done:
-        group.advance(controller.decide(group, group.t))
+        replicas = controller.decide(group, group.t)
+        shedding = w.cfg.admission and w.cfg.engine is not None  # the fluid model drops nothing
+        group.advance(replicas, controller.admission() if shedding else None)
         pending += 1
         if pending >= 64:
             _tick(w, pending)

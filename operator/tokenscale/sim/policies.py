@@ -142,6 +142,16 @@ class TokenscaleController:
         self._samples: list[deque[tuple[datetime, float]]] = [deque() for _ in self.names]
         self._last_scrape = 0  # scrapes up to this time (s) are in _samples
 
+    def admission(self) -> FloatArray:
+        """The token rate (tokens/s) the last plan admits per target; inf where unlimited."""
+        out = np.full(len(self.names), np.inf)
+        if self.last_plan is not None:
+            for i, name in enumerate(self.names):
+                d = self.last_plan.decisions.get(name)
+                if d is not None and d.admission_tokens_per_second is not None:
+                    out[i] = d.admission_tokens_per_second
+        return out
+
     def _when(self, second: int) -> datetime:
         return self.start + timedelta(seconds=second)
 

@@ -1,0 +1,41 @@
+"""Planner step 5's admission: a target the budget holds below its need publishes the token
+rate its affordable, ready replicas serve within the SLO (plain inputs)."""
+
+from __future__ import annotations
+
+import pytest
+from core_world import NOW, running, seen, spec, target, world
+
+from tokenscale.core.planner import plan
+
+
+@pytest.mark.parametrize(
+    ("case", "current", "budget", "utilization", "expected"),
+    [
+        # demand 5,000 tok/s needs 5 replicas; 36/day paces ~3 replicas: admit 3 x 1,000
+        ("capped-at-three", 3, {"maxCost": 36}, 1.0, 3000.0),
+        # only 2 of the affordable replicas are ready: admit what 2 serve
+        ("capped-two-ready", 2, {"maxCost": 36}, 1.0, 2000.0),
+        # the same at utilisation 0.8: the need grows to 7, admission keeps the margin
+        ("capped-with-margin", 3, {"maxCost": 36}, 0.8, 2400.0),
+        # ample budget: no limit to publish
+        ("ample", 3, {"maxCost": 1e6}, 1.0, None),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_admission_of_a_capped_target(case: str, current: int, budget: dict[str, float],
+                                      utilization: float, expected: float | None) -> None:
+    s = spec([target()], budget=budget, planning={"targetUtilization": utilization})
+    result = plan(s, world(llama=seen(current, 5000)), running(), NOW)
+    decision = result.decisions["llama"]
+    if expected is None:
+        assert decision.reason == "DemandDriven"
+        assert decision.admission_tokens_per_second is None
+    else:
+        assert decision.reason == "BudgetCapped", decision.message
+        assert decision.needed_replicas is not None
+        assert decision.replicas < decision.needed_replicas
+        serving = min(decision.replicas, current)
+        assert decision.admission_tokens_per_second == pytest.approx(expected)
+        assert decision.admission_tokens_per_second == pytest.approx(
+            serving * 1000 * utilization)
