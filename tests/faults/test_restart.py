@@ -45,8 +45,9 @@ def test_sigkill_and_restart_keeps_spend_and_stabilization(
     # A Day in the test clock's zone: at a "month-end" or "dst-*" instant the period ends
     # while the test runs, and the spend must restart from the new period's start.
     create(apiserver, "tokenscale.dev/v1alpha1", "tokenbudgets", budget(
-        NS, "chat", [target("llama", costPerReplicaHour=PRICE)], prometheus_url=url,
-        planning={"scaleDownStabilizationSeconds": 600},
+        # a 600 s cold start: the scale-down is held for the whole 600 s window
+        NS, "chat", [target("llama", costPerReplicaHour=PRICE, coldStartSeconds=600)],
+        prometheus_url=url, planning={"scaleDownStabilizationSeconds": 600},
         budget={"period": "Day", "timeZone": testclock.current().zone}))
 
     first = OperatorProcess(kubeconfig, url, instance="first")

@@ -134,7 +134,7 @@ def test_outage_start_is_set_kept_and_cleared() -> None:
 
 
 def test_recommendations_recorded_compacted_and_pruned() -> None:
-    s = spec([target("a"), target("b")])
+    s = spec([target("a", coldStartSeconds=300), target("b")])
     memory = running(recommendations=recs(
         ("a", 400, 9),  # older than the 300 s window: dropped
         ("a", 200, 3),  # not above the newer 5: can never be the maximum again

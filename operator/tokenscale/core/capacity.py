@@ -106,7 +106,7 @@ def recommend(target: TargetSpec, obs: TargetObservation, planning: PlanningSpec
     if rec > current:
         behaviour = min(rec, max(low, scale_up_limit(current)))
     elif rec < current:
-        window = planning.scale_down_stabilization_seconds
+        window = scale_down_window(planning, target)
         stable = stabilized_recommendation(history, target.name, now, window, rec)
         behaviour = min(current, clamp(stable, low, high))
     if behaviour < rec:
@@ -192,6 +192,17 @@ def within_tolerance(raw: float, current: int, tolerance: float) -> bool:
 def scale_up_limit(current: int) -> int:
     """Most replicas reachable from ``current`` in one interval: ``max(current+4, 2·current)``."""
     return max(current + SCALE_UP_MIN_STEP, 2 * current)
+
+
+def scale_down_window(planning: PlanningSpec, target: TargetSpec) -> int:
+    """How long (s) a replica the demand no longer needs is kept: the ski-rental rule. Keeping
+    it costs its price per second; releasing it and needing it again costs a cold start (paid
+    while not serving) and the requests that wait meanwhile. Keeping it for one cold start
+    before releasing never costs more than twice the better of the two in hindsight, whatever
+    the demand does next; the user's scaleDownStabilizationSeconds is the upper bound, one
+    planning interval the lower (no flapping between two cycles)."""
+    keep = max(target.cold_start_seconds, planning.interval_seconds)
+    return min(planning.scale_down_stabilization_seconds, keep)
 
 
 def stabilized_recommendation(

@@ -11,7 +11,7 @@ import math
 
 from tokenscale.api import PlanningSpec, TokenBudgetSpec
 from tokenscale.core.budget import Accounts
-from tokenscale.core.capacity import Recommendation
+from tokenscale.core.capacity import Recommendation, scale_down_window
 from tokenscale.core.outage import Hold, Seen
 from tokenscale.core.pacing import Allocation, Outcome, Proposal
 
@@ -90,8 +90,11 @@ def recommendation_message(seen: Seen, planning: PlanningSpec, r: Recommendation
         return (f"need {r.recommendation}, scale-up limited to {r.behaviour} from {r.current} "
                 f"per interval (max(+4, 100%)); {text}")
     if r.reason == "StabilizingScaleDown":
+        window = scale_down_window(planning, t)
         return (f"need {r.recommendation}, keeping {r.behaviour}: highest recommendation in the "
-                f"last {planning.scale_down_stabilization_seconds}s; {text}")
+                f"last {window}s (one cold start, at most "
+                f"scaleDownStabilizationSeconds {planning.scale_down_stabilization_seconds}s); "
+                f"{text}")
     return text
 
 
