@@ -10,10 +10,28 @@ For every :class:`ModelConfig` the fleet
 - serves vLLM-style metrics for the ready pods on one ``/metrics`` endpoint (Prometheus text
   format, labels ``namespace``, ``pod``, ``model_name``): counters
   ``vllm:prompt_tokens_total``, ``vllm:generation_tokens_total``, ``vllm:request_success_total``
-  and gauges ``vllm:num_requests_waiting``, ``vllm:num_requests_running``
+  and gauges ``vllm:num_requests_waiting``, ``vllm:num_requests_running``,
+  ``vllm:gpu_cache_usage_perc`` (vLLM V0's name) and ``vllm:kv_cache_usage_perc`` (V1's);
+  histograms ``vllm:time_to_first_token_seconds``, ``vllm:time_per_output_token_seconds`` (V0)
+  and ``vllm:inter_token_latency_seconds`` (V1; the same observations as the V0 one) and
+  ``vllm:e2e_request_latency_seconds``, with vLLM V1's bucket bounds
   (``underscore_names=True`` writes ``vllm_…``, the prometheus-client >= 0.23 spelling);
 - queues work FIFO: served tokens/s = min(demand + backlog, ready replicas × capacity), split
   evenly across the ready pods; the rest waits in the backlog.
+
+**Latency** comes from the backtest's engine model (:class:`tokenscale.sim.latency.EngineModel`,
+``ModelConfig.engine``, a default one when None); it shapes latency only, never throughput,
+which stays ``tokens_per_replica_per_second`` per ready pod. Per tick, at utilisation
+``u = served / (ready × tokens_per_replica_per_second)`` (1 while a backlog remains: saturated),
+each ready pod observes its completed requests (``served tokens / tokens_per_request``, a
+fractional weight, so ``_count`` equals ``vllm:request_success_total``) with
+
+- ITL = ``engine.itl(u)`` (``itl_max_s`` when saturated), into both ITL histograms;
+- TTFT = queue wait (mean backlog over the tick / ready capacity) + prompt tokens per request /
+  ``engine.prefill_tokens_per_s`` + ITL;
+- e2e = TTFT + (output tokens per request - 1) × ITL;
+
+and the KV-cache gauges read ``engine.kv_usage(u)``.
 
 Time compression: ``speedup`` compresses the *time axis* (demand curve, cold starts), not the
 rates: ``demand(t)`` is in tokens per real second at simulated time ``t`` seconds, so
@@ -37,19 +55,31 @@ import math
 import secrets
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
 import aiohttp
+import numpy as np
 import yaml
 from aiohttp import web
+
+from tokenscale.sim.latency import EngineModel
 
 log = logging.getLogger(__name__)
 
 Demand = Callable[[float], float]
 _SAFE = "bcdfghjklmnpqrstvwxz2456789"  # Kubernetes' rand.SafeEncodeString alphabet
+DEFAULT_ENGINE = EngineModel()
+# vLLM V1's bucket bounds (vllm/v1/metrics/loggers.py)
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
+                5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
+ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0,
+               7.5, 10.0, 20.0, 40.0, 80.0)
+E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
+               120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
 
 
 @dataclass
@@ -58,7 +88,9 @@ class ModelConfig:
 
     ``demand(t)``: offered tokens/s (prompt + generation) at simulated second ``t`` since the
     fleet started; ``tokens_per_request`` converts tokens into requests for the request
-    counters and gauges; ``max_num_seqs`` bounds ``num_requests_running`` per pod.
+    counters and gauges; ``max_num_seqs`` bounds ``num_requests_running`` per pod;
+    ``engine`` models the latencies (None: :data:`DEFAULT_ENGINE`; throughput stays
+    ``tokens_per_replica_per_second`` either way).
     """
 
     namespace: str
@@ -71,6 +103,30 @@ class ModelConfig:
     model_name: str | None = None
     kind: str = "Deployment"
     max_num_seqs: int = 256
+    engine: EngineModel | None = None
+
+
+@dataclass
+class Histogram:
+    """A Prometheus histogram's state: per-bucket weights (the last is ``+Inf``) and sum."""
+
+    bounds: tuple[float, ...]
+    weights: list[float] = field(default_factory=list)
+    total: float = 0.0  # _sum
+
+    def __post_init__(self) -> None:
+        if not self.weights:
+            self.weights = [0.0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float, weight: float = 1.0) -> None:
+        """Add ``weight`` observations of ``value``."""
+        self.weights[bisect_left(self.bounds, value)] += weight
+        self.total += value * weight
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """``(le, count)`` pairs, ``+Inf`` last (its count is ``_count``)."""
+        les = [repr(float(b)) for b in self.bounds] + ["+Inf"]
+        return list(zip(les, itertools.accumulate(self.weights), strict=True))
 
 
 @dataclass
@@ -87,6 +143,10 @@ class Pod:
     requests: float = 0.0
     waiting: float = 0.0
     running: float = 0.0
+    kv_usage: float = 0.0
+    ttft: Histogram = field(default_factory=lambda: Histogram(TTFT_BUCKETS))
+    itl: Histogram = field(default_factory=lambda: Histogram(ITL_BUCKETS))
+    e2e: Histogram = field(default_factory=lambda: Histogram(E2E_BUCKETS))
 
 
 @dataclass
@@ -126,12 +186,14 @@ class SimClock:
 def step(state: ModelState, t: float, dt_real: float) -> None:
     """Advance one model by ``dt_real`` real seconds ending at simulated time ``t``.
 
-    Pure bookkeeping (no I/O): readiness, FIFO queue, per-pod counters and gauges.
+    Pure bookkeeping (no I/O): readiness, FIFO queue, per-pod counters, gauges and latency
+    histograms (see the module docstring).
     """
     cfg = state.config
     for pod in state.pods:
         pod.ready = pod.ready or t >= pod.ready_at
     ready = state.ready
+    backlog_before = state.backlog
     offered = max(0.0, cfg.demand(t)) * dt_real
     capacity = len(ready) * cfg.tokens_per_replica_per_second * dt_real
     served = min(state.backlog + offered, capacity)
@@ -150,6 +212,31 @@ def step(state: ModelState, t: float, dt_real: float) -> None:
         pod.requests += share / cfg.tokens_per_request
         pod.waiting = state.backlog / cfg.tokens_per_request / len(ready)
         pod.running = round(utilisation * cfg.max_num_seqs)
+    _observe_latency(state, ready, served, utilisation, backlog_before)
+
+
+def _observe_latency(state: ModelState, ready: Sequence[Pod], served: float, utilisation: float,
+                     backlog_before: float) -> None:
+    """The engine model's latencies of the requests ``ready`` served in one step."""
+    cfg = state.config
+    engine = cfg.engine or DEFAULT_ENGINE
+    rate = len(ready) * cfg.tokens_per_replica_per_second  # tokens/s the ready pods serve
+    saturated = state.backlog > 1e-6 * max(rate, 1.0)
+    u = np.array([1.0 if saturated else min(max(utilisation, 0.0), 1.0)], dtype=np.float64)
+    itl = engine.itl_max_s if saturated else float(engine.itl(u)[0])
+    kv_usage = float(engine.kv_usage(u)[0])
+    wait = (backlog_before + state.backlog) / 2.0 / rate if rate > 0 else 0.0
+    prompt = cfg.tokens_per_request * cfg.prompt_fraction
+    output = cfg.tokens_per_request * (1.0 - cfg.prompt_fraction)
+    ttft = wait + prompt / engine.prefill_tokens_per_s + itl
+    e2e = ttft + max(output - 1.0, 0.0) * itl
+    completed = served / len(ready) / cfg.tokens_per_request
+    for pod in ready:
+        pod.kv_usage = kv_usage
+        if completed > 0:
+            pod.ttft.observe(ttft, completed)
+            pod.itl.observe(itl, completed)
+            pod.e2e.observe(e2e, completed)
 
 
 def pod_template_hash(template: Any) -> str:
@@ -165,6 +252,7 @@ def _suffix() -> str:
 def render_metrics(states: Sequence[ModelState], underscore_names: bool = False) -> str:
     """The Prometheus text exposition of all ready pods."""
     sep = "_" if underscore_names else ":"
+    kv_help = "KV-cache usage. 1 means 100 percent usage."
     families: list[tuple[str, str, str, Callable[[Pod], float]]] = [
         ("prompt_tokens_total", "counter", "Number of prefill tokens processed.",
          lambda p: p.prompt_tokens),
@@ -176,17 +264,40 @@ def render_metrics(states: Sequence[ModelState], underscore_names: bool = False)
          lambda p: p.waiting),
         ("num_requests_running", "gauge", "Number of requests currently running.",
          lambda p: p.running),
+        ("gpu_cache_usage_perc", "gauge", kv_help, lambda p: p.kv_usage),
+        ("kv_cache_usage_perc", "gauge", kv_help, lambda p: p.kv_usage),
     ]
+    histograms: list[tuple[str, str, Callable[[Pod], Histogram]]] = [
+        ("time_to_first_token_seconds", "Histogram of time to first token in seconds.",
+         lambda p: p.ttft),
+        ("time_per_output_token_seconds", "Histogram of time per output token in seconds.",
+         lambda p: p.itl),
+        ("inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
+         lambda p: p.itl),
+        ("e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.",
+         lambda p: p.e2e),
+    ]
+    pods: list[tuple[str, Pod]] = []
+    for state in states:
+        cfg = state.config
+        model = (cfg.model_name or cfg.name).replace("\\", "\\\\").replace('"', '\\"')
+        pods += [(f'namespace="{cfg.namespace}",pod="{pod.name}",model_name="{model}"', pod)
+                 for pod in state.ready]
     lines: list[str] = []
     for suffix, kind, help_text, value in families:
         name = f"vllm{sep}{suffix}"
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-        for state in states:
-            cfg = state.config
-            model = (cfg.model_name or cfg.name).replace("\\", "\\\\").replace('"', '\\"')
-            for pod in state.ready:
-                labels = f'namespace="{cfg.namespace}",pod="{pod.name}",model_name="{model}"'
-                lines.append(f"{name}{{{labels}}} {value(pod):.6f}")
+        lines += [f"{name}{{{labels}}} {value(pod):.6f}" for labels, pod in pods]
+    for suffix, help_text, histogram in histograms:
+        name = f"vllm{sep}{suffix}"
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+        for labels, pod in pods:
+            h = histogram(pod)
+            cumulative = h.cumulative()
+            lines += [f'{name}_bucket{{{labels},le="{le}"}} {count:.6f}'
+                      for le, count in cumulative]
+            lines.append(f"{name}_sum{{{labels}}} {h.total:.6f}")
+            lines.append(f"{name}_count{{{labels}}} {cumulative[-1][1]:.6f}")
     return "\n".join(lines) + "\n"
 
 
