@@ -41,7 +41,7 @@ def test_prometheus_killed_holds_then_falls_back_then_recovers(
         wait_for(lambda: any(float(r["value"][1]) > 2400 for r in prom.query(served)),
                  timeout=30, message="the fleet's demand in Prometheus")
         create(apiserver, "tokenscale.dev/v1alpha1", "tokenbudgets", budget(
-            NS, "chat", [target("llama", minReplicas=1, coldStartSeconds=60)],
+            NS, "chat", [target("llama", minReplicas=1)],
             fallback={"afterSeconds": 5, "replicas": 5},
             # Longer than the outage: the pre-outage recommendations bound the first
             # readings of a restarted (empty) Prometheus, which miss pods with < 2 samples.

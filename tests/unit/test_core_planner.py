@@ -67,6 +67,13 @@ CASES = [
     _case("released-after-one-cold-start", world(llama=seen(5, 2500)), 3, "DemandDriven",
           True, memory=running(recommendations=recs(("llama", 120, 5))),
           targets=[target(coldStartSeconds=90)]),
+    # two minutes of metrics (a restarted Prometheus) are too few to trust a fall: hold
+    _case("thin-history-holds-scale-down",
+          world(llama=seen(5, 2500, token_rate_samples=flat(2500, span=120))), 5,
+          "StabilizingScaleDown", False),
+    _case("thin-history-still-scales-up",
+          world(llama=seen(2, 5000, token_rate_samples=flat(5000, span=120))), 5,
+          "DemandDriven", True),
     # and at least one planning interval (30 s) when replicas start at once
     _case("kept-one-interval", world(llama=seen(5, 2500)), 5, "StabilizingScaleDown", False,
           memory=running(recommendations=recs(("llama", 20, 5)))),

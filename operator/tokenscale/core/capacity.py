@@ -109,6 +109,9 @@ def recommend(target: TargetSpec, obs: TargetObservation, planning: PlanningSpec
         window = scale_down_window(planning, target)
         stable = stabilized_recommendation(history, target.name, now, window, rec)
         behaviour = min(current, clamp(stable, low, high))
+        if history_seconds(obs, now) < planning.forecast_window_seconds / 2:
+            # too little history to trust a fall (a restarted Prometheus): hold, within max
+            behaviour = max(behaviour, min(current, high))
     if behaviour < rec:
         reason = "ScaleUpLimited"
     elif behaviour > rec:
@@ -192,6 +195,15 @@ def within_tolerance(raw: float, current: int, tolerance: float) -> bool:
 def scale_up_limit(current: int) -> int:
     """Most replicas reachable from ``current`` in one interval: ``max(current+4, 2·current)``."""
     return max(current + SCALE_UP_MIN_STEP, 2 * current)
+
+
+def history_seconds(obs: TargetObservation, now: datetime) -> float:
+    """How far back (s) the token-rate samples reach: a scale-down needs half a forecast
+    window of them, so the partial first readings of a restarted Prometheus (pods with fewer
+    than two samples are missing from rate()) never scale a target down."""
+    if not obs.token_rate_samples:
+        return 0.0
+    return (now - obs.token_rate_samples[0][0]).total_seconds()
 
 
 def scale_down_window(planning: PlanningSpec, target: TargetSpec) -> int:
