@@ -162,6 +162,7 @@ def to_json(bt: Backtest, extra: dict[str, Any] | None = None) -> dict[str, Any]
     }
     if bt.family:
         doc.update(yardstick(bt, ts))
+        doc["service_models"] = bt.service_models
         engine = bt.settings.engine
         assert engine is not None
         doc["settings"].update({

@@ -72,12 +72,14 @@ from tokenscale.core.costmodel import continuous_optimum, fit_log_linear, select
 from tokenscale.core.messages import decision_message, dry_run_message
 from tokenscale.core.outage import Hold, Outage, Seen, classify, hold, outage_clock
 from tokenscale.core.pacing import Allocation, Outcome, Proposal, pace
+from tokenscale.core.service import fit_service
 from tokenscale.core.types import (
     Decision,
     Memory,
     Observation,
     Plan,
     RecommendationEntry,
+    ServiceFit,
 )
 
 #: ``plan`` and the helpers the operator and the backtest use next to it.
@@ -100,7 +102,10 @@ def plan(spec: TokenBudgetSpec, observation: Observation, memory: Memory,
     spec order), the new memory to persist, spend figures, the period, phase and conditions.
     """
     # 7. Outages, first: which targets can be steered (Control), held (Hold) or not (Fixed).
-    seen = [classify(t, observation.targets.get(t.name)) for t in spec.targets]
+    classified = [classify(t, observation.targets.get(t.name)) for t in spec.targets]
+    fits = {s.target.name: _service_fit(s) for s in classified}
+    # 2. Service model: a good fit replaces the spec's capacity within the SLO.
+    seen = [_served_by_model(s, fits[s.target.name]) for s in classified]
     usage = _usage(seen, observation.tokens_in_period)
     # 1. Accounting: spend and tokens of the period, exhaustion, affordable rates.
     accounts = account(spec, memory, usage, now)
@@ -114,7 +119,7 @@ def plan(spec: TokenBudgetSpec, observation: Observation, memory: Memory,
     allocation = pace(proposals, spec, accounts)
     # 8. Output: decisions with messages, spend, conditions and phase, memory.
     active = spec.mode == "Active"
-    decisions = _decisions(allocation, spec, accounts)
+    decisions = _decisions(allocation, spec, accounts, fits)
     planned_rate = _planned_rate(allocation, active)
     spend = spend_figures(accounts, usage, cycle.multiplier, planned_rate)
     status, phase = conditions(Situation(spec, allocation, accounts, outage, spend, planned_rate))
@@ -154,6 +159,24 @@ def _by_target(entries: tuple[RecommendationEntry, ...]) -> dict[str, list[Recom
     return out
 
 
+def _service_fit(seen: Seen) -> ServiceFit | None:
+    """2. Service model: the capacity within the SLO fitted from the latency histograms (or
+    the spec's); None for targets without metrics this cycle."""
+    if seen.kind != "Control":
+        return None
+    t = seen.target
+    return fit_service(seen.obs.latency_samples, t.slo, t.tokens_per_replica_per_second)
+
+
+def _served_by_model(seen: Seen, fit: ServiceFit | None) -> Seen:
+    """A target whose fit is good is planned with the fitted capacity within its SLO instead
+    of the spec's tokensPerReplicaPerSecond."""
+    if fit is None or fit.source != "Fitted":
+        return seen
+    return seen._replace(target=seen.target.model_copy(
+        update={"tokens_per_replica_per_second": fit.capacity_within_slo}))
+
+
 def _usage(seen: list[Seen], tokens_in_period: float | None) -> Usage:
     """Cost rate of the current replicas (before the multiplier) and observed tokens/s."""
     base_rate = 0.0
@@ -185,19 +208,20 @@ def _propose(seen: Seen, cycle: _Cycle) -> Proposal:
     return Proposal(seen, model, wants, wants.replicas, wants.reason, price)
 
 
-def _decisions(allocation: Allocation, spec: TokenBudgetSpec,
-               accounts: Accounts) -> dict[str, Decision]:
+def _decisions(allocation: Allocation, spec: TokenBudgetSpec, accounts: Accounts,
+               fits: dict[str, ServiceFit | None]) -> dict[str, Decision]:
     """The Decision of every target, in spec order."""
     active = spec.mode == "Active"
     return {
         o.proposal.seen.target.name: _decision(
             o, active, decision_message(o, spec, accounts, allocation),
-            spec.planning.target_utilization)
+            spec.planning.target_utilization, fits.get(o.proposal.seen.target.name))
         for o in allocation.outcomes
     }
 
 
-def _decision(o: Outcome, active: bool, message: str, utilization: float) -> Decision:
+def _decision(o: Outcome, active: bool, message: str, utilization: float,
+              fit: ServiceFit | None) -> Decision:
     """The Decision of one target; in DryRun the reason becomes DryRun (except Conflict)."""
     p = o.proposal
     steered = p.seen.kind != "Fixed"
@@ -214,6 +238,7 @@ def _decision(o: Outcome, active: bool, message: str, utilization: float) -> Dec
         model=p.model,
         needed_replicas=r.need if r else None,
         admission_tokens_per_second=_admission(o, r, utilization),
+        service_model=fit,
     )
 
 

@@ -52,6 +52,9 @@ class TargetObservation:
     conflict: str | None = None
     target_error: str | None = None
     quality_samples: tuple[tuple[float, float], ...] = ()  # (tokens/s, quality) for the fit
+    #: (tokens/s per ready replica, mean inter-token latency in s) per pod and time step, from
+    #: the engine's latency histograms, for the service model's fit
+    latency_samples: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,20 @@ class ModelFit:
 
 
 @dataclass(frozen=True)
+class ServiceFit:
+    """What one ready replica serves within the target's SLO (tokens/s), and where it comes
+    from: the spec's tokensPerReplicaPerSecond, or fitted from the latency histograms."""
+
+    capacity_within_slo: float
+    r2: float | None = None
+    samples: int = 0
+    source: Literal["Spec", "Fitted"] = "Spec"
+    #: the fitted ITL at no load (s) and raw capacity (tokens/s), for the message
+    itl_floor_seconds: float | None = None
+    raw_capacity: float | None = None
+
+
+@dataclass(frozen=True)
 class Decision:
     """What to do with one target, why (a CamelCase reason of DESIGN.md), and the numbers."""
 
@@ -114,6 +131,7 @@ class Decision:
     #: When the budget caps the target below its need: the token rate (tokens/s) its
     #: affordable ready replicas serve within the SLO, for a gateway to admit (None: no limit).
     admission_tokens_per_second: float | None = None
+    service_model: ServiceFit | None = None
 
 
 @dataclass(frozen=True)

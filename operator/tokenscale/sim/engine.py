@@ -116,6 +116,8 @@ class Backtest:
     requests: list[Requests] = field(default_factory=list)
     family: dict[Member, dict[str, TargetRun]] = field(default_factory=dict)
     oracles: list[dict[str, TargetRun]] = field(default_factory=list)
+    #: per target: how the planner's fitted capacity within the SLO compares with the truth
+    service_models: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
     def pick_oracle(self, attainment: float) -> dict[str, TargetRun]:
         """Engine mode: the cheapest oracle candidate reaching ``attainment`` (the best one
@@ -385,7 +387,7 @@ def _run_tokenscale(w: _World) -> tuple[dict[str, TargetRun], TokenscaleControll
     group = Group(w.arrivals, w.cumulative, w.targets, list(range(len(w.names))), initial,
                   plan.interval_seconds)
     controller = TokenscaleController(w.spec, w.cfg.start, w.tokens_per_request, w.cfg.scrape_s,
-                                      w.cfg.rate_window_s)
+                                      w.cfg.rate_window_s, w.cfg.engine)
     pending = 0
     while not group.done:
         replicas = controller.decide(group, group.t)
@@ -523,6 +525,30 @@ def lower_bound_cost(bt: Backtest) -> float:
     return total
 
 
+def _service_models(w: _World, controller: TokenscaleController
+                    ) -> dict[str, dict[str, float | None]]:
+    """Per target: the share of cycles that used a fitted service model, and the median fitted
+    capacity within the SLO against the engine's truth (tokens/s, relative error)."""
+    engine = w.cfg.engine
+    if engine is None:
+        return {}
+    out: dict[str, dict[str, float | None]] = {}
+    for i, name in enumerate(w.names):
+        truth = engine.capacity_within_slo(w.spec.targets[i].slo)
+        fits = controller.fits.get(name, [])
+        fitted = sorted(f for f in fits if f is not None)
+        median = fitted[len(fitted) // 2] if fitted else None
+        out[name] = {
+            "truth_capacity_within_slo": round(truth, 3),
+            "spec_tokens_per_replica_per_second":
+                w.spec.targets[i].tokens_per_replica_per_second,
+            "fitted_share_of_cycles": round(len(fitted) / len(fits), 4) if fits else 0.0,
+            "median_fitted_capacity": None if median is None else round(median, 3),
+            "median_fit_error": None if median is None else round((median - truth) / truth, 4),
+        }
+    return out
+
+
 def run_backtest(spec: TokenBudgetSpec, traces: dict[str, Trace],
                  settings: Settings | None = None) -> Backtest:
     """Replay ``traces`` (target name -> trace) through every policy; see the module docstring."""
@@ -559,6 +585,7 @@ def run_backtest(spec: TokenBudgetSpec, traces: dict[str, Trace],
         other_sweep=other_sweep, other_metric=other_metric,
         reasons=controller.reasons, wall_seconds=time.perf_counter() - began,
         requests=w.requests, family=family, oracles=oracles,
+        service_models=_service_models(w, controller),
     )
     if oracles:  # the oracle compared is the cheapest reaching tokenscale's attainment
         bt.runs["oracle"] = bt.pick_oracle(bt.policy_summary(ts_runs)["slo_attainment"])

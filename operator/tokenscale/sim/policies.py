@@ -19,6 +19,7 @@ from tokenscale.core.budget import period_bounds
 from tokenscale.core.planner import plan
 from tokenscale.core.types import Memory, Observation, Plan, TargetObservation
 from tokenscale.sim.cluster import Group, latest_scrape
+from tokenscale.sim.latency import EngineModel
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -128,6 +129,7 @@ class TokenscaleController:
         tokens_per_request: list[float],
         scrape_s: int,
         rate_window_s: int,
+        engine: EngineModel | None = None,
     ) -> None:
         self.spec = spec
         self.start = start
@@ -140,7 +142,38 @@ class TokenscaleController:
         self.reasons: Counter[tuple[str, str]] = Counter()
         self.last_plan: Plan | None = None
         self._samples: list[deque[tuple[datetime, float]]] = [deque() for _ in self.names]
+        #: (tokens/s per ready replica, mean ITL s) per scrape, the last hour
+        self._latency: list[deque[tuple[float, float]]] = [
+            deque(maxlen=3600 // scrape_s) for _ in self.names]
+        self.engine = engine
+        #: per target, each cycle's fitted capacity within the SLO (None: the spec's used)
+        self.fits: dict[str, list[float | None]] = {}
         self._last_scrape = 0  # scrapes up to this time (s) are in _samples
+
+    def _record_latency(self, group: Group, scrapes: IntArray, rates: FloatArray) -> None:
+        """What the engine's ITL histogram shows at each scrape: the load per ready replica
+        (tokens/s) and the mean ITL over the rate window (engine mode only)."""
+        if self.engine is None:
+            return
+        engine = self.engine
+        cap_per_replica = engine.decode_tokens_per_s
+        for k, at in enumerate(scrapes.tolist()):
+            lo, hi = max(at - self.rate_window_s, 0), max(at, 1)
+            ready = group.ready[:, lo:hi].astype(np.float64)
+            arrived = group.arrivals[group.rows_target, lo:hi] - group.shed[:, lo:hi]
+            queue = group.queue[:, lo:hi]
+            before = group.queue[:, lo - 1:hi - 1] if lo > 0 else np.concatenate(
+                [np.zeros((len(ready), 1)), queue[:, :-1]], axis=1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                util = np.where(ready > 0, (arrived + before - queue)
+                                / (ready * cap_per_replica), 1.0)
+            itl = np.where(queue > 0, engine.itl_max_s, engine.itl(util)).mean(axis=1)
+            mean_ready = ready.mean(axis=1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                load = np.where(mean_ready > 0, rates[:, k] / mean_ready, 0.0)
+            for row, dq in enumerate(self._latency):
+                if load[row] > 0:
+                    dq.append((float(load[row]), float(itl[row])))
 
     def admission(self) -> FloatArray:
         """The token rate (tokens/s) the last plan admits per target; inf where unlimited."""
@@ -168,6 +201,7 @@ class TokenscaleController:
                 stamps = [self._when(int(x)) for x in scrapes]
                 for row, dq in enumerate(self._samples):
                     dq.extend(zip(stamps, rates[row].tolist(), strict=True))
+                self._record_latency(group, scrapes, rates)
             self._last_scrape = s
         now = self._when(t)
         oldest = now - timedelta(seconds=window)
@@ -193,12 +227,17 @@ class TokenscaleController:
                 token_rate_samples=tuple(self._samples[row]),
                 queue_length=waiting,
                 tokens_per_request=tpr if tpr > 0 else None,
+                latency_samples=tuple(self._latency[row]),
             )
         result = plan(self.spec, Observation(targets, tokens_in_period), self.memory, now)
         self.memory = result.memory
         self.last_plan = result
         for name, decision in result.decisions.items():
             self.reasons[(name, decision.reason)] += 1
+            fit = decision.service_model
+            if fit is not None:
+                self.fits.setdefault(name, []).append(
+                    fit.capacity_within_slo if fit.source == "Fitted" else None)
         return np.array(
             [result.decisions[n].replicas if n in result.decisions else int(current[i])
              for i, n in enumerate(self.names)],
