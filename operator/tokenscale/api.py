@@ -358,6 +358,19 @@ class ModelStatus(_Model):
     source: ModelSource = "Default"
 
 
+class ServiceModelStatus(_Model):
+    """What one ready replica of a target serves within its SLO, and where that comes from."""
+
+    capacity_within_slo: float = Field(
+        ..., ge=0, description="Tokens/s one ready replica serves within the SLO."
+    )
+    r2: float | None = Field(None, description="r squared of the fit (Fitted).")
+    samples: int = Field(0, ge=0, description="(tokens/s, latency) samples of the fit.")
+    source: Literal["Spec", "Fitted"] = Field(
+        "Spec", description="Spec: tokensPerReplicaPerSecond; Fitted: the latency histograms."
+    )
+
+
 class AdmissionStatus(_Model):
     """What a gateway should let through to a target the budget holds below its need."""
 
@@ -383,6 +396,7 @@ class TargetStatus(_Model):
     last_scale_time: str | None = None
     model: ModelStatus | None = None
     admission: AdmissionStatus | None = None
+    service_model: ServiceModelStatus | None = None
 
 
 class Recommendation(_Model):

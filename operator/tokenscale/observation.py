@@ -13,6 +13,8 @@ Per target:
 * ``metrics_error``: the first failure kind (:data:`tokenscale.core.types.METRIC_FAILURES`)
   of the token rate, else of the queue; ``None`` when both are usable.
 * ``conflict``: another autoscaler on the workload; ``target_error``: the workload is missing.
+* ``latency_samples``: (tokens/s, mean inter-token latency in s) of each pod at each time step
+  of the latency history, for the service model's fit.
 
 ``tokens_in_period`` is the tokens served since period start summed over the targets' pods.
 """
@@ -45,6 +47,9 @@ from tokenscale.prometheus_reads import (
 )
 
 RateSamples = tuple[tuple[datetime, float], ...]  # (time, tokens/s), oldest first
+#: The most (tokens/s, inter-token latency) pairs a target gives the fit (the newest kept):
+#: an hour at 60 s steps of about 33 pods.
+MAX_LATENCY_SAMPLES = 2000
 
 
 def build_observation(
@@ -87,6 +92,7 @@ def build_observation(
             metrics_error=rate_error or queue_error,
             conflict=conflict,
             quality_samples=quality_samples(answers.fits.get(t.performance.query), ref),
+            latency_samples=latency_samples(answers.itl.get(ref), answers.itl_rate.get(ref)),
         )
     return Observation(targets=targets,
                        tokens_in_period=tokens_in_period(spec, answers, refs.values()))
@@ -211,3 +217,24 @@ def _quality_by_time(quality_series: list[Series], ref: WorkloadRef) -> dict[flo
     if len(quality_series) == 1:
         return dict(quality_series[0].samples)
     return None
+
+
+def latency_samples(
+    itl: TargetSeries | None, rate: TargetSeries | None, limit: int = MAX_LATENCY_SAMPLES
+) -> tuple[tuple[float, float], ...]:
+    """``(tokens/s, mean inter-token latency s)`` of each pod at each timestamp where both
+    histories have a value, oldest first (pods by name within a timestamp), the newest
+    ``limit`` pairs. Left out: non-finite values, no traffic (tokens/s <= 0) and latencies
+    <= 0; a target whose pods are ambiguous (MultipleSeries) gives none."""
+    if itl is None or rate is None or itl.failure or rate.failure:
+        return ()
+    pairs: list[tuple[float, str, float, float]] = []
+    for pod_name, itl_samples in itl.pods.items():
+        rates = dict(rate.pods.get(pod_name, ()))
+        for ts, latency in itl_samples:
+            served = rates.get(ts)
+            if (served is not None and math.isfinite(served) and served > 0
+                    and math.isfinite(latency) and latency > 0):
+                pairs.append((ts, pod_name, served, latency))
+    pairs.sort()
+    return tuple((served, latency) for _, _, served, latency in pairs[-limit:]) if limit > 0 else ()

@@ -5,7 +5,9 @@ longest ``forecastWindowSeconds`` among the due budgets), one instant query of t
 (waiting requests), one ``increase()`` of tokens per distinct period start (budgets on the same
 calendar period share it), and one query per distinct user override. The count does not grow
 with the number of budgets. The model-fit history of each ``performance.query`` is cached and
-re-read every :data:`FIT_REFRESH_SECONDS`, not every cycle.
+re-read every :data:`FIT_REFRESH_SECONDS`, not every cycle; so is the service model's latency
+history (per URL: the mean inter-token latency and the token rate per pod, one hour at 60 s
+steps, two range queries for all budgets).
 
 Failures never escape: a query that fails is kept as its :class:`MetricFailure` in the
 answers, and the observation of each target says which kind it was.
@@ -43,6 +45,11 @@ RANGE_POINTS = 60
 FIT_HISTORY_SECONDS = 24 * 3600
 FIT_STEP_SECONDS = 300
 FIT_REFRESH_SECONDS = 600
+#: Service model (mean inter-token latency against tokens/s per pod): history (s), step (s),
+#: rate window of both queries; re-read every FIT_REFRESH_SECONDS per URL.
+LATENCY_HISTORY_SECONDS = 3600
+LATENCY_STEP_SECONDS = 60
+LATENCY_RATE_WINDOW = "5m"
 
 #: One answer grouped to workloads, or the failure of the whole query.
 Grouped = dict[WorkloadRef, TargetSeries] | MetricFailure
@@ -58,7 +65,9 @@ class UrlAnswers:
     (s). ``rate`` (tokens/s) and ``queue`` (waiting requests) are the default queries' answers,
     ``increase`` the tokens served since period start keyed by the span (s) to that start,
     ``overrides`` the raw answers of user queries keyed by ("rate" | "queue", query), and
-    ``fits`` the fit history per ``performance.query``.
+    ``fits`` the fit history per ``performance.query``. ``itl`` (mean inter-token latency,
+    s) and ``itl_rate`` (tokens/s) are the per-pod latency history of the service model,
+    grouped like the default answers; empty when not read or when the read failed.
 
     The default queries' answers are grouped to the workloads of all due budgets once per
     cycle: grouping them per budget scanned every series once per budget (O(budgets²), the
@@ -72,6 +81,8 @@ class UrlAnswers:
     increase: dict[int, Grouped]
     overrides: dict[tuple[str, str], list[Series] | MetricFailure]
     fits: dict[str, FitHistory] = field(default_factory=dict)
+    itl: dict[WorkloadRef, TargetSeries] = field(default_factory=dict)
+    itl_rate: dict[WorkloadRef, TargetSeries] = field(default_factory=dict)
 
 
 def group_answer(answer: list[Series] | MetricFailure, refs: Iterable[WorkloadRef]) -> Grouped:
@@ -122,6 +133,8 @@ class PrometheusReads:
         self._readers: dict[tuple[str, float], PrometheusReader] = {}
         #: (url, quality query) -> (unix time read, quality series, token rate series)
         self._fit_cache: dict[tuple[str, str], tuple[float, list[Series], list[Series]]] = {}
+        #: url -> (unix time read, mean ITL series, token rate series)
+        self._latency_cache: dict[str, tuple[float, list[Series], list[Series]]] = {}
 
     def url_for(self, spec: api.TokenBudgetSpec) -> str:
         """The Prometheus a budget reads (its own, else the operator's default)."""
@@ -192,9 +205,12 @@ class PrometheusReads:
         out = await asyncio.gather(*jobs)
         n = len(span_list)
         fits = await self._fit_history(url, reader, specs, at_unix)
+        itl, itl_rate = await self._latency_history(url, reader, at_unix)
         refs = {e.ref(t) for e in entries if e.spec is not None for t in e.spec.targets}
         return UrlAnswers(
             fits=fits,
+            itl=group_by_target(itl, refs),
+            itl_rate=group_by_target(itl_rate, refs),
             at=at_unix,
             window=window,
             rate=group_answer(out[0], refs),
@@ -230,3 +246,32 @@ class PrometheusReads:
                 self._fit_cache[(url, query)] = cached
             out[query] = (cached[1], cached[2])
         return out
+
+    async def _latency_history(
+        self, url: str, reader: PrometheusReader, at: float
+    ) -> tuple[list[Series], list[Series]]:
+        """Mean inter-token latency and tokens/s per pod over the last hour (60 s steps) for
+        every budget of ``url``: two range queries, re-read every FIT_REFRESH_SECONDS (so the
+        cycle that reads them asks two more queries). Failures leave both empty until the
+        next read: the service model falls back to the spec, the cycle goes on."""
+        cached = self._latency_cache.get(url)
+        if cached is None or at - cached[0] >= FIT_REFRESH_SECONDS:
+            end = datetime.fromtimestamp(at, UTC)
+            start = end - timedelta(seconds=LATENCY_HISTORY_SECONDS)
+            ns = self._settings.namespaces
+            itl, rates = await asyncio.gather(
+                self._attempt(reader.range(
+                    promql.inter_token_latency_query(ns, LATENCY_RATE_WINDOW),
+                    start, end, LATENCY_STEP_SECONDS)),
+                self._attempt(reader.range(
+                    promql.token_rate_query(ns, LATENCY_RATE_WINDOW),
+                    start, end, LATENCY_STEP_SECONDS)),
+            )
+            if isinstance(itl, list) and isinstance(rates, list):
+                cached = (at, itl, rates)
+            else:
+                log.warning("latency history from %s failed, no service model fit until the "
+                            "next read: %s", url, itl if isinstance(itl, MetricFailure) else rates)
+                cached = (at, [], [])
+            self._latency_cache[url] = cached
+        return cached[1], cached[2]

@@ -31,6 +31,7 @@ from tokenscale.core.types import (
     Observation,
     Plan,
     RecommendationEntry,
+    ServiceFit,
 )
 
 CONDITION_ORDER = (
@@ -151,6 +152,18 @@ def _finite(x: float | None) -> float | None:
     return float(x)
 
 
+def _service_model(fit: ServiceFit | None) -> api.ServiceModelStatus | None:
+    """The service model of a decision for status (None: omitted, also when its capacity is
+    not a finite number >= 0)."""
+    capacity = _finite(fit.capacity_within_slo) if fit is not None else None
+    if fit is None or capacity is None or capacity < 0:
+        return None
+    return api.ServiceModelStatus(
+        capacity_within_slo=capacity, r2=_finite(fit.r2), samples=max(0, fit.samples),
+        source="Fitted" if fit.source == "Fitted" else "Spec",
+    )
+
+
 def build_status(
     plan: Plan,
     observation: Observation,
@@ -188,6 +201,7 @@ def build_status(
             admission=(api.AdmissionStatus(tokens_per_second=decision.admission_tokens_per_second,
                                            reason=decision.reason)
                        if decision.admission_tokens_per_second is not None else None),
+            service_model=_service_model(decision.service_model),
         ))
     conditions, changes = merge_conditions(
         old.conditions, [*extra_conditions, *plan.conditions], now, generation

@@ -7,6 +7,7 @@ forms.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import kubernetes_validate
@@ -22,6 +23,7 @@ from tokenscale.core.types import (
     Observation,
     Plan,
     RecommendationEntry,
+    ServiceFit,
     Spend,
     TargetObservation,
 )
@@ -99,6 +101,30 @@ def test_status_reports_numbers_for_the_printer_columns_and_drops_non_finite() -
     assert (target.current_replicas, target.ready_replicas) == (3, 2)
     assert target.model is not None and target.model.r2 is None
     assert status.observed_generation == 3
+
+
+@pytest.mark.parametrize(("fit", "expect"), [
+    pytest.param(ServiceFit(2400.0, r2=0.93, samples=180, source="Fitted", raw_capacity=3000.0),
+                 {"capacityWithinSlo": 2400.0, "r2": 0.93, "samples": 180, "source": "Fitted"},
+                 id="fitted"),
+    pytest.param(ServiceFit(3000.0), {"capacityWithinSlo": 3000.0, "samples": 0,
+                                      "source": "Spec"}, id="spec-without-r2"),
+    pytest.param(ServiceFit(2400.0, r2=float("nan"), samples=5, source="Fitted"),
+                 {"capacityWithinSlo": 2400.0, "samples": 5, "source": "Fitted"},
+                 id="non-finite-r2-omitted"),
+    pytest.param(ServiceFit(float("inf")), None, id="non-finite-capacity-omits-it"),
+    pytest.param(None, None, id="no-service-model-omitted"),
+])
+def test_service_model_in_target_status(fit: ServiceFit | None,
+                                        expect: dict[str, object] | None) -> None:
+    plan, observation = a_plan()
+    decisions = {n: replace(d, service_model=fit) for n, d in plan.decisions.items()}
+    status, _ = build_status(replace(plan, decisions=decisions), observation,
+                             api.TokenBudgetStatus(), NOW, 3)
+    wire = api.dump(status)
+    assert validate(wire, crd_status_schema()) == []
+    assert wire["targets"][0].get("serviceModel") == expect
+    assert api.parse_status(wire).targets[0] == status.targets[0]
 
 
 def test_recommendations_are_bounded() -> None:

@@ -16,10 +16,10 @@ import pytest
 from core_world import NOW, spec, target
 
 from tokenscale.adapters.kube import Autoscaler, KubeError, Workload
-from tokenscale.adapters.prometheus import MetricFailure, Series
+from tokenscale.adapters.prometheus import MetricFailure, Series, TargetSeries, group_by_target
 from tokenscale.adapters.promql import WorkloadRef
 from tokenscale.core.types import Observation, TargetObservation
-from tokenscale.observation import build_observation
+from tokenscale.observation import build_observation, latency_samples
 from tokenscale.prometheus_reads import FitHistory, UrlAnswers, group_answer
 
 NS = "inference"
@@ -53,7 +53,8 @@ def samples(*points: tuple[float, float]) -> tuple[tuple[datetime, float], ...]:
 def answers(rate: Answer | None = None, queue: Answer | None = None,
             increase: dict[int, Answer] | None = None,
             overrides: dict[tuple[str, str], Answer] | None = None,
-            fits: dict[str, FitHistory] | None = None) -> UrlAnswers:
+            fits: dict[str, FitHistory] | None = None,
+            itl: list[Series] | None = None, itl_rate: list[Series] | None = None) -> UrlAnswers:
     """The cycle's answers, the default ones grouped to llama and mistral as a cycle does."""
     refs = [LLAMA, MISTRAL]
     return UrlAnswers(
@@ -62,6 +63,7 @@ def answers(rate: Answer | None = None, queue: Answer | None = None,
         queue=group_answer(queue if queue is not None else [], refs),
         increase={span: group_answer(a, refs) for span, a in (increase or {}).items()},
         overrides=dict(overrides or {}), fits=dict(fits or {}),
+        itl=group_by_target(itl or [], refs), itl_rate=group_by_target(itl_rate or [], refs),
     )
 
 
@@ -253,3 +255,58 @@ def test_performance_query_history_gives_quality_samples() -> None:
                   targets=[fitted])
     assert got.targets["llama"].quality_samples == ((200.0, 0.7), (400.0, 0.75))
     assert observe(answers(rate=FRESH)).targets["llama"].quality_samples == ()
+
+
+# ------------------------------------------------------- latency history (service model)
+
+#: (tokens/s, mean inter-token latency s) of llama's two pods, three 60 s steps
+RATES = [pod(POD_A, (120, 1000), (60, 2000), (0, 3000)), pod(POD_B, (120, 500), (60, 500))]
+ITLS = [pod(POD_A, (120, 0.010), (60, 0.020), (0, 0.040)), pod(POD_B, (120, 0.008), (60, 0.009))]
+
+LATENCY_CASES = [
+    pytest.param(ITLS, RATES, ((500.0, 0.008), (1000.0, 0.010), (500.0, 0.009),
+                               (2000.0, 0.020), (3000.0, 0.040)),
+                 id="paired-per-pod-and-timestamp-oldest-first-pods-by-name"),
+    pytest.param([pod(POD_A, (60, 0.02), (30, 0.03))], [pod(POD_A, (60, 2000), (0, 3000))],
+                 ((2000.0, 0.02),), id="timestamps-in-only-one-history-left-out"),
+    pytest.param([pod(POD_A, (0, 0.02))], [pod(POD_B, (0, 2000))], (),
+                 id="pods-in-only-one-history-left-out"),
+    pytest.param([pod(POD_A, (180, 0.01), (120, NAN), (60, 0.02), (0, INF))],
+                 [pod(POD_A, (180, 1000), (120, 1000), (60, NAN), (0, 1000))],
+                 ((1000.0, 0.01),), id="non-finite-values-left-out"),
+    pytest.param([pod(POD_A, (120, 0.01), (60, 0.02), (0, 0.0))],
+                 [pod(POD_A, (120, 0.0), (60, -5.0), (0, 1000))], (),
+                 id="no-traffic-and-zero-latency-left-out"),
+    pytest.param([pod(POD_A, (0, 0.02)), pod(MISTRAL_POD, (0, 0.5))],
+                 [pod(POD_A, (0, 2000)), pod(MISTRAL_POD, (0, 9000))], ((2000.0, 0.02),),
+                 id="other-workloads-pods-left-out"),
+    pytest.param([pod(POD_A, (0, 0.02)), pod(POD_A, (0, 0.03))], [pod(POD_A, (0, 2000))], (),
+                 id="same-pod-twice-gives-none"),
+    pytest.param([], RATES, (), id="no-latency-history-gives-none"),
+    pytest.param(ITLS, [], (), id="no-rate-history-gives-none"),
+]
+
+
+@pytest.mark.parametrize(("itl", "rates", "expect"), LATENCY_CASES)
+def test_latency_samples(itl: list[Series], rates: list[Series],
+                         expect: tuple[tuple[float, float], ...]) -> None:
+    got = observe(answers(rate=FRESH, itl=itl, itl_rate=rates),
+                  targets=[target("llama"), target("mistral")],
+                  workloads=deployments(llama=2, mistral=1))
+    assert got.targets["llama"].latency_samples == expect
+
+
+def test_latency_samples_keep_the_newest_up_to_the_limit() -> None:
+    itl = TargetSeries({POD_A: tuple((float(t), 0.01 + t / 1e4) for t in range(10))})
+    rate = TargetSeries({POD_A: tuple((float(t), 100.0 + t) for t in range(10))})
+    assert latency_samples(itl, rate, limit=3) == ((107.0, 0.0107), (108.0, 0.0108),
+                                                   (109.0, 0.0109))
+    assert latency_samples(itl, rate, limit=0) == ()
+    assert len(latency_samples(itl, rate)) == 10
+
+
+def test_latency_samples_capped_by_default() -> None:
+    points = tuple((float(t), 1.0) for t in range(1500))
+    both = TargetSeries({POD_A: points, POD_B: points})
+    got = latency_samples(both, both)
+    assert len(got) == 2000

@@ -20,6 +20,8 @@ PROMPT_COUNTER = r"vllm[:_]prompt_tokens_total"
 GENERATION_COUNTER = r"vllm[:_]generation_tokens_total"
 #: Gauge of requests waiting in the engine queue.
 QUEUE_GAUGE = r"vllm[:_]num_requests_waiting"
+#: Histograms of the inter-token latency (s): vLLM V1's name first, then V0's.
+ITL_HISTOGRAMS = (r"vllm[:_]inter_token_latency_seconds", r"vllm[:_]time_per_output_token_seconds")
 
 _GROUP = "namespace, pod"
 
@@ -61,6 +63,23 @@ def token_rate_query(namespaces: Sequence[str] = (), rate_window: str = "1m") ->
 def queue_query(namespaces: Sequence[str] = ()) -> str:
     """Waiting requests per (namespace, pod)."""
     return f"sum by ({_GROUP}) ({_selector(QUEUE_GAUGE, namespaces)})"
+
+
+def inter_token_latency_query(namespaces: Sequence[str] = (), rate_window: str = "5m") -> str:
+    """Mean inter-token latency (s) per (namespace, pod) over ``rate_window``: the rate of the
+    histogram's ``_sum`` over the rate of its ``_count``.
+
+    One ratio per histogram name, joined by ``or``: a pod with V1's name uses it, else V0's
+    (vLLM versions that export both observe the same latencies in both; summing the two names
+    in one ``rate()`` would also trip Prometheus 2.x over equal label sets). No request in the
+    window gives 0/0 = NaN, which the observation leaves out.
+    """
+    ratios = [
+        f"sum by ({_GROUP}) (rate({_selector(name + '_sum', namespaces)}[{rate_window}]))"
+        f" / sum by ({_GROUP}) (rate({_selector(name + '_count', namespaces)}[{rate_window}]))"
+        for name in ITL_HISTOGRAMS
+    ]
+    return " or ".join(f"({r})" for r in ratios)
 
 
 def tokens_increase_query(seconds: int, namespaces: Sequence[str] = ()) -> str:
