@@ -120,6 +120,15 @@ def cases() -> list[dict[str, Any]]:
                     "manifest": _manifest(name, 5000, [_target("llama-8b", H100_8B)]),
                     "traces": {"llama-8b": file}, "scales": {"llama-8b": scale},
                     "window": WINDOW.get(file)})
+    # a user who under-states the capacity within the SLO: 2,000 instead of 3,192 tokens/s
+    conv = "azure2023_AzureLLMInferenceTrace_conv.csv"
+    conv_scale, _ = _scale_for(conv)
+    understated = {**H100_8B, "tokensPerReplicaPerSecond": 2000}
+    out.append({"name": "azure-conv-spec-2000", "kind": "ample",
+                "manifest": _manifest("azure-conv-spec-2000", 5000,
+                                      [_target("llama-8b", understated)]),
+                "traces": {"llama-8b": conv}, "scales": {"llama-8b": conv_scale},
+                "window": None})
     chat_file = "servegen_m-large_aggregate_10min.csv"
     coder_file = "servegen_m-mid_aggregate_10min.csv"
     chat_scale, chat_mean = _scale_for(chat_file)

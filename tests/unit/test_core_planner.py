@@ -67,6 +67,14 @@ CASES = [
     _case("released-after-one-cold-start", world(llama=seen(5, 2500)), 3, "DemandDriven",
           True, memory=running(recommendations=recs(("llama", 120, 5))),
           targets=[target(coldStartSeconds=90)]),
+    # ... unless the demand rose by a replica's worth within one cold start lately (bursty):
+    # then the SLO risk of releasing keeps the user's whole 300 s window
+    _case("bursty-keeps-the-user-window",
+          world(llama=seen(5, 2500, token_rate_samples=(
+              (NOW - timedelta(seconds=600), 1000.0), (NOW - timedelta(seconds=570), 3000.0),
+              *flat(2500, span=540)))), 5, "StabilizingScaleDown", False,
+          memory=running(recommendations=recs(("llama", 120, 5))),
+          targets=[target(coldStartSeconds=90)]),
     # two minutes of metrics (a restarted Prometheus) are too few to trust a fall: hold
     _case("thin-history-holds-scale-down",
           world(llama=seen(5, 2500, token_rate_samples=flat(2500, span=120))), 5,

@@ -61,3 +61,13 @@ def test_the_planner_sizes_with_the_fitted_capacity_and_reports_it() -> None:
     assert with_fit.service_model.capacity_within_slo == pytest.approx(3200, rel=0.01)
     assert "3,200 tok/s/replica" in with_fit.message
     assert without.service_model is not None and without.service_model.source == "Spec"
+
+
+def test_a_spec_close_to_the_fit_is_kept() -> None:
+    """Within 25 % the spec stands (mean latencies bias the fit low); the fit is reported."""
+    s = spec([target(tokensPerReplicaPerSecond=2800)])  # fit says 3,200: 14 % off
+    d = plan(s, world(llama=seen(4, 6000, latency_samples=tuple(curve(LOADS)))), running(),
+             NOW).decisions["llama"]
+    assert d.needed_replicas == 3  # 6,000 / 2,800, not 6,000 / 3,200 = 2
+    assert d.service_model is not None and d.service_model.source == "Spec"
+    assert d.service_model.capacity_within_slo == 2800 and d.service_model.samples == 20

@@ -106,7 +106,7 @@ def recommend(target: TargetSpec, obs: TargetObservation, planning: PlanningSpec
     if rec > current:
         behaviour = min(rec, max(low, scale_up_limit(current)))
     elif rec < current:
-        window = scale_down_window(planning, target)
+        window = scale_down_window(planning, target, obs.token_rate_samples)
         stable = stabilized_recommendation(history, target.name, now, window, rec)
         behaviour = min(current, clamp(stable, low, high))
         if history_seconds(obs, now) < planning.forecast_window_seconds / 2:
@@ -206,15 +206,35 @@ def history_seconds(obs: TargetObservation, now: datetime) -> float:
     return (now - obs.token_rate_samples[0][0]).total_seconds()
 
 
-def scale_down_window(planning: PlanningSpec, target: TargetSpec) -> int:
+def scale_down_window(planning: PlanningSpec, target: TargetSpec,
+                      samples: Sequence[tuple[datetime, float]] = ()) -> int:
     """How long (s) a replica the demand no longer needs is kept: the ski-rental rule. Keeping
     it costs its price per second; releasing it and needing it again costs a cold start (paid
     while not serving) and the requests that wait meanwhile. Keeping it for one cold start
     before releasing never costs more than twice the better of the two in hindsight, whatever
-    the demand does next; the user's scaleDownStabilizationSeconds is the upper bound, one
-    planning interval the lower (no flapping between two cycles)."""
+    the demand does next; one planning interval is the lower bound (no flapping between two
+    cycles). Where the recent samples show the demand rising by a replica's worth within one
+    cold start (:func:`rises_within`), a released replica would be missed before a new one is
+    ready: the SLO risk outweighs the price and the user's scaleDownStabilizationSeconds, the
+    upper bound in any case, applies in full."""
+    user = planning.scale_down_stabilization_seconds
     keep = max(target.cold_start_seconds, planning.interval_seconds)
-    return min(planning.scale_down_stabilization_seconds, keep)
+    one_replica = target.tokens_per_replica_per_second * planning.target_utilization
+    if keep < user and rises_within(samples, keep) >= one_replica:
+        return user
+    return min(user, keep)
+
+
+def rises_within(samples: Sequence[tuple[datetime, float]], seconds: float) -> float:
+    """The largest rise of the token rate (tokens/s) between two samples at most ``seconds``
+    apart (0 without a rise)."""
+    best = 0.0
+    for i, (t0, r0) in enumerate(samples):
+        for t1, r1 in samples[i + 1:]:
+            if (t1 - t0).total_seconds() > seconds:
+                break
+            best = max(best, r1 - r0)
+    return best
 
 
 def stabilized_recommendation(

@@ -90,10 +90,11 @@ def recommendation_message(seen: Seen, planning: PlanningSpec, r: Recommendation
         return (f"need {r.recommendation}, scale-up limited to {r.behaviour} from {r.current} "
                 f"per interval (max(+4, 100%)); {text}")
     if r.reason == "StabilizingScaleDown":
-        window = scale_down_window(planning, t)
+        window = scale_down_window(planning, t, seen.obs.token_rate_samples)
         return (f"need {r.recommendation}, keeping {r.behaviour}: highest recommendation in the "
-                f"last {window}s (one cold start, at most "
-                f"scaleDownStabilizationSeconds {planning.scale_down_stabilization_seconds}s); "
+                f"last {window}s (one cold start, or the whole "
+                f"scaleDownStabilizationSeconds {planning.scale_down_stabilization_seconds}s "
+                f"after rises of a replica within a cold start); "
                 f"{text}")
     return text
 

@@ -17,6 +17,7 @@ import numpy.typing as npt
 from tokenscale.api import TokenBudgetSpec
 from tokenscale.core.budget import period_bounds
 from tokenscale.core.planner import plan
+from tokenscale.core.service import fit_service
 from tokenscale.core.types import Memory, Observation, Plan, TargetObservation
 from tokenscale.sim.cluster import Group, latest_scrape
 from tokenscale.sim.latency import EngineModel
@@ -234,9 +235,11 @@ class TokenscaleController:
         self.last_plan = result
         for name, decision in result.decisions.items():
             self.reasons[(name, decision.reason)] += 1
-            fit = decision.service_model
-            if fit is not None:
-                self.fits.setdefault(name, []).append(
+        for row, t in enumerate(self.spec.targets):  # the raw fit, for the report
+            if self.engine is not None:
+                fit = fit_service(tuple(self._latency[row]), t.slo,
+                                  t.tokens_per_replica_per_second)
+                self.fits.setdefault(t.name, []).append(
                     fit.capacity_within_slo if fit.source == "Fitted" else None)
         return np.array(
             [result.decisions[n].replicas if n in result.decisions else int(current[i])
