@@ -235,11 +235,11 @@ class TokenscaleController:
         self.last_plan = result
         for name, decision in result.decisions.items():
             self.reasons[(name, decision.reason)] += 1
-        for row, t in enumerate(self.spec.targets):  # the raw fit, for the report
+        for row, spec_target in enumerate(self.spec.targets):  # the raw fit, for the report
             if self.engine is not None:
-                fit = fit_service(tuple(self._latency[row]), t.slo,
-                                  t.tokens_per_replica_per_second)
-                self.fits.setdefault(t.name, []).append(
+                fit = fit_service(tuple(self._latency[row]), spec_target.slo,
+                                  spec_target.tokens_per_replica_per_second)
+                self.fits.setdefault(spec_target.name, []).append(
                     fit.capacity_within_slo if fit.source == "Fitted" else None)
         return np.array(
             [result.decisions[n].replicas if n in result.decisions else int(current[i])
