@@ -39,6 +39,9 @@ class TargetTrack:
     reason: str = ""
     message: str = ""
     backlog: float = 0.0  # tokens waiting (fleet)
+    #: the operator's service model ("Spec 3,192" / "Fitted 2,870") and admitted tokens/s
+    service: str = ""
+    admission: float | None = None
 
 
 @dataclass
@@ -198,6 +201,11 @@ class Recorder:
                 target.desired.append(int(desired) if desired is not None else None)
                 target.reason = str(st.get("reason", ""))
                 target.message = str(st.get("message", ""))
+                model = st.get("serviceModel") or {}
+                target.service = (f"{model.get('source', '')} {model['capacityWithinSlo']:,.0f}"
+                                  if model.get("capacityWithinSlo") is not None else "")
+                admitted = (st.get("admission") or {}).get("tokensPerSecond")
+                target.admission = float(admitted) if admitted is not None else None
 
     # ------------------------------------------------------------------ summary
 

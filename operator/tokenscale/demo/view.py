@@ -89,9 +89,12 @@ def _target_line(t: TargetTrack) -> str:
     reps = f"{t.ready[-1]}/{t.replicas[-1]}"
     if desired is not None and desired != t.replicas[-1]:
         reps += f" -> {desired}"
+    extra = f"  capacity/replica {t.service}" if t.service else ""
+    if t.admission is not None:
+        extra += f"  admit {_num(t.admission)} tok/s"
     return (f"    {t.name:<16}{t.kind:<12}{reps:<11}{_num(t.demand[-1]):>9}"
             f"{_num(t.served[-1]):>9}{_num(t.observed[-1]):>10}{_num(t.backlog):>9}  "
-            f"{t.reason or '-'}")
+            f"{t.reason or '-'}{extra}")
 
 
 def render(header: Header, rec: Recorder, elapsed: float, colour: bool = True) -> str:
