@@ -39,3 +39,17 @@ def test_admission_of_a_capped_target(case: str, current: int, budget: dict[str,
         assert decision.admission_tokens_per_second == pytest.approx(expected)
         assert decision.admission_tokens_per_second == pytest.approx(
             serving * 1000 * utilization)
+
+
+def test_under_a_binding_budget_a_target_held_within_tolerance_is_admitted_too() -> None:
+    """b's 2,100 tok/s are within 10 % of its 2 replicas, so it is not scaled; but with the
+    budget binding (a is capped) no replica is coming, and the excess would only queue."""
+    s = spec([target("a"), target("b")], budget={"maxCost": 48})
+    result = plan(s, world(a=seen(2, 6000), b=seen(2, 2100)), running(), NOW)
+    a, b = result.decisions["a"], result.decisions["b"]
+    assert a.reason == "BudgetCapped" and a.admission_tokens_per_second == 2000.0
+    assert b.reason == "WithinTolerance" and b.admission_tokens_per_second == 2000.0
+    # the same b without a binding budget: the tolerance band is the HPA's, nothing admitted
+    ample = plan(spec([target("a"), target("b")]), world(a=seen(2, 6000), b=seen(2, 2100)),
+                 running(), NOW)
+    assert ample.decisions["b"].admission_tokens_per_second is None

@@ -229,15 +229,17 @@ def _decisions(allocation: Allocation, spec: TokenBudgetSpec, accounts: Accounts
                fits: dict[str, ServiceFit | None]) -> dict[str, Decision]:
     """The Decision of every target, in spec order."""
     active = spec.mode == "Active"
+    binding = any(o.reason in ("BudgetCapped", "BudgetExhausted") for o in allocation.outcomes)
     return {
         o.proposal.seen.target.name: _decision(
             o, active, decision_message(o, spec, accounts, allocation),
-            spec.planning.target_utilization, fits.get(o.proposal.seen.target.name))
+            spec.planning.target_utilization if binding else None,
+            fits.get(o.proposal.seen.target.name))
         for o in allocation.outcomes
     }
 
 
-def _decision(o: Outcome, active: bool, message: str, utilization: float,
+def _decision(o: Outcome, active: bool, message: str, utilization: float | None,
               fit: ServiceFit | None) -> Decision:
     """The Decision of one target; in DryRun the reason becomes DryRun (except Conflict)."""
     p = o.proposal
@@ -259,15 +261,24 @@ def _decision(o: Outcome, active: bool, message: str, utilization: float,
     )
 
 
-def _admission(o: Outcome, r: Recommendation | None, utilization: float) -> float | None:
-    """Step 5's admission: when the budget holds a target below its need, the token rate its
-    affordable replicas (those ready among them) serve within the SLO at the planning
-    utilisation (the same margin for second-scale noise the need is sized with); else None."""
-    if r is None or o.reason not in ("BudgetCapped", "BudgetExhausted") or o.final >= r.need:
+def _admission(o: Outcome, r: Recommendation | None, utilization: float | None
+               ) -> float | None:
+    """Step 5's admission: while the budget binds (``utilization`` given: some target is
+    BudgetCapped or BudgetExhausted), every target whose demand exceeds what its decided
+    replicas serve gets the token rate they serve within the SLO at the planning utilisation
+    (the margin for second-scale noise the need is sized with), counting only the ready ones.
+    A target held within its tolerance band under a binding budget is included: more replicas
+    are not coming, so the excess would only queue. None while the budget does not bind.
+    (Lowering it further to drain a backlog within the TTFT target was measured and dropped:
+    tight case 31.2 % -> 28.3 % attainment.)"""
+    if r is None or utilization is None:
         return None
     t = o.proposal.seen.target
     serving = min(o.final, max(o.proposal.seen.obs.ready_replicas, 0))
-    return serving * t.tokens_per_replica_per_second * utilization
+    admitted = serving * t.tokens_per_replica_per_second * utilization
+    if r.demand.total <= admitted and o.final >= r.need:
+        return None
+    return admitted
 
 
 def _planned_rate(allocation: Allocation, active: bool) -> float:
