@@ -72,7 +72,7 @@ def start(spec: str | None = None) -> TestClock:
     if not spec:
         return TestClock("system", "UTC", 0.0)
     at, zone = parse(spec)
-    return TestClock(spec, zone, at.timestamp() - time.time())
+    return TestClock(spec, zone, float(round(at.timestamp() - time.time())))  # whole seconds
 
 
 _current = start("")

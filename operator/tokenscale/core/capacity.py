@@ -137,7 +137,7 @@ def trend_forecast(
     sx = sy = sxx = sxy = 0.0
     for t, y in samples:
         x = (t - now).total_seconds()
-        if x < -window_seconds or x > 0:
+        if x < -window_seconds or x > 1e-3:  # a sample stamped a millisecond late still counts
             continue
         n += 1
         sx += x
