@@ -96,3 +96,18 @@ def test_compaction_bound_keeps_newest() -> None:
     entries = [_entry(i, 100 + i) for i in range(50)]
     kept = compact_recommendations(entries, NOW, 600, limit=5)
     assert [e.replicas for e in kept] == [104, 103, 102, 101, 100]
+
+
+def test_a_sample_stamped_a_millisecond_after_now_still_counts() -> None:
+    """A shifted clock rounds query times to milliseconds: the newest sample may come back
+    up to 1 ms after now; dropping it would fit the trend on older, rising samples only."""
+    from datetime import UTC, datetime, timedelta
+
+    from tokenscale.core.capacity import trend_forecast
+
+    now = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)
+    rising = [(now - timedelta(seconds=60 - 10 * i), 1000.0 + 500 * i) for i in range(5)]
+    flat_tail = (now + timedelta(microseconds=500), 3000.0)
+    _, with_tail = trend_forecast([*rising, flat_tail], now, 60, 60)
+    _, without = trend_forecast(rising, now, 60, 60)
+    assert with_tail < without  # the plateau is seen, the extrapolation is lower
