@@ -340,8 +340,12 @@ class SpendStatus(_Model):
 
     cost: float = Field(0, description="Spent this period (currency).")
     tokens: float = Field(0, description="Tokens served this period.")
-    projected_cost: float = Field(0, description="Cost at period end at the current rate.")
-    projected_tokens: float = Field(0, description="Tokens at period end at the current rate.")
+    projected_cost: float = Field(
+        0, description="Cost at period end: the demand forecast at the planned replicas and "
+                       "prices, paced by the budget.")
+    projected_tokens: float = Field(
+        0, description="Tokens at period end: the demand forecast up to the planned capacity, "
+                       "paced by the budget.")
     cost_per_hour: float = Field(0, description="Current cost rate (currency/h).")
     cost_per_million_tokens: float | None = Field(
         None, description="Cost per 1e6 tokens this period."
@@ -399,6 +403,34 @@ class TargetStatus(_Model):
     service_model: ServiceModelStatus | None = None
 
 
+class BudgetStatus(_Model):
+    """The limit that binds, in its unit: what the Spend, Budget and Projected columns show."""
+
+    binding: Literal["Cost", "Tokens"] = Field(
+        ..., description="The limit projected to be used the most (Cost on a tie).")
+    limit: float = Field(..., description="maxCost or maxTokens.")
+    unit: str = Field(..., max_length=64, description="The currency, or tokens.")
+    spent: float = Field(0, description="Spent (or served) this period, in the unit.")
+    projected: float = Field(0, description="Projected at period end, in the unit.")
+    display: str = Field(..., max_length=128,
+                         description="The limit and its unit, e.g. 480 USD or 2G tokens.")
+
+
+class DemandProfileStatus(_Model):
+    """A target's learned demand by local half hour: the memory of the projection."""
+
+    target: str
+    tokens_per_second: list[float] = Field(
+        default_factory=list, max_length=48,
+        description="Mean served tokens/s per local half hour from 00:00 in budget.timeZone "
+                    "(negative: not yet observed).")
+    level: float = Field(1.0, description="Today's demand relative to the profile.")
+    slot_start: str | None = Field(None, description="Start of the half hour being observed "
+                                                     "(RFC 3339).")
+    slot_tokens: float = Field(0, description="Tokens served in it so far.")
+    slot_seconds: float = Field(0, description="Seconds of it observed so far.")
+
+
 class Recommendation(_Model):
     """One past recommendation, kept for scale-down stabilization across restarts."""
 
@@ -427,6 +459,11 @@ class TokenBudgetStatus(_Model):
     recommendations: list[Recommendation] = Field(
         default_factory=list, max_length=MAX_RECOMMENDATIONS
     )
+    budget: BudgetStatus | None = Field(
+        None, description="The binding limit in its unit (printer columns).")
+    demand_profiles: list[DemandProfileStatus] = Field(
+        default_factory=list, max_length=MAX_TARGETS,
+        description="Per target, the learned demand by time of day (memory).")
 
 
 class ObjectMeta(BaseModel):

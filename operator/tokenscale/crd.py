@@ -23,9 +23,10 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"},
     {"name": "Desired", "type": "integer", "jsonPath": ".status.desiredReplicas"},
     {"name": "Tokens/s", "type": "number", "jsonPath": ".status.tokensPerSecond"},
-    {"name": "Spend", "type": "number", "jsonPath": ".status.spend.cost"},
-    {"name": "Budget", "type": "number", "jsonPath": ".spec.budget.maxCost"},
-    {"name": "Projected", "type": "number", "jsonPath": ".status.spend.projectedCost"},
+    # in the unit of the binding limit (cost, or tokens for a token-only budget)
+    {"name": "Spend", "type": "number", "jsonPath": ".status.budget.spent"},
+    {"name": "Budget", "type": "string", "jsonPath": ".status.budget.display"},
+    {"name": "Projected", "type": "number", "jsonPath": ".status.budget.projected"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -46,7 +46,8 @@ class OperatorMetrics:
             (*_BUDGET, "unit"), registry=r,
         )
         self.projected_cost = Gauge(
-            "tokenscale_projected_cost", "Cost at period end at the current rate (currency).",
+            "tokenscale_projected_cost",
+            "Cost at period end from the demand forecast and the planned replicas (currency).",
             (*_BUDGET, "currency"), registry=r,
         )
         self.cost_per_hour = Gauge(

@@ -26,7 +26,10 @@ from typing import Any, cast
 
 from tokenscale import api
 from tokenscale.core.types import (
+    PROFILE_SLOTS,
+    BindingLimit,
     ConditionValue,
+    DemandProfile,
     Memory,
     Observation,
     Plan,
@@ -80,6 +83,7 @@ def memory_from_status(status: api.TokenBudgetStatus) -> Memory:
         t = parse_time(target.last_scale_time)
         if t is not None:
             last_scale[target.name] = t
+    profiles = {p.target: _profile(p) for p in status.demand_profiles}
     return Memory(
         period_start=parse_time(status.period.start) if status.period else None,
         spend_cost=status.spend.cost if status.spend else 0.0,
@@ -88,7 +92,48 @@ def memory_from_status(status: api.TokenBudgetStatus) -> Memory:
         recommendations=tuple(recs),
         metrics_unavailable_since=parse_time(status.metrics_unavailable_since),
         last_scale_time=last_scale,
+        demand_profiles=profiles,
     )
+
+
+def _profile(p: api.DemandProfileStatus) -> DemandProfile:
+    """A target's demand profile as persisted (missing or broken slots read as unseen)."""
+    slots = [v if math.isfinite(v) else -1.0 for v in p.tokens_per_second[:PROFILE_SLOTS]]
+    slots += [-1.0] * (PROFILE_SLOTS - len(slots))
+    level = p.level if math.isfinite(p.level) and p.level > 0 else 1.0
+    return DemandProfile(slots=tuple(slots), level=level, slot_start=parse_time(p.slot_start),
+                         slot_tokens=max(0.0, p.slot_tokens), slot_seconds=max(0.0,
+                                                                               p.slot_seconds))
+
+
+def _profile_status(target: str, p: DemandProfile) -> api.DemandProfileStatus:
+    """A demand profile for status, to 4 significant digits."""
+    def r(x: float) -> float:
+        return float(f"{x:.4g}") if math.isfinite(x) else -1.0
+
+    return api.DemandProfileStatus(
+        target=target, tokens_per_second=[r(v) if v >= 0 else -1.0 for v in p.slots],
+        level=r(p.level), slot_start=to_rfc3339(p.slot_start) if p.slot_start else None,
+        slot_tokens=r(p.slot_tokens), slot_seconds=r(p.slot_seconds))
+
+
+def _amount(x: float, unit: str) -> str:
+    """A limit for the Budget column: ``480 USD``, ``12.5 EUR``, ``2G tokens``."""
+    if unit == "tokens":
+        for suffix, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+            if abs(x) >= div:
+                return f"{x / div:.4g}{suffix} tokens"
+        return f"{x:.4g} tokens"
+    text = f"{x:,.2f}"
+    return f"{text.removesuffix('.00')} {unit}"
+
+
+def _budget_status(binding: BindingLimit | None) -> api.BudgetStatus | None:
+    if binding is None:
+        return None
+    return api.BudgetStatus(binding=binding.kind, limit=binding.limit, unit=binding.unit,
+                            spent=binding.spent, projected=binding.projected,
+                            display=_amount(binding.limit, binding.unit))
 
 
 # --------------------------------------------------------------------------- conditions
@@ -239,6 +284,9 @@ def build_status(
             api.Recommendation(target=r.target, time=to_rfc3339(r.time), replicas=r.replicas)
             for r in recs
         ],
+        budget=_budget_status(plan.binding),
+        demand_profiles=[_profile_status(name, p)
+                         for name, p in plan.memory.demand_profiles.items()],
     )
     return status, changes
 
@@ -307,9 +355,15 @@ def _round(value: Any) -> Any:
     return value
 
 
+#: left out of the significant view: the reconcile time, and the demand profiles (they move a
+#: little every cycle; written with the next significant change or the heartbeat, a restart
+#: loses at most a heartbeat of learning)
+_NOT_SIGNIFICANT = frozenset({"lastReconcileTime", "demandProfiles"})
+
+
 def significant(status: Mapping[str, Any]) -> dict[str, Any]:
     """The view of a wire-form status that decides whether to patch."""
-    view = {k: v for k, v in status.items() if k != "lastReconcileTime"}
+    view = {k: v for k, v in status.items() if k not in _NOT_SIGNIFICANT}
     for key in ("conditions", "targets"):  # messages quote durations that tick every cycle
         view[key] = [
             {k: v for k, v in item.items() if k != "message"}

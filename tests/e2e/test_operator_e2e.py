@@ -299,7 +299,7 @@ def test_replicas_follow_a_load_step_up_and_down(
     assert table["MODE"] == "Active"
     assert int(table["REPLICAS"]) >= 5 and int(table["DESIRED"]) >= 5
     assert float(table["SPEND"]) > 0 and float(table["PROJECTED"]) > float(table["SPEND"])
-    assert float(table["BUDGET"]) == 10_000
+    assert table["BUDGET"] == "10,000 USD"
     assert operator.metric("tokenscale_desired_replicas", tokenbudget="step") >= 5
     assert operator.metric("tokenscale_spend_cost", tokenbudget="step") > 0
     with urllib.request.urlopen(f"http://127.0.0.1:{operator.health_port}/healthz") as rsp:

@@ -82,8 +82,14 @@ def test_kubectl_apply_get_scale_describe(kubectl: Kubectl, emulator: ApiServer)
 
     rows = kubectl.get_table("tb", namespace="inference")
     assert [r["NAME"] for r in rows] == ["chat"]
-    assert rows[0]["MODE"] == "Active" and rows[0]["BUDGET"] == "480"
+    assert rows[0]["MODE"] == "Active" and rows[0]["BUDGET"] == ""  # the operator's to fill
     assert {"PHASE", "REPLICAS", "DESIRED", "TOKENS/S", "SPEND", "PROJECTED", "AGE"} <= set(rows[0])
+    status = {"status": {"budget": {"binding": "Cost", "limit": 480, "unit": "USD",
+                                    "spent": 12.5, "projected": 401.25, "display": "480 USD"}}}
+    kubectl.run("patch", "tb", "chat", "--subresource=status", "--type=merge", "-p",
+                json.dumps(status), namespace="inference")
+    row = kubectl.get_table("tb", namespace="inference")[0]
+    assert (row["SPEND"], row["BUDGET"], row["PROJECTED"]) == ("12.5", "480 USD", "401.25")
 
     deploys = kubectl.get_table("deploy", namespace="inference")
     assert deploys[0]["NAME"] == "llama-8b" and deploys[0]["READY"] == "0/2"

@@ -28,18 +28,24 @@ caps served capacity at ``remaining tokens / seconds left`` (tokens/s). The time
 least one second, so the last instant of a period does not divide by zero. Exhausted means the
 spend reached the limit (≥ maxCost or ≥ maxTokens).
 
-Projection: spend so far + rate × time left (cost at the price multiplier of now).
+Projection: :mod:`~tokenscale.core.outlook` projects the period end from the demand forecast,
+the planned replicas, the price schedule and this pacing; :func:`project` (spend so far + rate ×
+time left at the multiplier of now) is the run-rate projection it replaced, still reported
+next to it.
 """
 
 from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta, tzinfo
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 from zoneinfo import ZoneInfo
 
 from tokenscale.api import WEEKDAYS, BudgetSpec, PriceWindow, TokenBudgetSpec
-from tokenscale.core.types import Memory, Spend
+from tokenscale.core.types import BindingLimit, Memory, Spend
+
+if TYPE_CHECKING:
+    from tokenscale.core.outlook import Outlook
 
 _HOUR = timedelta(hours=1)
 _DAY_MINUTES = 24 * 60
@@ -101,8 +107,14 @@ def multiplier_at(schedule: list[PriceWindow], zone: tzinfo, at: datetime) -> fl
     if not schedule:
         return 1.0
     local = at.astimezone(zone)
-    day = WEEKDAYS[local.weekday()]
     minute = local.hour * 60 + local.minute + (local.second + local.microsecond / 1e6) / 60
+    return multiplier_on(schedule, local.weekday(), minute)
+
+
+def multiplier_on(schedule: list[PriceWindow], weekday: int, minute: float) -> float:
+    """Price multiplier of ``schedule`` on ``weekday`` (0 = Monday) at local ``minute`` of the
+    day (first matching window, else 1)."""
+    day = WEEKDAYS[weekday]
     for window in schedule:
         if day in window.days and (
             _clock_minutes(window.start) <= minute < _clock_minutes(window.end)
@@ -317,16 +329,42 @@ def _count_tokens(memory: Memory, usage: Usage, period_start: datetime, now: dat
 
 
 def spend_figures(accounts: Accounts, usage: Usage, multiplier: float,
-                  planned_rate: float) -> Spend:
-    """Spend for status: so far, and projected to period end at the planned cost rate
-    (currency/h) and the observed token rate."""
+                  planned_rate: float, outlook: Outlook | None = None) -> Spend:
+    """Spend for status: so far, and projected to period end: from ``outlook`` (the demand
+    forecast and the planned replicas, see :mod:`~tokenscale.core.outlook`) when given, and at
+    the run rate (the planned cost rate, currency/h, and the observed token rate)."""
     now, end = accounts.at, accounts.period_end
     spent, tokens = accounts.spent, accounts.tokens
+    run_cost = project(spent, planned_rate / 3600.0, now, end)
+    run_tokens = project(tokens, usage.token_rate, now, end)
     return Spend(
         cost=spent,
         tokens=tokens,
-        projected_cost=project(spent, planned_rate / 3600.0, now, end),
-        projected_tokens=project(tokens, usage.token_rate, now, end),
+        projected_cost=outlook.cost if outlook is not None else run_cost,
+        projected_tokens=outlook.tokens if outlook is not None else run_tokens,
         cost_per_hour=usage.base_cost_rate * multiplier,
         cost_per_million_tokens=spent / tokens * 1e6 if tokens > 0 else None,
+        demand_cost=outlook.demand_cost if outlook is not None else None,
+        demand_tokens=outlook.demand_tokens if outlook is not None else None,
+        run_rate_cost=run_cost,
+        run_rate_tokens=run_tokens,
     )
+
+
+def binding_limit(budget: BudgetSpec, spend: Spend) -> BindingLimit | None:
+    """The limit that binds: of maxCost and maxTokens the one whose projection uses the larger
+    share of it (cost on a tie); None without limits."""
+    cost = tokens = None
+    if budget.max_cost is not None:
+        cost = BindingLimit("Cost", budget.max_cost, budget.currency, spend.cost,
+                            spend.projected_cost)
+    if budget.max_tokens is not None:
+        tokens = BindingLimit("Tokens", budget.max_tokens, "tokens", spend.tokens,
+                              spend.projected_tokens)
+    if cost is None or tokens is None:
+        return cost or tokens
+
+    def share(x: BindingLimit) -> float:
+        return x.projected / x.limit if x.limit > 0 else math.inf
+
+    return tokens if share(tokens) > share(cost) else cost

@@ -4,8 +4,10 @@ Conditions (type: True reasons / False reason):
 
 * MetricsAvailable: MetricsFresh / MetricsUnavailable or FallbackActive.
 * BudgetExhausted: CostBudgetSpent, TokenBudgetSpent / BudgetRemaining.
-* BudgetAtRisk: Exhausted, MinReplicasOverBudget, DemandExceedsBudget, ProjectedOverrun /
-  WithinBudget.
+* BudgetAtRisk: Exhausted, MinReplicasOverBudget, DemandExceedsBudget, ProjectedOverrun (the
+  forecast demand would cost more than a limit before the period ends) / WithinBudget. The
+  message gives the projection to period end (:mod:`~tokenscale.core.outlook`) and, when at
+  risk, the average pace that stays inside each limit over the time left next to the pace now.
 * ScalingLimited: the first limiting target's reason (ScaleUpLimited, MinReplicas,
   MaxReplicas, BudgetCapped, BudgetExhausted, DiminishingReturns) / DesiredWithinRange.
 * Conflict: ConflictingAutoscaler, TargetNotScalable / NoConflict.
@@ -114,18 +116,50 @@ def _exhausted(s: Situation, spent_text: str) -> ConditionValue:
     )
 
 
+def _projection_text(s: Situation) -> str:
+    """The projection to period end of each limit, and the forecast demand's where the budget
+    holds the spend below it."""
+    budget, cur, spend = s.spec.budget, s.spec.budget.currency, s.spend
+    parts = []
+    if budget.max_cost is not None:
+        text = f"projected {money(spend.projected_cost)} of {money(budget.max_cost)} {cur}"
+        if spend.demand_cost is not None and spend.demand_cost > spend.projected_cost * 1.005:
+            text += f" ({money(spend.demand_cost)} at the forecast demand)"
+        parts.append(text)
+    if budget.max_tokens is not None:
+        text = f"projected {rate(spend.projected_tokens)} of {rate(budget.max_tokens)} tokens"
+        if spend.demand_tokens is not None and spend.demand_tokens > spend.projected_tokens * 1.005:
+            text += f" ({rate(spend.demand_tokens)} at the forecast demand)"
+        parts.append(text)
+    return ", ".join(parts) + " by period end"
+
+
+def _pace_text(s: Situation) -> str:
+    """The pace that stays inside each limit over the time left, next to the pace of now."""
+    budget, cur, accounts, spend = s.spec.budget, s.spec.budget.currency, s.accounts, s.spend
+    hours = max(accounts.hours_left, 0.0)
+    parts = []
+    if budget.max_cost is not None:
+        parts.append(f"at most {money(accounts.affordable)} {cur}/h (planned now "
+                     f"{money(s.planned_rate)} {cur}/h)")
+    if budget.max_tokens is not None:
+        left = max(1.0, hours * 3600.0)
+        now_rate = ((spend.run_rate_tokens - spend.tokens) / left
+                    if spend.run_rate_tokens is not None else 0.0)
+        parts.append(f"at most {rate(accounts.token_cap)} tokens/s (now {rate(now_rate)} "
+                     "tokens/s)")
+    return f"to stay inside: {' and '.join(parts)} on average over the {hours:.1f} h left"
+
+
+def _over(limit: float | None, value: float | None) -> bool:
+    return limit is not None and value is not None and value > limit * (1 + 1e-9)
+
+
 def _risk(s: Situation, spent_text: str) -> ConditionValue:
     budget, cur, spend = s.spec.budget, s.spec.budget.currency, s.spend
     if s.accounts.exhausted:
         return ConditionValue("BudgetAtRisk", "True", "Exhausted", spent_text)
-    projection = []
-    if budget.max_cost is not None:
-        projection.append(f"projected {money(spend.projected_cost)} of "
-                          f"{money(budget.max_cost)} {cur}")
-    if budget.max_tokens is not None:
-        projection.append(f"projected {rate(spend.projected_tokens)} of "
-                          f"{rate(budget.max_tokens)} tokens")
-    projection_text = ", ".join(projection)
+    projection_text = _projection_text(s)
     if s.allocation.floors_over:
         return ConditionValue("BudgetAtRisk", "True", "MinReplicasOverBudget",
                           f"minReplicas alone exceed the affordable rate "
@@ -135,11 +169,14 @@ def _risk(s: Situation, spent_text: str) -> ConditionValue:
               if o.reason == "BudgetCapped"]
     if capped:
         return ConditionValue("BudgetAtRisk", "True", "DemandExceedsBudget",
-                          f"budget caps {', '.join(capped)}; {projection_text}")
-    if (budget.max_cost is not None and spend.projected_cost > budget.max_cost * (1 + 1e-9)) or (
-            budget.max_tokens is not None
-            and spend.projected_tokens > budget.max_tokens * (1 + 1e-9)):
-        return ConditionValue("BudgetAtRisk", "True", "ProjectedOverrun", projection_text)
+                          f"budget caps {', '.join(capped)}; {projection_text}; "
+                          f"{_pace_text(s)}")
+    demand_cost = spend.demand_cost if spend.demand_cost is not None else spend.projected_cost
+    demand_tokens = (spend.demand_tokens if spend.demand_tokens is not None
+                     else spend.projected_tokens)
+    if _over(budget.max_cost, demand_cost) or _over(budget.max_tokens, demand_tokens):
+        return ConditionValue("BudgetAtRisk", "True", "ProjectedOverrun",
+                              f"{projection_text}; {_pace_text(s)}")
     return ConditionValue("BudgetAtRisk", "False", "WithinBudget", projection_text)
 
 

@@ -31,7 +31,9 @@ Pure: everything arrives as arguments, nothing is read from the clock, network o
    (Conflict) and their cost counts as a fixed floor.
 8. **Output**: a Decision per target with one reason and a message with the numbers
    (:mod:`~tokenscale.core.messages`), the conditions and phase
-   (:mod:`~tokenscale.core.conditions`), spend and the memory for the next cycle.
+   (:mod:`~tokenscale.core.conditions`), spend with its projection to period end from the
+   demand forecast and the planned replicas (:mod:`~tokenscale.core.outlook`, which also
+   learns each target's time-of-day demand into the memory) and the memory for the next cycle.
 
 The steps hand each other immutable typed records (``typing.NamedTuple``: as frozen as a frozen
 dataclass and about three times cheaper to build, which matters at a dozen records per call).
@@ -52,6 +54,7 @@ targets dropped, ``last_scale_time[target] = now`` for scaled targets.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import datetime
 from typing import NamedTuple
 
@@ -61,6 +64,7 @@ from tokenscale.core.budget import (
     Usage,
     account,
     accrue_cost,
+    binding_limit,
     counter_increase,
     period_bounds,
     price_multiplier,
@@ -71,6 +75,7 @@ from tokenscale.core.conditions import Situation, conditions
 from tokenscale.core.costmodel import continuous_optimum, fit_log_linear, select_model
 from tokenscale.core.messages import decision_message, dry_run_message
 from tokenscale.core.outage import Hold, Outage, Seen, classify, hold, outage_clock
+from tokenscale.core.outlook import lanes, learn_all, outlook
 from tokenscale.core.pacing import Allocation, Outcome, Proposal, pace
 from tokenscale.core.service import fit_service, spec_service
 from tokenscale.core.types import (
@@ -121,11 +126,15 @@ def plan(spec: TokenBudgetSpec, observation: Observation, memory: Memory,
     active = spec.mode == "Active"
     decisions = _decisions(allocation, spec, accounts, fits)
     planned_rate = _planned_rate(allocation, active)
-    spend = spend_figures(accounts, usage, cycle.multiplier, planned_rate)
+    run = lanes(spec, allocation, memory.demand_profiles)
+    projected = outlook(spec, accounts, run, spec.planning.interval_seconds)
+    spend = spend_figures(accounts, usage, cycle.multiplier, planned_rate, projected)
     status, phase = conditions(Situation(spec, allocation, accounts, outage, spend, planned_rate))
     return Plan(
         decisions=decisions,
-        memory=_next_memory(cycle, memory, allocation, decisions, accounts),
+        memory=replace(_next_memory(cycle, memory, allocation, decisions, accounts),
+                       demand_profiles=learn_all(spec, seen, memory.demand_profiles,
+                                                 memory.last_accounted, now)),
         spend=spend,
         period_start=accounts.period_start,
         period_end=accounts.period_end,
@@ -135,6 +144,8 @@ def plan(spec: TokenBudgetSpec, observation: Observation, memory: Memory,
         affordable_tokens_per_second=_finite(accounts.token_cap),
         price_multiplier=cycle.multiplier,
         previous_period_cost=accounts.previous_period_cost,
+        binding=binding_limit(spec.budget, spend),
+        lanes=tuple(run),
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from tokenscale.api import ConditionType, ModelSource, Phase, Reason
 
@@ -75,6 +75,26 @@ class RecommendationEntry:
     replicas: int
 
 
+#: half hours of a day in a :class:`DemandProfile`
+PROFILE_SLOTS = 48
+
+
+@dataclass(frozen=True)
+class DemandProfile:
+    """The learned demand of one target by local half hour (see :mod:`tokenscale.core.outlook`).
+
+    ``slots``: mean served tokens/s per local half hour (index 0 = 00:00-00:30), negative where
+    never observed; ``level``: today's demand / the profile; ``slot_start`` (tz-aware),
+    ``slot_tokens`` and ``slot_seconds``: the half hour being accumulated.
+    """
+
+    slots: tuple[float, ...] = (-1.0,) * PROFILE_SLOTS
+    level: float = 1.0
+    slot_start: datetime | None = None
+    slot_tokens: float = 0.0
+    slot_seconds: float = 0.0
+
+
 @dataclass(frozen=True)
 class Memory:
     """State carried between cycles in the TokenBudget's status (lossless on restart)."""
@@ -86,6 +106,8 @@ class Memory:
     recommendations: tuple[RecommendationEntry, ...] = ()
     metrics_unavailable_since: datetime | None = None
     last_scale_time: dict[str, datetime] = field(default_factory=dict)
+    #: per target: the learned time-of-day demand, for the projection
+    demand_profiles: dict[str, DemandProfile] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -136,7 +158,10 @@ class Decision:
 
 @dataclass(frozen=True)
 class Spend:
-    """Spending figures for status."""
+    """Spending figures for status. Projections are at period end: ``projected_*`` from the
+    demand forecast and the planned replicas, paced by the budget; ``demand_*`` the same at
+    the forecast demand without the budget's caps; ``run_rate_*`` spend so far + the rate of
+    now × the time left (the projection of version 1, kept for comparison)."""
 
     cost: float
     tokens: float
@@ -144,6 +169,37 @@ class Spend:
     projected_tokens: float
     cost_per_hour: float
     cost_per_million_tokens: float | None
+    demand_cost: float | None = None
+    demand_tokens: float | None = None
+    run_rate_cost: float | None = None
+    run_rate_tokens: float | None = None
+
+
+class Lane(NamedTuple):
+    """One target as the projection (:mod:`tokenscale.core.outlook`) runs it."""
+
+    price: float  # currency/h per replica before the multiplier
+    replicas: int  # what runs now: the decision (Active), else the current replicas
+    floor: int  # replicas the budget never cuts
+    low: int  # minReplicas
+    high: int  # maxReplicas
+    per_replica: float  # tokens/s one replica is planned for; 0: not steered (keeps replicas)
+    capacity: float  # tokens/s one replica serves (caps the served tokens); 0: no cap
+    demand: float  # current demand, tokens/s
+    profile: DemandProfile | None
+
+
+@dataclass(frozen=True)
+class BindingLimit:
+    """The budget limit that binds (the one projected to be used the most, cost on a tie),
+    in its unit (the currency or ``tokens``): what the Spend, Budget and Projected columns
+    show."""
+
+    kind: Literal["Cost", "Tokens"]
+    limit: float
+    unit: str
+    spent: float
+    projected: float
 
 
 @dataclass(frozen=True)
@@ -175,3 +231,7 @@ class Plan:
     price_multiplier: float = 1.0
     #: Final cost of the period that closed since the last plan (rollover), else None.
     previous_period_cost: float | None = None
+    #: The limit that binds, in its unit (None: the spec sets no limit).
+    binding: BindingLimit | None = None
+    #: The targets as the projection ran them (to project to another instant).
+    lanes: tuple[Lane, ...] = ()
