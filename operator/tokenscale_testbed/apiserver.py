@@ -200,6 +200,11 @@ class ApiServer:
         """Create as a POST would (raises :class:`ApiError`)."""
         return self.store.create_object(api_version, plural, body)
 
+    def replica_log(self, api_version: str, plural: str, namespace: str,
+                    name: str) -> list[tuple[float, int]]:
+        """Every ``(unix time, spec.replicas)`` of a workload (see :meth:`Store.replica_log`)."""
+        return self.store.replica_log(api_version, plural, namespace, name)
+
     # ------------------------------------------------------------------ HTTP entry
 
     async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:

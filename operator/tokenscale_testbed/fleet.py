@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import hashlib
 import itertools
@@ -73,6 +74,8 @@ log = logging.getLogger(__name__)
 Demand = Callable[[float], float]
 _SAFE = "bcdfghjklmnpqrstvwxz2456789"  # Kubernetes' rand.SafeEncodeString alphabet
 DEFAULT_ENGINE = EngineModel()
+#: entries of a model's served-token log (about a second each: four days)
+SERVED_LOG_LENGTH = 4 * 86_400
 # vLLM V1's bucket bounds (vllm/v1/metrics/loggers.py)
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
                 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
@@ -162,6 +165,9 @@ class ModelState:
     demand_rate: float = 0.0  # tokens/s offered in the last step
     served_total: float = 0.0
     offered_total: float = 0.0
+    #: (unix time, served_total) about once a second: the ground truth of tokens served
+    served_log: collections.deque[tuple[float, float]] = field(
+        default_factory=lambda: collections.deque(maxlen=SERVED_LOG_LENGTH))
     pod_hash: str = ""
     selector: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
@@ -170,6 +176,29 @@ class ModelState:
     @property
     def ready(self) -> list[Pod]:
         return [p for p in self.pods if p.ready]
+
+    def log_served(self, now: float) -> None:
+        """Record ``served_total`` at unix time ``now`` (at most once a second)."""
+        if not self.served_log or now - self.served_log[-1][0] >= 1.0:
+            self.served_log.append((now, self.served_total))
+
+    def served_between(self, start: float, end: float) -> float:
+        """Tokens served between two unix times (linear between the log's entries, clamped
+        to what the log covers)."""
+        return max(0.0, self._served_at(end) - self._served_at(start))
+
+    def _served_at(self, at: float) -> float:
+        log = list(self.served_log)
+        if not log:
+            return 0.0
+        times = [t for t, _ in log]
+        i = bisect_left(times, at)
+        if i == 0:
+            return log[0][1]
+        if i == len(log):
+            return log[-1][1]
+        (t0, v0), (t1, v1) = log[i - 1], log[i]
+        return v0 + (v1 - v0) * (at - t0) / (t1 - t0) if t1 > t0 else v1
 
 
 class SimClock:
@@ -439,10 +468,12 @@ class Fleet:
             now = time.monotonic()
             dt_real, last = now - last, now
             t = self.clock.now()
+            wall = time.time()
             for state in self.states:
                 was_ready = len(state.ready)
                 await self._reconcile_pods(state, t)
                 step(state, t, dt_real)
+                state.log_served(wall)
                 if len(state.ready) != was_ready:
                     await self._mark_ready(state)
                 await self._report(state)

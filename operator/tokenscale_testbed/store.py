@@ -23,6 +23,7 @@ import datetime as dt
 import json
 import re
 import secrets
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -55,6 +56,9 @@ class Resource:
     history: collections.deque[tuple[int, str, Obj]] = field(default_factory=collections.deque)
     dropped_rv: int = 0  # events at or below this resourceVersion are gone from history
     watchers: set[Watcher] = field(default_factory=set)
+    #: workloads only: every change of spec.replicas with its (unix) time, 0 on deletion; the
+    #: ground truth of what was paid for (unbounded, unlike the watch history)
+    replica_log: dict[ObjKey, list[tuple[float, int]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,16 @@ class Target:
 def now() -> str:
     """The current time as a Kubernetes timestamp (``2024-05-01T12:00:00Z``)."""
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _log_replicas(res: Resource, kind: str, obj: Obj) -> None:
+    """Append a workload's spec.replicas to its replica log when it changed (0: deleted)."""
+    meta = obj.get("metadata") or {}
+    key = (meta.get("namespace") or "", str(meta.get("name", "")))
+    replicas = 0 if kind == "DELETED" else int((obj.get("spec") or {}).get("replicas", 1))
+    log = res.replica_log.setdefault(key, [])
+    if not log or log[-1][1] != replicas:
+        log.append((time.time(), replicas))
 
 
 def meta_of(obj: Obj) -> Obj:
@@ -156,6 +170,13 @@ class Store:
         rtype = self.resource_type(api_version, plural)
         return self.resource(rtype).objects.get((namespace or "", name))
 
+    def replica_log(self, api_version: str, plural: str, namespace: str,
+                    name: str) -> list[tuple[float, int]]:
+        """Every ``(unix time, spec.replicas)`` the workload had, from creation (0 after its
+        deletion); empty for one never seen."""
+        rtype = self.resource_type(api_version, plural)
+        return list(self.resource(rtype).replica_log.get((namespace, name), []))
+
     def list_objects(self, api_version: str, plural: str,
                      namespace: str | None = None) -> list[Obj]:
         rtype = self.resource_type(api_version, plural)
@@ -201,6 +222,8 @@ class Store:
 
     def _emit(self, rtype: ResourceType, kind: str, obj: Obj) -> None:
         res = self.resource(rtype)
+        if (rtype.group, rtype.plural) in _REPLICATED:
+            _log_replicas(res, kind, obj)
         rv = int(obj["metadata"]["resourceVersion"])
         res.history.append((rv, kind, obj))
         while len(res.history) > self.watch_history:

@@ -87,6 +87,10 @@ def test_demo_headless_summary_plot_and_clean_shutdown(tmp_path: Path) -> None:
         if mode == "Active":
             assert b["spendCost"] > 0, b
             assert b["budget"] > 0
+        # the status against the ground truth (replica history x prices; the fleet's tokens):
+        # a minute is short (a scale event's patch latency weighs more than over a day)
+        assert b["truth"]["cost"] > 0 and abs(b["costTruthError"]) < 0.02, b["truth"]
+        assert abs(b["tokensTruthError"]) < 0.05, b["truth"]
     assert sum(b["scaleEvents"] for b in budgets.values()) >= 1
     scaled = [t for b in budgets.values() for t in b["targets"] if t["replicaChanges"] > 0]
     assert scaled, "no target changed replicas"

@@ -136,3 +136,27 @@ def test_writes_reach_the_matching_watchers_only(store: Store) -> None:
     event = watcher.queue.get_nowait()
     assert event is not None and event[0] == "ADDED"
     assert event[1]["metadata"]["name"] == "llama-8b" and watcher.queue.empty()
+
+
+def test_the_replica_log_keeps_every_change_with_its_time_until_deletion(store: Store) -> None:
+    import time
+
+    before = time.time()
+    store.create_object("apps/v1", "deployments", deployment(replicas=2))
+
+    def scale(n: int) -> Any:
+        def change(obj: dict[str, Any]) -> dict[str, Any]:
+            obj["spec"]["replicas"] = n
+            return obj
+        return change
+
+    store.update(target(store), scale(5), dry_run=False)
+    store.update(target(store, subresource="status"),
+                 lambda o: {**o, "status": {"readyReplicas": 5}}, dry_run=False)
+    store.update(target(store), scale(5), dry_run=False)  # no change: no entry
+    store.delete(target(store), {})
+    log = store.replica_log("apps/v1", "deployments", NS, "llama-8b")
+    assert [n for _, n in log] == [2, 5, 0]
+    times = [t for t, _ in log]
+    assert before <= times[0] <= times[1] <= times[2] <= time.time()
+    assert store.replica_log("apps/v1", "deployments", NS, "never") == []

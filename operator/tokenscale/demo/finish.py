@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +28,27 @@ def record_outcome(stack: Stack, rec: Recorder, stop: StopSignal,
                         f"see {rel(stack.operator_log_path)}"
                         + (f" (last error: {last_error})" if last_error else ""))
     summary["ok"] = True
+    if stack.api is not None:  # the ground truth, before the emulator and the fleet stop
+        fleet = stack.fleet.fleet if stack.fleet is not None else None
+        models = fleet.states if fleet is not None else []
+        stack.call(lambda server: rec.keep_truth(server, models))
+        if stack.prometheus is not None and rec.budgets and rec.budgets[0].wall:
+            rec.first_scrape = first_scrape(stack.prometheus.url, rec.budgets[0].wall[0] - 600)
     if stop.signal:
         summary["stoppedBy"] = stop.signal
+
+
+def first_scrape(url: str, since: float) -> float | None:
+    """When Prometheus first scraped the fleet (unix s; None if unknown): the tokens served
+    before it are in no counter increase(), so the ground truth of tokens starts there."""
+    query = urllib.parse.urlencode({"query": "min(timestamp(up))", "start": f"{since:.0f}",
+                                    "end": f"{time.time():.0f}", "step": "1"})
+    try:
+        with urllib.request.urlopen(f"{url}/api/v1/query_range?{query}", timeout=10) as rsp:
+            result = json.loads(rsp.read())["data"]["result"]
+        return float(result[0]["values"][0][1]) if result else None
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
 
 
 def wait_ports_free(ports: list[int], timeout: float = 10.0) -> bool:
@@ -107,6 +128,11 @@ def final_summary(rec: Recorder, summary: dict[str, Any], speedup: float) -> str
                      f"phases seen {', '.join(b.phases_seen()) or '-'}; "
                      f"{b.scale_events} scale events")
         lines.append(f"      spend {spend_text(b)}")
+        truth = rec.truth(b)
+        if truth.get("costTruthError") is not None:
+            tokens = truth.get("tokensTruthError")
+            lines.append(f"      status vs ground truth: cost {truth['costTruthError']:+.3%}"
+                         + (f", tokens {tokens:+.2%}" if tokens is not None else ""))
         if b.last_reason:
             lines.append(f"      last reason {b.last_reason}: {b.last_message[:150]}")
         lines += _target_lines(rec, b.targets)

@@ -13,9 +13,13 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
+from tokenscale.api import parse_spec
 from tokenscale.demo.budgets import AdaptedBudget
 from tokenscale.demo.workloads import WorkloadDemand
+from tokenscale.status import parse_time
 from tokenscale_testbed.apiserver import ApiServer
+from tokenscale_testbed.fleet import ModelState
+from tokenscale_testbed.truth import relative_error, truth_cost
 
 TB_API = "tokenscale.dev/v1alpha1"
 
@@ -59,6 +63,9 @@ class BudgetTrack:
     cost_rate: list[float] = field(default_factory=list)  # currency/h (status.spend)
     token_rate: list[float] = field(default_factory=list)  # tokens/s (status)
     wall: list[float] = field(default_factory=list)  # unix time of each sample
+    #: status.lastReconcileTime and status.period.start of each sample (unix s, None: unset)
+    reconciled: list[float | None] = field(default_factory=list)
+    period_start: list[float | None] = field(default_factory=list)
     scale_events: int = 0
     last_reason: str = ""
     last_message: str = ""
@@ -111,6 +118,33 @@ class BudgetTrack:
         return seen
 
 
+def _unix(text: Any) -> float | None:
+    when = parse_time(text) if isinstance(text, str) else None
+    return when.timestamp() if when is not None else None
+
+
+def truth_window(b: BudgetTrack) -> tuple[int, int, float] | None:
+    """The samples that bound the status's accounting: ``(first, last, start)``: the last
+    sample, the first one of its period and the instant (unix s) from which the status counts
+    (the period start if an earlier sample was in another period, a rollover, else the first
+    sample's lastReconcileTime; a budget's first cycle accounts nothing). None without a
+    reconciled sample."""
+    last = next((i for i in range(len(b.t) - 1, -1, -1) if b.reconciled[i] is not None), None)
+    if last is None:
+        return None
+    period = b.period_start[last]
+    first = last
+    while first > 0 and b.reconciled[first - 1] is not None \
+            and b.period_start[first - 1] == period:
+        first -= 1
+    rolled = any(p is not None and p != period for p in b.period_start[:first])
+    start = b.reconciled[first]
+    assert start is not None
+    if rolled and period is not None:
+        return first, last, period
+    return first, last, start
+
+
 def _status_reason(status: dict[str, Any]) -> tuple[str, str]:
     """The condition that explains the phase best: (reason, message)."""
     conditions = {c.get("type"): c for c in status.get("conditions") or []}
@@ -139,6 +173,46 @@ class Recorder:
         for d in demands:
             self.targets[d.spec.name] = TargetTrack(d.spec.budget, d.spec.name, d.spec.kind,
                                                     d.source, capacity[d.spec.name])
+        #: the ground truth (:meth:`keep_truth`): replica logs and the fleet's models by name
+        self.replica_logs: dict[str, list[tuple[float, int]]] = {}
+        self.models: dict[str, ModelState] = {}
+        self.first_scrape: float | None = None  # Prometheus' first sample of the fleet
+
+    def keep_truth(self, server: ApiServer, models: list[ModelState]) -> None:
+        """Keep the workloads' replica logs (on the emulator's loop) and the fleet's models,
+        what :meth:`summary` measures the status against."""
+        for name, t in self.targets.items():
+            plural = "statefulsets" if t.kind == "StatefulSet" else "deployments"
+            self.replica_logs[name] = server.replica_log("apps/v1", plural, "inference", name)
+        self.models = {m.config.name: m for m in models}
+
+    def truth(self, b: BudgetTrack) -> dict[str, Any]:
+        """The status's spend against the ground truth over the same window (see
+        :mod:`tokenscale_testbed.truth`): cost from the replica logs × prices × multipliers
+        since the status started counting, tokens from what the fleet served since the
+        period start (what ``increase()`` counts), or since Prometheus' first scrape if that
+        came later (tokens served before it are in no counter increase); the relative
+        errors."""
+        window = truth_window(b)
+        if window is None or not self.replica_logs:
+            return {}
+        first, last, start = window
+        end = b.reconciled[last]
+        period = b.period_start[last]
+        assert end is not None
+        base = 0.0 if start != b.reconciled[first] else b.cost[first]
+        spec = parse_spec(b.adapted.manifest["spec"])
+        cost = truth_cost(spec, self.replica_logs, start, end)
+        tokens_from = max(period if period is not None else start, self.first_scrape or 0.0)
+        served = sum(m.served_between(tokens_from, end) for name, m in self.models.items()
+                     if name in b.targets)
+        return {
+            "truth": {"windowStart": start, "windowEnd": end, "cost": cost,
+                      "statusCost": b.cost[last] - base, "tokensFrom": tokens_from,
+                      "tokens": served, "statusTokens": b.tokens[last]},
+            "costTruthError": relative_error(b.cost[last] - base, cost),
+            "tokensTruthError": relative_error(b.tokens[last], served),
+        }
 
     @staticmethod
     def snapshot(server: ApiServer) -> dict[str, Any]:
@@ -179,6 +253,8 @@ class Recorder:
             track.tokens.append(float(spend.get("tokens", 0.0) or 0.0))
             track.projected_cost.append(float(spend.get("projectedCost", 0.0) or 0.0))
             track.projected_tokens.append(float(spend.get("projectedTokens", 0.0) or 0.0))
+            track.reconciled.append(_unix(status.get("lastReconcileTime")))
+            track.period_start.append(_unix((status.get("period") or {}).get("start")))
             track.scale_events = snap["scaled"].get(track.name, 0)
             track.last_reason, track.last_message = _status_reason(status)
             by_target = {x.get("name"): x for x in status.get("targets") or []}
@@ -231,6 +307,7 @@ class Recorder:
                 "periodEnd": b.adapted.period_end.isoformat(),
                 "scaleEvents": b.scale_events,
                 "adapted": b.adapted.changes,
+                **self.truth(b),
                 "targets": [],
             }
             for name in b.targets:
