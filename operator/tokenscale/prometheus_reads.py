@@ -11,6 +11,16 @@ steps, two range queries for all budgets).
 
 Failures never escape: a query that fails is kept as its :class:`MetricFailure` in the
 answers, and the observation of each target says which kind it was.
+
+The queries a TokenBudget writes (``targets[].metrics`` overrides and
+``performance.query``) are *user queries*: each runs on its own thread pool
+(``TOKENSCALE_USER_QUERY_WORKERS``) with its own deadline (``TOKENSCALE_USER_QUERY_TIMEOUT_
+SECONDS`` at most) and bounded answers (:class:`AnswerLimits`). :meth:`PrometheusReads.read`
+returns once the operator's own queries are answered, with the user queries still running;
+each budget waits only for its own (:meth:`PrometheusReads.settle`), so one tenant's slow or
+huge query cannot hold up the budgets that do not use it. Their failures are logged with
+their details here; a status shows the kind only. A URL that is not allowed
+(:mod:`tokenscale.allowlist`) is never asked: its budgets read NotAllowed.
 """
 
 from __future__ import annotations
@@ -19,12 +29,14 @@ import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from tokenscale import api
 from tokenscale.adapters import promql
 from tokenscale.adapters.prometheus import (
+    AnswerLimits,
     MetricFailure,
     PrometheusReader,
     Series,
@@ -32,6 +44,8 @@ from tokenscale.adapters.prometheus import (
     group_by_target,
 )
 from tokenscale.adapters.promql import WorkloadRef
+from tokenscale.allowlist import SETTING as ALLOWLIST_SETTING
+from tokenscale.allowlist import PrometheusAllowlist
 from tokenscale.core.budget import period_bounds
 from tokenscale.metrics import OperatorMetrics
 from tokenscale.registry import BudgetEntry
@@ -50,6 +64,10 @@ FIT_REFRESH_SECONDS = 600
 LATENCY_HISTORY_SECONDS = 3600
 LATENCY_STEP_SECONDS = 60
 LATENCY_RATE_WINDOW = "5m"
+#: How long past its timeout a user query may wait for a thread of the pool (s).
+USER_QUERY_GRACE_SECONDS = 1.0
+#: The spec field of each kind of override (in the operator's log).
+_QUERY_FIELD = {"rate": "tokenRateQuery", "queue": "queueQuery"}
 
 #: One answer grouped to workloads, or the failure of the whole query.
 Grouped = dict[WorkloadRef, TargetSeries] | MetricFailure
@@ -83,6 +101,10 @@ class UrlAnswers:
     fits: dict[str, FitHistory] = field(default_factory=dict)
     itl: dict[WorkloadRef, TargetSeries] = field(default_factory=dict)
     itl_rate: dict[WorkloadRef, TargetSeries] = field(default_factory=dict)
+    #: user queries still running, moved to ``overrides`` / ``fits`` by ``settle``
+    pending: dict[tuple[str, str], asyncio.Task[list[Series] | MetricFailure]] = field(
+        default_factory=dict)
+    pending_fits: dict[str, asyncio.Task[FitHistory]] = field(default_factory=dict)
 
 
 def group_answer(answer: list[Series] | MetricFailure, refs: Iterable[WorkloadRef]) -> Grouped:
@@ -130,20 +152,34 @@ class PrometheusReads:
     def __init__(self, settings: OperatorSettings, metrics: OperatorMetrics):
         self._settings = settings
         self._metrics = metrics
+        self.allowlist = PrometheusAllowlist(settings.prometheus_url,
+                                             settings.prometheus_allowed_urls)
         self._readers: dict[tuple[str, float], PrometheusReader] = {}
+        self._user_readers: dict[str, PrometheusReader] = {}
+        self._user_pool = ThreadPoolExecutor(settings.user_query_workers,
+                                             thread_name_prefix="tokenscale-user-query")
+        self._limits = AnswerLimits(settings.user_query_max_series,
+                                    settings.user_query_max_points)
+        #: (url, what, query) -> the failure kind last logged (logged again on a change)
+        self._failures: dict[tuple[str, str, str], str] = {}
+        #: (url, quality query) -> the fit history read in progress
+        self._fit_tasks: dict[tuple[str, str], asyncio.Task[FitHistory]] = {}
         #: (url, quality query) -> (unix time read, quality series, token rate series)
         self._fit_cache: dict[tuple[str, str], tuple[float, list[Series], list[Series]]] = {}
         #: url -> (unix time read, mean ITL series, token rate series)
         self._latency_cache: dict[str, tuple[float, list[Series], list[Series]]] = {}
 
     def url_for(self, spec: api.TokenBudgetSpec) -> str:
-        """The Prometheus a budget reads (its own, else the operator's default)."""
-        return (spec.prometheus.url or self._settings.prometheus_url).rstrip("/")
+        """The Prometheus a budget reads (its own, else the operator's default), in the
+        allowlist's canonical form; a URL that is not allowed as written."""
+        allowed = self.allowlist.resolve(spec.prometheus.url)
+        return allowed if allowed is not None else str(spec.prometheus.url).rstrip("/")
 
     def close(self) -> None:
-        """Close the Prometheus sessions."""
-        for reader in self._readers.values():
+        """Close the Prometheus sessions and the user query threads."""
+        for reader in [*self._readers.values(), *self._user_readers.values()]:
             reader.close()
+        self._user_pool.shutdown(wait=False, cancel_futures=True)
 
     async def read(self, due: list[BudgetEntry], at_unix: float) -> dict[str, UrlAnswers]:
         """The answers for the ``due`` budgets at ``at_unix`` (unix s), by Prometheus URL."""
@@ -152,9 +188,41 @@ class PrometheusReads:
             assert entry.spec is not None
             by_url.setdefault(self.url_for(entry.spec), []).append(entry)
         results = await asyncio.gather(
-            *(self._read_url(url, entries, at_unix) for url, entries in by_url.items())
+            *(self._read_url(url, entries, at_unix)
+              if self.allowlist.resolve(url) == url else self._refused(url, entries, at_unix)
+              for url, entries in by_url.items())
         )
         return dict(zip(by_url, results, strict=True))
+
+    async def settle(self, answers: UrlAnswers, spec: api.TokenBudgetSpec) -> None:
+        """Wait for the answers to ``spec``'s own queries (each ends by its deadline) and
+        put them with the others; a query not asked this cycle (the spec was edited
+        meanwhile) reads Empty."""
+        for t in spec.targets:
+            for key in (("rate", t.metrics.token_rate_query), ("queue", t.metrics.queue_query)):
+                if key[1] and key not in answers.overrides:
+                    task = answers.pending.get(key)
+                    answers.overrides[key] = (
+                        await asyncio.shield(task) if task is not None
+                        else MetricFailure("Empty", "not asked this cycle"))
+            query = t.performance.query
+            if query and query not in answers.fits and query in answers.pending_fits:
+                answers.fits[query] = await asyncio.shield(answers.pending_fits[query])
+
+    async def _refused(
+        self, url: str, entries: list[BudgetEntry], at_unix: float
+    ) -> UrlAnswers:
+        """Answers for a URL that is not allowed, without a request: every query NotAllowed
+        (the registry refuses such specs first: this is the second line)."""
+        log.error("refusing to query %s: not on %s", url[:200], ALLOWLIST_SETTING)
+        specs = [e.spec for e in entries if e.spec is not None]
+        failure = MetricFailure("NotAllowed", f"{url[:200]} is not on {ALLOWLIST_SETTING}")
+        return UrlAnswers(
+            at=at_unix, window=float(max(s.planning.forecast_window_seconds for s in specs)),
+            rate=failure, queue=failure,
+            increase={period_span_seconds(s.budget, at_unix): failure for s in specs},
+            overrides=dict.fromkeys(override_queries(specs), failure),
+        )
 
     def _reader(self, url: str, timeout: float) -> PrometheusReader:
         key = (url, timeout)
@@ -166,6 +234,53 @@ class PrometheusReads:
                 clock_offset_seconds=self._settings.clock_offset_seconds,
             )
         return self._readers[key]
+
+    def _user_reader(self, url: str) -> PrometheusReader:
+        """The reader of user queries on ``url``: bounded answers, its own threads."""
+        if url not in self._user_readers:
+            self._user_readers[url] = PrometheusReader(
+                url, self._settings.user_query_timeout_seconds,
+                on_query=lambda kind: self._metrics.prometheus_queries.labels(kind).inc(),
+                on_failure=lambda kind: self._metrics.prometheus_errors.labels(kind).inc(),
+                clock_offset_seconds=self._settings.clock_offset_seconds,
+                limits=self._limits, executor=self._user_pool,
+            )
+        return self._user_readers[url]
+
+    def _user_timeout(self, specs: list[api.TokenBudgetSpec]) -> float:
+        """A user query's timeout (s): the budgets' own, at most the operator's limit."""
+        return min(self._settings.user_query_timeout_seconds,
+                   max(s.prometheus.timeout_seconds for s in specs))
+
+    async def _user_answer(
+        self, url: str, what: str, query: str, call: Awaitable[list[Series]], timeout: float
+    ) -> list[Series] | MetricFailure:
+        """A user query's answer or failure by its deadline (its timeout plus a short wait
+        for a free thread); failures are logged here, with their details, when they
+        change."""
+        try:
+            answer = await asyncio.wait_for(self._attempt(call),
+                                            timeout + USER_QUERY_GRACE_SECONDS)
+        except TimeoutError:
+            self._metrics.prometheus_errors.labels("Timeout").inc()
+            answer = MetricFailure("Timeout", f"no answer within {timeout:g}s (a thread of "
+                                              "the user query pool was busy)")
+        self._note(url, what, query, answer)
+        return answer
+
+    def _note(self, url: str, what: str, query: str, answer: object) -> None:
+        """Log a query's failure with its details (the operator's log is the only place
+        they go) when its kind changes, and its recovery."""
+        key = (url, what, query)
+        if isinstance(answer, MetricFailure):
+            if self._failures.get(key) != answer.kind:
+                if len(self._failures) > 10_000:
+                    self._failures.clear()
+                self._failures[key] = answer.kind
+                log.warning("%s query %r on %s failed: %s", what, query[:200], url[:200],
+                            answer)
+        elif self._failures.pop(key, None) is not None:
+            log.info("%s query %r on %s answers again", what, query[:200], url[:200])
 
     async def _attempt(self, query: Awaitable[list[Series]]) -> list[Series] | MetricFailure:
         """The query's series, or its failure (one odd query must not fail every budget)."""
@@ -189,26 +304,34 @@ class PrometheusReads:
         start = at - timedelta(seconds=window)
         ns = self._settings.namespaces
         span_list = sorted({period_span_seconds(s.budget, at_unix) for s in specs})
-        override_list = override_queries(specs)
-        jobs = [
-            self._attempt(reader.range(promql.token_rate_query(ns, self._settings.rate_window),
-                                       start, at, step)),
-            self._attempt(reader.instant(promql.queue_query(ns), at)),
-            *(self._attempt(reader.instant(promql.tokens_increase_query(span, ns), at))
+        user_reader, user_timeout = self._user_reader(url), self._user_timeout(specs)
+        pending = {
+            (kind, q): asyncio.create_task(self._user_answer(
+                url, _QUERY_FIELD[kind], q,
+                user_reader.range(q, start, at, step, timeout=user_timeout) if kind == "rate"
+                else user_reader.instant(q, at, timeout=user_timeout),
+                user_timeout))
+            for kind, q in override_queries(specs)
+        }
+        own = [
+            ("token rate", promql.token_rate_query(ns, self._settings.rate_window)),
+            ("queue", promql.queue_query(ns)),
+            *(("tokens in period", promql.tokens_increase_query(span, ns))
               for span in span_list),
-            *(
-                self._attempt(reader.range(q, start, at, step)) if kind == "rate"
-                else self._attempt(reader.instant(q, at))
-                for kind, q in override_list
-            ),
         ]
+        jobs = [self._attempt(reader.range(q, start, at, step) if i == 0
+                              else reader.instant(q, at))
+                for i, (_, q) in enumerate(own)]
+        fits, pending_fits = self._fit_history(url, reader, specs, at_unix, user_timeout)
         out = await asyncio.gather(*jobs)
-        n = len(span_list)
-        fits = await self._fit_history(url, reader, specs, at_unix)
+        for (what, query), answer in zip(own, out, strict=True):
+            self._note(url, what, query, answer)
         itl, itl_rate = await self._latency_history(url, reader, at_unix)
         refs = {e.ref(t) for e in entries if e.spec is not None for t in e.spec.targets}
         return UrlAnswers(
             fits=fits,
+            pending=pending,
+            pending_fits=pending_fits,
             itl=group_by_target(itl, refs),
             itl_rate=group_by_target(itl_rate, refs),
             at=at_unix,
@@ -216,36 +339,54 @@ class PrometheusReads:
             rate=group_answer(out[0], refs),
             queue=group_answer(out[1], refs),
             increase={span: group_answer(answer, refs)
-                      for span, answer in zip(span_list, out[2:2 + n], strict=True)},
-            overrides=dict(zip(override_list, out[2 + n:], strict=True)),
+                      for span, answer in zip(span_list, out[2:], strict=True)},
+            overrides={},
         )
 
-    async def _fit_history(
-        self, url: str, reader: PrometheusReader, specs: list[api.TokenBudgetSpec], at: float
-    ) -> dict[str, FitHistory]:
+    def _fit_history(
+        self, url: str, reader: PrometheusReader, specs: list[api.TokenBudgetSpec], at: float,
+        timeout: float,
+    ) -> tuple[dict[str, FitHistory], dict[str, asyncio.Task[FitHistory]]]:
         """Quality and token-rate history for each ``performance.query`` (24 h, 5 min
-        steps), re-read every FIT_REFRESH_SECONDS, not every cycle; failures leave the
-        fit to the spec's a, b."""
+        steps), re-read every FIT_REFRESH_SECONDS, not every cycle: the cached ones, and
+        the reads started for the others (a budget waits for its own in ``settle``)."""
         wanted = {t.performance.query for s in specs for t in s.targets if t.performance.query}
-        out: dict[str, FitHistory] = {}
+        ready: dict[str, FitHistory] = {}
+        pending: dict[str, asyncio.Task[FitHistory]] = {}
         for query in sorted(wanted):
             cached = self._fit_cache.get((url, query))
-            if cached is None or at - cached[0] >= FIT_REFRESH_SECONDS:
-                end = datetime.fromtimestamp(at, UTC)
-                start = end - timedelta(seconds=FIT_HISTORY_SECONDS)
-                try:
-                    quality, rates = await asyncio.gather(
-                        reader.range(query, start, end, FIT_STEP_SECONDS),
-                        reader.range(promql.token_rate_query(self._settings.namespaces, "5m"),
-                                     start, end, FIT_STEP_SECONDS),
-                    )
-                except MetricFailure as failure:
-                    log.warning("performance query %r failed: %s", query[:200], failure)
-                    quality, rates = [], []
-                cached = (at, quality, rates)
-                self._fit_cache[(url, query)] = cached
-            out[query] = (cached[1], cached[2])
-        return out
+            if cached is not None and at - cached[0] < FIT_REFRESH_SECONDS:
+                ready[query] = (cached[1], cached[2])
+                continue
+            task = self._fit_tasks.get((url, query))
+            if task is None or task.done():
+                task = asyncio.create_task(self._read_fit(url, reader, query, at, timeout))
+                self._fit_tasks[(url, query)] = task
+            pending[query] = task
+        return ready, pending
+
+    async def _read_fit(
+        self, url: str, reader: PrometheusReader, query: str, at: float, timeout: float
+    ) -> FitHistory:
+        """Read and cache one fit history; a failure caches none (the fit falls back to
+        the spec's a, b until the next read)."""
+        end = datetime.fromtimestamp(at, UTC)
+        start = end - timedelta(seconds=FIT_HISTORY_SECONDS)
+        quality, rates = await asyncio.gather(
+            self._user_answer(url, "performance.query", query, self._user_reader(url).range(
+                query, start, end, FIT_STEP_SECONDS, timeout=timeout), timeout),
+            self._attempt(reader.range(promql.token_rate_query(self._settings.namespaces, "5m"),
+                                       start, end, FIT_STEP_SECONDS)),
+        )
+        if isinstance(rates, MetricFailure):
+            log.warning("token rate history for performance query %r failed: %s",
+                        query[:200], rates)
+        fit: FitHistory = (
+            (quality, rates) if isinstance(quality, list) and isinstance(rates, list)
+            else ([], []))
+        self._fit_cache[(url, query)] = (at, fit[0], fit[1])
+        self._fit_tasks.pop((url, query), None)
+        return fit
 
     async def _latency_history(
         self, url: str, reader: PrometheusReader, at: float

@@ -8,13 +8,18 @@ one *cycle*:
 
 1. observe, once for all due budgets: Prometheus batched per URL
    (:mod:`tokenscale.prometheus_reads`) and Kubernetes LISTs per namespace
-   (:mod:`tokenscale.namespace_reads`); then per budget, the pure
+   (:mod:`tokenscale.namespace_reads`); then per budget, once the answers to its own user
+   queries are in (each by its own deadline), the pure
    :func:`tokenscale.observation.build_observation`;
 2. plan, per budget: the pure planner (:func:`tokenscale.core.planner.plan`);
 3. act: replicas patched through the scale subresource (Active mode only, never on
    Conflict; :mod:`tokenscale.scaling`);
 4. report: status merge-patched when it changed, Events for every scale and condition
    change, gauges exported (:mod:`tokenscale.reporting`, :mod:`tokenscale.status`).
+
+Cycles run as tasks: the loop does not wait for one before starting the next tick's, and a
+budget is never in two cycles at once (``BudgetEntry.in_flight``). So a cycle held up by a
+tenant's slow user queries holds up only the budgets that wait for them.
 """
 
 from __future__ import annotations
@@ -103,8 +108,8 @@ class Reconciler:
         self.metrics = metrics
         self._planner = planner
         self._clock = wall_clock
-        self.registry = BudgetRegistry(metrics, wall_clock)
         self.prometheus = PrometheusReads(settings, metrics)
+        self.registry = BudgetRegistry(metrics, wall_clock, self.operator_problems)
         self.reporter = Reporter(settings, kube, metrics, self.registry.forget)
         self.last_loop = time.monotonic()
         self.cycles = 0
@@ -115,6 +120,12 @@ class Reconciler:
     def entries(self) -> dict[tuple[str, str], BudgetEntry]:
         """The watched budgets by (namespace, name)."""
         return self.registry.entries
+
+    def operator_problems(self, spec: api.TokenBudgetSpec) -> list[str]:
+        """What the operator refuses in a spec the API model accepts: a Prometheus URL that
+        is not on the allowlist (no request is ever made to it)."""
+        problem = self.prometheus.allowlist.problem(spec.prometheus.url)
+        return [problem] if problem else []
 
     def on_event(self, event_type: str | None, body: dict[str, Any]) -> BudgetEntry | None:
         """Record a watch event; returns the entry if its spec changed (to validate)."""
@@ -142,28 +153,55 @@ class Reconciler:
     # ---------------------------------------------------------------------- loop
 
     async def run_forever(self, stop: asyncio.Event) -> None:
-        """Run cycles on their ticks until ``stop`` is set."""
-        while not stop.is_set():
-            self.last_loop = time.monotonic()
+        """Run cycles on their ticks until ``stop`` is set (cycles in flight then end)."""
+        cycles: set[asyncio.Task[None]] = set()
+        try:
+            while not stop.is_set():
+                self.last_loop = time.monotonic()
+                self.registry.changed.clear()
+                now = self._clock()
+                due = self.registry.due(now)
+                if due:
+                    try:
+                        if await self.may_act():
+                            for entry in due:
+                                entry.in_flight = True
+                            task = asyncio.create_task(
+                                self._cycle_task(due, float(math.floor(now))))
+                            cycles.add(task)
+                            task.add_done_callback(cycles.discard)
+                        else:  # another replica acts: skip this tick, scale and write nothing
+                            for entry in due:
+                                entry.schedule_after(now)
+                    except Exception:  # one bad cycle must not stop the operator
+                        log.exception("planning cycle failed")
+                    continue
+                delay = self.registry.seconds_to_next_due(
+                    now, at_most=min(5.0, self.settings.tick_seconds * 5))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.registry.changed.wait(),
+                                           timeout=max(delay, 0.01))
+        finally:
+            for task in cycles:
+                task.cancel()
+            if cycles:
+                await asyncio.gather(*cycles, return_exceptions=True)
+
+    async def _cycle_task(self, due: list[BudgetEntry], at_unix: float) -> None:
+        """One cycle in the background (its budgets were marked in flight when it was
+        started, until it ends); one whose next tick passed meanwhile is due at the tick
+        after now (never off its ticks)."""
+        try:
+            await self.run_cycle(due, at_unix)
+        except Exception:  # one bad cycle must not stop the operator
+            log.exception("planning cycle failed")
+        finally:
             now = self._clock()
-            due = self.registry.due(now)
-            if due:
-                try:
-                    if await self.may_act():
-                        await self.run_cycle(due, float(math.floor(now)))
-                    else:  # another replica acts: skip this tick, scale and write nothing
-                        for entry in due:
-                            entry.schedule_after(now)
-                except Exception:  # one bad cycle must not stop the operator
-                    log.exception("planning cycle failed")
-                continue
-            delay = self.registry.seconds_to_next_due(
-                now, at_most=min(5.0, self.settings.tick_seconds * 5))
-            self.registry.changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.registry.changed.wait(), timeout=max(delay, 0.01))
-            if stop.is_set():
-                break
+            for entry in due:
+                entry.in_flight = False
+                if entry.spec is not None and entry.next_due <= now:
+                    entry.schedule_after(now)
+            self.registry.changed.set()
 
     async def may_act(self) -> bool:
         """Whether this replica acts now (always without peering). When it starts to act
@@ -214,6 +252,10 @@ class Reconciler:
         limit = asyncio.Semaphore(self.settings.concurrency)
 
         async def one(entry: BudgetEntry) -> None:
+            spec = entry.spec  # wait for its own user queries outside the limit
+            own = answers.get(self.prometheus.url_for(spec)) if spec is not None else None
+            if spec is not None and own is not None:
+                await self.prometheus.settle(own, spec)
             async with limit:
                 t0 = time.monotonic()
                 try:
@@ -254,7 +296,9 @@ class Reconciler:
         if spec is None:
             return
         state = namespaces[entry.namespace]
-        observation = self.observe(entry, answers[self.prometheus.url_for(spec)], state)
+        url_answers = answers[self.prometheus.url_for(spec)]
+        await self.prometheus.settle(url_answers, spec)
+        observation = self.observe(entry, url_answers, state)
         if observation is None:
             if isinstance(state.workloads, KubeError):  # say why nothing is planned
                 await self._report_unobservable(

@@ -3,7 +3,9 @@
 Each budget is a :class:`BudgetEntry`: its last body, the parsed spec (or the problems that
 made it invalid), the status as last written and the planner's memory. Budgets are planned on
 wall-clock-aligned ticks (multiples of ``planning.intervalSeconds``), so budgets with the same
-interval come due together and share one cycle.
+interval come due together and share one cycle. A spec is valid when the API model accepts
+it *and* the operator's own checks (``operator_problems``: e.g. a Prometheus URL that is not
+on the allowlist) find nothing.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class BudgetEntry:
     last_patch: float | None = None  # monotonic time (s) of the last status patch
     next_due: float = 0.0  # unix time (s) of the next planning
     reported_invalid_key: str | None = None
+    in_flight: bool = False  # a cycle is planning it (never due twice at once)
 
     @property
     def generation(self) -> int | None:
@@ -63,11 +66,15 @@ class BudgetRegistry:
     """The watched TokenBudgets by (namespace, name); ``changed`` is set when one needs an
     earlier planning than the loop is waiting for (a new or edited valid spec)."""
 
-    def __init__(self, metrics: OperatorMetrics, wall_clock: Callable[[], float]):
+    def __init__(
+        self, metrics: OperatorMetrics, wall_clock: Callable[[], float],
+        operator_problems: Callable[[api.TokenBudgetSpec], list[str]] | None = None,
+    ):
         self.entries: dict[tuple[str, str], BudgetEntry] = {}
         self.changed = asyncio.Event()
         self._metrics = metrics
         self._clock = wall_clock
+        self._operator_problems = operator_problems
 
     def on_event(self, event_type: str | None, body: dict[str, Any]) -> BudgetEntry | None:
         """Record a watch event; returns the entry if its spec changed (to validate)."""
@@ -88,14 +95,20 @@ class BudgetRegistry:
         if spec_key == entry.spec_key:
             return None
         entry.spec_key = spec_key
+        spec: api.TokenBudgetSpec | None
         try:
-            entry.spec = api.parse_spec(body.get("spec"))
+            spec = api.parse_spec(body.get("spec"))
+            problems = self._operator_problems(spec) if self._operator_problems else []
+        except api.SpecError as exc:
+            spec, problems = None, list(exc.problems)
+        if problems or spec is None:
+            entry.spec = None
+            entry.problems = problems
+        else:
+            entry.spec = spec
             entry.problems = []
             entry.schedule_after(self._clock())
             self.changed.set()
-        except api.SpecError as exc:
-            entry.spec = None
-            entry.problems = list(exc.problems)
         return entry
 
     def forget(self, namespace: str, name: str) -> None:
@@ -112,9 +125,10 @@ class BudgetRegistry:
         return [e for e in self.entries.values() if e.spec is not None]
 
     def due(self, now: float) -> list[BudgetEntry]:
-        """The valid entries whose planning is due at ``now`` (unix s)."""
-        return [e for e in self.valid() if e.next_due <= now]
+        """The valid entries whose planning is due at ``now`` (unix s) and not in flight."""
+        return [e for e in self.valid() if e.next_due <= now and not e.in_flight]
 
     def seconds_to_next_due(self, now: float, at_most: float) -> float:
-        """Seconds from ``now`` (unix s) until the next planning, capped at ``at_most``."""
-        return min([*(e.next_due - now for e in self.valid()), at_most])
+        """Seconds from ``now`` (unix s) until the next planning of an entry not in flight,
+        capped at ``at_most``."""
+        return min([*(e.next_due - now for e in self.valid() if not e.in_flight), at_most])

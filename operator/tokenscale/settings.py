@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from tokenscale.allowlist import parse_entry
+
 _PROMQL_DURATION = re.compile(r"^[0-9]+(ms|s|m|h)$")
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -27,6 +29,34 @@ class OperatorSettings(BaseSettings):
     )
     prometheus_timeout_seconds: float = Field(
         5.0, gt=0, le=60, description="Default per-query timeout (s)."
+    )
+    prometheus_allowed_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Prometheus base URLs a TokenBudget's spec.prometheus.url may name, "
+        "besides prometheus_url (always allowed); an entry ending in /* allows the paths "
+        "below it, * allows any URL. Empty: only prometheus_url. A budget naming another "
+        "URL gets SpecValid=False and no request is made to it (tokenscale.allowlist).",
+    )
+    user_query_timeout_seconds: float = Field(
+        5.0, gt=0, le=60,
+        description="Per-query timeout (s) of the queries a TokenBudget writes "
+        "(targets[].metrics overrides, performance.query): at most this, whatever its "
+        "spec.prometheus.timeoutSeconds says. Budgets without them never wait for them.",
+    )
+    user_query_max_series: int = Field(
+        1000, ge=1, le=1_000_000,
+        description="Most series one answer to a TokenBudget's own query may hold (sent as "
+        "Prometheus' `limit` too, which newer servers honour); more: TooManySeries.",
+    )
+    user_query_max_points: int = Field(
+        100_000, ge=1, le=100_000_000,
+        description="Most samples (over all series) one answer to a TokenBudget's own query "
+        "may hold; more: TooManyPoints.",
+    )
+    user_query_workers: int = Field(
+        8, ge=1, le=256,
+        description="Threads for TokenBudgets' own queries, apart from the operator's "
+        "(slow user queries cannot hold up the default ones).",
     )
     namespaces: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -75,7 +105,7 @@ class OperatorSettings(BaseSettings):
         "DST change (and for the tests); 0 in production.",
     )
 
-    @field_validator("namespaces", mode="before")
+    @field_validator("namespaces", "prometheus_allowed_urls", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
@@ -103,6 +133,11 @@ class OperatorSettings(BaseSettings):
         if not re.match(r"^https?://\S+$", value):
             raise ValueError(f"not an http(s) URL: {value!r}")
         return value.rstrip("/")
+
+    @field_validator("prometheus_allowed_urls")
+    @classmethod
+    def _allowed_urls(cls, value: list[str]) -> list[str]:
+        return [parse_entry(entry) for entry in value]
 
     def rate_window_seconds(self) -> float:
         """`rate_window` in seconds."""

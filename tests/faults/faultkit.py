@@ -7,7 +7,10 @@ at its own path prefix (``http://127.0.0.1:<port>/<channel>``), and each channel
 switched at run time between a healthy answer (``ok``: a token rate of ``rate`` tokens/s
 spread over the pods of the channel's Deployment) and one failure mode: ``slow`` (answers
 after ``slow_seconds``), ``empty``, ``nan``, ``inf``, ``multiple`` (the same pod twice),
-``http500`` and ``garbage`` (HTTP 200 with a body that is not JSON).
+``http500`` and ``garbage`` (HTTP 200 with a body that is not JSON). Whatever the channel's
+mode, a query containing a marker of ``slow_queries`` answers after that many seconds, and
+one containing a marker of ``huge_queries`` answers that many series (one sample each);
+``requests`` keeps the parameters of the last 1,000 queries.
 
 :class:`OperatorProcess` runs ``tokenscale run`` as a subprocess against the emulator, so it
 can be SIGKILLed and restarted like a pod; its own ``/metrics`` tell what it did.
@@ -71,6 +74,9 @@ class FaultyPrometheus:
 
     slow_seconds: float = 3.0
     channels: dict[str, Channel] = field(default_factory=dict)
+    slow_queries: dict[str, float] = field(default_factory=dict)  # marker -> seconds
+    huge_queries: dict[str, int] = field(default_factory=dict)  # marker -> series
+    requests: list[dict[str, str]] = field(default_factory=list)
     port: int = 0
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
@@ -115,6 +121,16 @@ class FaultyPrometheus:
                 "data": {"resultType": "vector" if times is None else "matrix",
                          "result": result}}
 
+    @staticmethod
+    def _huge(ch: Channel, count: int, at: float) -> web.Response:
+        """``count`` series of one sample each (a vector; Prometheus' ``limit`` is ignored,
+        as servers before it do)."""
+        rows = ",".join(
+            f'{{"metric":{{"namespace":"{ch.namespace}","pod":"{ch.deployment}-{i:06d}"}},'
+            f'"value":[{at},"1"]}}' for i in range(count))
+        body = f'{{"status":"success","data":{{"resultType":"vector","result":[{rows}]}}}}'
+        return web.Response(text=body, content_type="application/json")
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         name, kind = request.match_info["channel"], request.match_info["kind"]
         ch = self.channels.get(name)
@@ -125,6 +141,14 @@ class FaultyPrometheus:
         if request.method == "POST":
             params.update({k: str(v) for k, v in (await request.post()).items()})
         query = params.get("query", "")
+        self.requests = [*self.requests[-999:], {"channel": name, **params}]
+        for marker, seconds in self.slow_queries.items():
+            if marker in query:
+                await asyncio.sleep(seconds)
+        for marker, count in self.huge_queries.items():
+            if marker in query:
+                return self._huge(ch, count, float(params.get("time") or params.get("end")
+                                                   or time.time()))
         if ch.mode == "slow":
             await asyncio.sleep(self.slow_seconds)
         if ch.mode == "http500":
@@ -204,6 +228,9 @@ class OperatorProcess:
             "TOKENSCALE_STATUS_HEARTBEAT_SECONDS": "1",
             "TOKENSCALE_RATE_WINDOW": "10s",
             "TOKENSCALE_TICK_SECONDS": "0.5",
+            # the suite's budgets read many channels and closed ports: a test about the
+            # allowlist sets its own (prometheus_allowed_urls=...)
+            "TOKENSCALE_PROMETHEUS_ALLOWED_URLS": "*",
             **testclock.current().env(),
             **{f"TOKENSCALE_{k.upper()}": v for k, v in settings.items()},
         }

@@ -1,18 +1,26 @@
 """Prometheus adapter on prometheus-api-client: instant and range queries, failure kinds.
 
 Every failure is one of :data:`tokenscale.core.types.METRIC_FAILURES`, raised as
-:class:`MetricFailure` (query-wide: Unreachable, Timeout, HTTPError, BadResponse) or
-reported per target by :func:`group_by_target` (Empty, NotANumber, Infinite,
-MultipleSeries, Stale). The client is synchronous (requests); calls run in a thread so the
-event loop never blocks. Retries are off: the planning loop holds on failures and tries
-again next interval.
+:class:`MetricFailure` (query-wide: Unreachable, Timeout, HTTPError, BadResponse, and for
+a reader with :class:`AnswerLimits`: TooManySeries, TooManyPoints, TooLarge) or reported per
+target by :func:`group_by_target` (Empty, NotANumber, Infinite, MultipleSeries, Stale). The
+client is synchronous (requests); calls run in a thread so the event loop never blocks.
+Retries are off: the planning loop holds on failures and tries again next interval.
+Redirects are refused (HTTPError): a base URL that was allowed cannot send the operator on
+to another host.
+
+A failure's ``kind`` is what a TokenBudget's status shows; its ``detail`` (the URL, the
+client's exception, the first bytes of an answer) is for the operator's own log only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,7 +37,9 @@ Sample = tuple[float, float]  # (unix time s, value)
 
 
 class MetricFailure(Exception):
-    """A query that gave no usable answer; ``kind`` is one of METRIC_FAILURES."""
+    """A query that gave no usable answer; ``kind`` is one of METRIC_FAILURES (or a limit
+    kind: TooManySeries, TooManyPoints, TooLarge), the only part a status may show;
+    ``detail`` may quote the URL and the answer: logs only."""
 
     def __init__(self, kind: str, detail: str):
         super().__init__(f"{kind}: {detail}")
@@ -60,10 +70,31 @@ def _pair(raw: Any) -> Sample:
     return _number(raw[0]), _number(raw[1])
 
 
-def parse_result(result: Any) -> list[Series]:
-    """Turn the `data.result` of a vector or matrix answer into :class:`Series`."""
+@dataclass(frozen=True)
+class AnswerLimits:
+    """Bounds on one answer (for queries a TokenBudget wrote): at most ``max_series``
+    series and ``max_points`` samples over all of them; the body is read up to
+    :attr:`max_bytes` only."""
+
+    max_series: int
+    max_points: int
+
+    @property
+    def max_bytes(self) -> int:
+        """Bytes read of a body at most: 200 per sample and 4 KiB per series (labels), far
+        above what a Prometheus answer within both limits takes."""
+        return 200 * self.max_points + 4096 * self.max_series
+
+
+def parse_result(result: Any, limits: AnswerLimits | None = None) -> list[Series]:
+    """Turn the `data.result` of a vector or matrix answer into :class:`Series`, refusing
+    more series (TooManySeries) or samples (TooManyPoints) than ``limits``."""
     if not isinstance(result, list):
         raise MetricFailure("BadResponse", "result is not a list")
+    if limits is not None and len(result) > limits.max_series:
+        raise MetricFailure("TooManySeries", f"{len(result)} series or more, "
+                                             f"limit {limits.max_series}")
+    points = 0
     out = []
     for item in result:
         if not isinstance(item, dict) or not isinstance(item.get("metric", {}), dict):
@@ -75,6 +106,9 @@ def parse_result(result: Any) -> list[Series]:
             samples = tuple(_pair(v) for v in item["values"])
         else:
             raise MetricFailure("BadResponse", f"series {labels} has neither value nor values")
+        points += len(samples)
+        if limits is not None and points > limits.max_points:
+            raise MetricFailure("TooManyPoints", f"more than {limits.max_points} samples")
         out.append(Series(labels, samples))
     return out
 
@@ -83,7 +117,11 @@ class PrometheusReader:
     """Instant and range queries against one Prometheus, with failure kinds.
 
     ``on_query(kind)`` is called once per HTTP query sent (kind: instant | range) and
-    ``on_failure(kind)`` once per failed one; the operator counts both in /metrics.
+    ``on_failure(kind)`` once per failed one; the operator counts both in /metrics. With
+    ``limits`` every answer is bounded (Prometheus' own ``limit`` parameter is sent as
+    well; servers that predate it ignore it) and a query also ends when its timeout has
+    passed while the body is still arriving. ``executor`` runs the blocking calls (None:
+    the event loop's default).
     """
 
     def __init__(
@@ -93,8 +131,12 @@ class PrometheusReader:
         on_query: Callable[[str], None] | None = None,
         on_failure: Callable[[str], None] | None = None,
         clock_offset_seconds: float = 0.0,
+        limits: AnswerLimits | None = None,
+        executor: Executor | None = None,
     ):
         self.url = url.rstrip("/")
+        self.limits = limits
+        self._executor = executor
         #: the operator's clock minus Prometheus' clock (s): times sent are shifted back by
         #: it and the sample times received forward, so callers see one clock only.
         self.clock_offset_seconds = clock_offset_seconds
@@ -102,6 +144,7 @@ class PrometheusReader:
         self._client = PrometheusConnect(
             url=self.url, disable_ssl=False, retry=Retry(total=False)
         )
+        self._client._session.max_redirects = 0  # a redirect is refused (TooManyRedirects)
         self._on_query = on_query
         self._on_failure = on_failure
 
@@ -136,7 +179,9 @@ class PrometheusReader:
         if self._on_query is not None:
             self._on_query(kind)
         try:
-            return await asyncio.to_thread(self._request, kind, query, params, seconds)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self._executor, self._request, kind, query, params, seconds)
         except MetricFailure as failure:
             if self._on_failure is not None:
                 self._on_failure(failure.kind)
@@ -148,12 +193,17 @@ class PrometheusReader:
         # Prometheus also stops evaluating after its own `timeout` parameter.
         params = {**params, "timeout": f"{seconds:g}s"}
         try:
-            if kind == "instant":
+            if self.limits is not None:
+                result = self._bounded_request(kind, query, params, seconds, self.limits)
+            elif kind == "instant":
                 result = self._client.custom_query(query, params=params, timeout=seconds)
             else:
                 result = self._range_request(query, params, seconds)
         except requests.JSONDecodeError as exc:  # also a RequestException: check first
             raise MetricFailure("BadResponse", f"not JSON: {exc}"[:500]) from None
+        except requests.TooManyRedirects as exc:  # max_redirects = 0
+            raise MetricFailure("HTTPError", f"{self.url}: redirect refused: {exc}"[:500]) \
+                from None
         except urllib3.exceptions.NewConnectionError as exc:  # (a ConnectTimeoutError too)
             raise MetricFailure("Unreachable", f"{self.url}: {exc}") from None
         except (requests.Timeout, urllib3.exceptions.TimeoutError) as exc:
@@ -166,7 +216,7 @@ class PrometheusReader:
             raise MetricFailure("HTTPError", str(exc)[:500]) from None
         except (ValueError, KeyError, TypeError) as exc:  # not JSON / not the API shape
             raise MetricFailure("BadResponse", f"{type(exc).__name__}: {exc}"[:500]) from None
-        series = parse_result(result)
+        series = parse_result(result, self.limits)
         if self.clock_offset_seconds:
             shift = self.clock_offset_seconds
             series = [Series(s.labels, tuple((t + shift, v) for t, v in s.samples))
@@ -187,6 +237,46 @@ class PrometheusReader:
                 f"HTTP Status Code {response.status_code} ({response.content[:300]!r})"
             )
         return response.json()["data"]["result"]
+
+    def _bounded_request(
+        self, kind: str, query: str, params: dict[str, str], seconds: float,
+        limits: AnswerLimits,
+    ) -> Any:
+        """One query whose answer is bounded: no redirect, the body read up to
+        ``limits.max_bytes`` (TooLarge beyond) and for at most ``seconds`` in all (Timeout:
+        ``timeout`` alone bounds each read, not a body that trickles in)."""
+        deadline = time.monotonic() + seconds
+        endpoint = "query" if kind == "instant" else "query_range"
+        response = self._client._session.get(
+            f"{self.url}/api/v1/{endpoint}",
+            params={"query": query, **params, "limit": str(limits.max_series + 1)},
+            timeout=seconds, stream=True, allow_redirects=False,
+        )
+        try:
+            if response.status_code != 200:
+                raise PrometheusApiClientException(
+                    f"HTTP Status Code {response.status_code} ({response.raw.read(300)!r})")
+            body = bytearray()
+            read1 = getattr(response.raw, "read1", None)  # urllib3 >= 2: what has arrived
+            chunks = (iter(lambda: read1(65536, decode_content=True), b"") if read1
+                      else response.iter_content(chunk_size=65536))
+            for chunk in chunks:
+                body += chunk
+                if len(body) > limits.max_bytes:
+                    raise MetricFailure("TooLarge", f"answer over {limits.max_bytes} bytes")
+                if time.monotonic() > deadline:
+                    raise MetricFailure("Timeout", f"answer not complete within {seconds:g}s")
+        except requests.ConnectionError as exc:  # iter_content wraps a read timeout so
+            if any(isinstance(a, urllib3.exceptions.ReadTimeoutError) for a in exc.args):
+                raise MetricFailure("Timeout", f"no answer within {seconds:g}s: {exc}") \
+                    from None
+            raise
+        finally:
+            response.close()
+        try:
+            return json.loads(body)["data"]["result"]
+        except json.JSONDecodeError as exc:
+            raise MetricFailure("BadResponse", f"not JSON: {exc}"[:500]) from None
 
 
 # ----------------------------------------------------------------- grouping to targets
