@@ -429,6 +429,7 @@ class DemandProfileStatus(_Model):
                                                      "(RFC 3339).")
     slot_tokens: float = Field(0, description="Tokens served in it so far.")
     slot_seconds: float = Field(0, description="Seconds of it observed so far.")
+    overhead: float = Field(1.0, description="Replicas run / the need of the mean demand.")
 
 
 class Recommendation(_Model):

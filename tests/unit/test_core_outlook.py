@@ -3,6 +3,7 @@ replicas, the price schedule and the budget's pacing; what status shows of it.""
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,7 +13,12 @@ from tokenscale import api
 from tokenscale.core.budget import accrue_cost
 from tokenscale.core.outlook import DAY_WEIGHT, LEVEL_WEIGHT, learn
 from tokenscale.core.planner import plan
-from tokenscale.core.types import PROFILE_SLOTS, DemandProfile, Observation
+from tokenscale.core.types import (
+    PROFILE_SLOTS,
+    DemandProfile,
+    Observation,
+    RecommendationEntry,
+)
 from tokenscale.status import build_status, memory_from_status, significant
 
 SIX = NOW.replace(hour=6)  # Wednesday 06:00 UTC, 18 h left in the day
@@ -172,3 +178,20 @@ def test_a_target_removed_from_the_spec_drops_its_profile() -> None:
                   NOW + timedelta(seconds=30))
     assert set(result.memory.demand_profiles) == {"a"}  # b has no usable metrics: nothing seen
     assert datetime(2026, 3, 4, 12, tzinfo=UTC) == result.memory.demand_profiles["a"].slot_start
+
+
+def test_the_overhead_of_what_the_planner_runs_over_the_mean_need_is_learned() -> None:
+    # a stabilized target keeps 4 replicas for a mean demand that needs 2: after an hour of
+    # such cycles the projection runs ceil(2 x 1.63) = 4, not 2
+    s = spec([target(coldStartSeconds=3600)], planning={"scaleDownStabilizationSeconds": 3600})
+    memory = running(now=NOW, recommendations=(RecommendationEntry("llama", NOW, 4),))
+    at = NOW
+    for _ in range(120):
+        at += timedelta(seconds=30)
+        obs = world(llama=seen(4, 1500, token_rate_samples=flat(1500, at)))
+        result = plan(s, obs, memory, at)
+        assert result.decisions["llama"].replicas == 4
+        memory = result.memory
+    # an hour is one time constant: 1 + (2 - 1) x (1 - 1/e) of the way to 2
+    assert memory.demand_profiles["llama"].overhead == pytest.approx(2 - math.exp(-1), rel=0.01)
+    assert result.spend.projected_cost - result.spend.cost == pytest.approx(4 * 11, rel=0.05)

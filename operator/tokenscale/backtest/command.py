@@ -15,7 +15,7 @@ import yaml
 
 from tokenscale.api import SpecError, TokenBudgetSpec, parse_spec
 from tokenscale.backtest.report import table, to_json
-from tokenscale.sim.engine import Backtest, Settings, run_backtest
+from tokenscale.sim.engine import Backtest, FloatArray, Settings, run_backtest
 from tokenscale.sim.latency import EngineModel
 from tokenscale.sim.policies import HpaSettings
 from tokenscale.sim.traces import Trace, TraceError, load_trace
@@ -97,6 +97,39 @@ def prepare_traces(spec: TokenBudgetSpec, args: argparse.Namespace,
     return out
 
 
+#: the most history before ``--offset`` that seeds tokenscale's demand profiles (s)
+HISTORY_SECONDS = 7 * 86400
+
+
+def prepare_history(spec: TokenBudgetSpec, args: argparse.Namespace,
+                    seed: int = 0) -> dict[str, FloatArray]:
+    """Per target, the mean work tokens/s per minute of the trace before ``--offset`` (at
+    most :data:`HISTORY_SECONDS`), scaled and compressed like the replayed part: what an
+    operator that ran before the replay learned its demand profiles from. Empty without an
+    offset."""
+    if not args.offset:
+        return {}
+    weight = args.prefill_weight if args.fluid else EngineModel().prefill_weight
+    out = {}
+    for name, path in _pairs(args.trace, "--trace"):
+        name = name or spec.targets[0].name
+        factor = 1.0
+        for target, value in _pairs(args.scale, "--scale"):
+            if target in (None, name):
+                factor = float(value)
+        try:
+            tr = load_trace(path)
+        except (OSError, TraceError) as exc:
+            raise UsageError(str(exc)) from None
+        tr = (tr.scaled(factor) if args.fluid
+              else tr.replicated(factor, seed=seed)).compressed(args.speedup)
+        length = min(float(args.offset), float(HISTORY_SECONDS))
+        before = tr.sliced(args.offset - length, length)
+        if before.duration_s >= 60:
+            out[name] = before.rate_series(60.0, weight)
+    return out
+
+
 def settings_from(args: argparse.Namespace) -> Settings:
     """Engine settings from the command line."""
     try:
@@ -147,7 +180,8 @@ def _run_seed(spec: TokenBudgetSpec, args: argparse.Namespace, k: int,
     traces = prepare_traces(spec, args, seed=args.seed + k)
     if args.seeds > 1 and all(t.kind == "requests" for t in traces.values()):
         traces = _slice(traces, k, args.seeds)
-    bt = run_backtest(spec, traces, replace(base, seed=base.seed + k))
+    history = prepare_history(spec, args, seed=args.seed + k)
+    bt = run_backtest(spec, traces, replace(base, seed=base.seed + k), history)
     return bt, to_json(bt), traces
 
 
@@ -166,6 +200,11 @@ def interval95(values: list[float]) -> tuple[float, float, float]:
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     half = (_T975[n - 2] if n - 1 <= len(_T975) else 1.96) * sd / math.sqrt(n)
     return mean, mean - half, mean + half
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(sum(known) / len(known), 6) if known else None
 
 
 def _aggregate(docs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
@@ -197,6 +236,10 @@ def _aggregate(docs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
                 doc["cost_ratio_ci95"] = [round(lo, 6), round(hi, 6)]
             if key == "gap_captured":
                 doc["gap_captured_ci95"] = [round(lo, 6), round(hi, 6)]
+    for key in ("projection_error", "projection_abs_error", "projection_error_run_rate",
+                "projection_abs_error_run_rate"):
+        if all(key in d for d in docs):
+            doc[key] = {f: _mean([d[key][f] for d in docs]) for f in docs[0][key]}
     members = [d.get("frontier_member") for d in docs]
     doc["frontier_member"] = max(set(members), key=members.count)
     doc["wall_seconds"] = round(sum(d["wall_seconds"] for d in docs), 3)

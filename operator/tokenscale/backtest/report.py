@@ -172,6 +172,7 @@ def to_json(bt: Backtest, extra: dict[str, Any] | None = None) -> dict[str, Any]
             "warmup_seconds": bt.settings.warmup_s,
             "slo": {t.name: t.slo.model_dump(by_alias=True) for t in bt.spec.targets},
         })
+    doc.update(bt.projections)  # projection_error{,_run_rate}: {"25": x, "50": y, "75": z}
     if extra:
         doc.update(extra)
     return doc
@@ -243,6 +244,14 @@ def table(doc: dict[str, Any]) -> str:
         lines.append(f"over {len(doc['seeds'])} seeds/slices: cost ratio vs envelope mean "
                      f"{doc['cost_ratio_vs_hpa_at_equal_slo']:.3f}, 95 % interval "
                      f"[{lo:.3f}, {hi:.3f}]")
+    err, run = doc.get("projection_abs_error"), doc.get("projection_abs_error_run_rate")
+    if err and run:
+        def pct(x: float | None) -> str:
+            return "n/a" if x is None else f"{x:.1%}"
+        lines.append("period-end projection, mean |error| at 25/50/75 % of the period: "
+                     + " / ".join(pct(err[k]) for k in ("25", "50", "75"))
+                     + " (run rate: " + " / ".join(pct(run[k]) for k in ("25", "50", "75"))
+                     + ")")
     budget = doc["budget"]
     limit = []
     if budget["max_cost"] is not None:

@@ -19,8 +19,12 @@ profile yet (the first day) the forecast is the current demand.
 **Projection** (:func:`outlook`) from now to the period end, a half-hour slot at a time (and at
 price-window edges): every target runs its planned replicas (the decision) for the first
 interval, then the need of its forecast demand (``ceil(demand / per-replica rate)``, the
-planner's sizing at the capacity in use, utilisation and headroom) within [minReplicas,
-maxReplicas], at its price × the schedule's multiplier. Targets the planner does not steer
+planner's sizing at the capacity in use, utilisation and headroom) times the target's learned
+overhead, within [minReplicas, maxReplicas], at its price × the schedule's multiplier. The
+overhead is what the planner runs above the need of the mean demand (it sizes for the peaks of
+its short window and keeps replicas through stabilization): the ratio of the decided replicas
+to that need, averaged over an hour of cycles in which the target was neither held by the
+budget nor at a bound (:data:`OVERHEAD_BOUNDS`). Targets the planner does not steer
 (metric outage, conflict) and every target in DryRun keep their replicas. The budget caps each
 slot as the planner's pacing does: a cost rate of at most remaining / time left (never below
 the targets' floors) and served tokens of at most the remaining tokens / time left (Active
@@ -52,7 +56,6 @@ from tokenscale.core.budget import (
     multiplier_at,
     multiplier_on,
 )
-from tokenscale.core.outage import Seen
 from tokenscale.core.pacing import Allocation
 from tokenscale.core.types import PROFILE_SLOTS as SLOTS
 from tokenscale.core.types import DemandProfile, Lane
@@ -65,6 +68,10 @@ LEVEL_WEIGHT = 0.1
 LEVEL_BOUNDS = (0.1, 10.0)
 #: a half hour counts when at least this share of it was observed
 MIN_COVERAGE = 0.5
+#: the overhead of the replicas run over the need of the mean demand (bursts, stabilization)
+#: is averaged over this time constant (s), within OVERHEAD_BOUNDS
+OVERHEAD_SECONDS = 3600.0
+OVERHEAD_BOUNDS = (0.5, 3.0)
 #: today's deviation from the profile fades with this time constant (s)
 DEVIATION_SECONDS = 3600.0
 #: beyond this (s) the deviation is below 1e-5 of itself: slots repeat from precomputed rates
@@ -147,20 +154,36 @@ def learn(profile: DemandProfile | None, zone: tzinfo, rate: float, since: datet
         t = end
 
 
-def learn_all(spec: TokenBudgetSpec, seen: Sequence[Seen],
+def learn_all(spec: TokenBudgetSpec, allocation: Allocation,
               profiles: Mapping[str, DemandProfile], since: datetime | None,
               now: datetime) -> dict[str, DemandProfile]:
-    """Every target's profile after this cycle: steered targets learn their observed rate,
-    the others keep theirs; targets no longer in the spec are dropped."""
+    """Every target's profile after this cycle: steered targets learn their observed rate and
+    (Active, not held by the budget, within [min, max]) the overhead of the replicas they run
+    over the need of their mean demand; the others keep theirs; targets no longer in the spec
+    are dropped."""
     zone = _zone(spec.budget.time_zone)
+    planning = spec.planning
     out: dict[str, DemandProfile] = {}
-    for s in seen:
-        name = s.target.name
-        old = profiles.get(name)
-        if s.kind == "Control" and s.obs.token_rate_samples:
-            out[name] = learn(old, zone, s.obs.token_rate_samples[-1][1], since, now)
-        elif old is not None:
-            out[name] = old
+    for o in allocation.outcomes:
+        s = o.proposal.seen
+        t = s.target
+        old = profiles.get(t.name)
+        samples = s.obs.token_rate_samples
+        if s.kind != "Control" or not samples:
+            if old is not None:
+                out[t.name] = old
+            continue
+        p = learn(old, zone, samples[-1][1], since, now)
+        per_replica = (t.tokens_per_replica_per_second * planning.target_utilization
+                       / (1.0 + planning.headroom))
+        need = math.ceil(sum(r for _, r in samples) / len(samples) / per_replica - 1e-9)
+        if (spec.mode == "Active" and since is not None and since < now and need >= 1
+                and o.reason not in ("BudgetCapped", "BudgetExhausted")
+                and t.min_replicas < o.final < t.max_replicas):
+            ratio = min(max(o.final / need, OVERHEAD_BOUNDS[0]), OVERHEAD_BOUNDS[1])
+            weight = min(1.0, (now - since).total_seconds() / OVERHEAD_SECONDS)
+            p = replace(p, overhead=p.overhead + weight * (ratio - p.overhead))
+        out[t.name] = p
     return out
 
 
@@ -224,6 +247,8 @@ def _run(lane: Lane, demand: float) -> tuple[int, float]:
         replicas = lane.replicas
     else:
         need = max(0, math.ceil(demand / lane.per_replica - 1e-9))
+        if lane.profile is not None and need > 0:
+            need = math.ceil(need * lane.profile.overhead - 1e-9)
         replicas = lane.low if need < lane.low else lane.high if need > lane.high else need
     served = min(demand, replicas * lane.capacity) if lane.capacity > 0 else demand
     return replicas, served

@@ -133,7 +133,7 @@ def plan(spec: TokenBudgetSpec, observation: Observation, memory: Memory,
     return Plan(
         decisions=decisions,
         memory=replace(_next_memory(cycle, memory, allocation, decisions, accounts),
-                       demand_profiles=learn_all(spec, seen, memory.demand_profiles,
+                       demand_profiles=learn_all(spec, allocation, memory.demand_profiles,
                                                  memory.last_accounted, now)),
         spend=spend,
         period_start=accounts.period_start,

@@ -93,6 +93,8 @@ class DemandProfile:
     slot_start: datetime | None = None
     slot_tokens: float = 0.0
     slot_seconds: float = 0.0
+    #: replicas the planner runs / the need of the mean demand (bursts, stabilization)
+    overhead: float = 1.0
 
 
 @dataclass(frozen=True)

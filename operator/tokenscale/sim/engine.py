@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import sys
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,6 +28,7 @@ import numpy.typing as npt
 
 from tokenscale.api import TokenBudgetSpec
 from tokenscale.core.budget import period_bounds, price_multiplier
+from tokenscale.core.types import Memory
 from tokenscale.sim.cluster import (
     Group,
     SimTarget,
@@ -45,6 +47,7 @@ from tokenscale.sim.policies import (
     initial_replicas,
     static_replicas,
 )
+from tokenscale.sim.projections import ProjectionProbe, seed_profiles, windows
 from tokenscale.sim.traces import Trace
 
 FloatArray = npt.NDArray[np.float64]
@@ -118,6 +121,8 @@ class Backtest:
     oracles: list[dict[str, TargetRun]] = field(default_factory=list)
     #: per target: how the planner's fitted capacity within the SLO compares with the truth
     service_models: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    #: the period-end projections against the final spend (sim/projections.py)
+    projections: dict[str, Any] = field(default_factory=dict)
 
     def pick_oracle(self, attainment: float) -> dict[str, TargetRun]:
         """Engine mode: the cheapest oracle candidate reaching ``attainment`` (the best one
@@ -380,17 +385,29 @@ def _tick(w: _World, steps: int) -> None:
     w.bar.update(steps)
 
 
-def _run_tokenscale(w: _World) -> tuple[dict[str, TargetRun], TokenscaleController]:
-    """The operator's planner every intervalSeconds, one row per target."""
+def _run_tokenscale(w: _World, probe: ProjectionProbe | None = None,
+                    history: Mapping[str, FloatArray] | None = None,
+                    memory: Memory | None = None,
+                    ) -> tuple[dict[str, TargetRun], TokenscaleController]:
+    """The operator's planner every intervalSeconds, one row per target; ``probe`` records
+    its projections, ``history`` (mean tokens/s per minute before the trace) seeds its
+    demand profiles, ``memory`` (an earlier run's) continues where that run stopped."""
     plan = w.spec.planning
     initial = [w.initial(i, plan.target_utilization, plan.headroom) for i in range(len(w.names))]
     group = Group(w.arrivals, w.cumulative, w.targets, list(range(len(w.names))), initial,
                   plan.interval_seconds)
     controller = TokenscaleController(w.spec, w.cfg.start, w.tokens_per_request, w.cfg.scrape_s,
                                       w.cfg.rate_window_s, w.cfg.engine)
+    if memory is not None:
+        controller.memory = memory
+    elif history:
+        controller.memory = Memory(demand_profiles=seed_profiles(w.spec, w.cfg.start, history))
     pending = 0
     while not group.done:
-        replicas = controller.decide(group, group.t)
+        t = group.t
+        replicas = controller.decide(group, t)
+        if probe is not None and controller.last_plan is not None:
+            probe.observe(t, controller.last_plan)
         shedding = w.cfg.admission and w.cfg.engine is not None  # the fluid model drops nothing
         group.advance(replicas, controller.admission() if shedding else None)
         pending += 1
@@ -511,6 +528,12 @@ def _run_fixed(w: _World) -> dict[str, dict[str, TargetRun]]:
     return {"static": static, **({"oracle": oracle} if oracle else {})}
 
 
+def _window_cost(w: _World, runs: dict[str, TargetRun], first: int, end: int) -> float:
+    """What the replicas of ``runs`` cost from second ``first`` to ``end`` (currency)."""
+    return float(sum((runs[t.name].paid[first:end] * w.price[first:end]).sum()
+                     * t.cost_per_hour / 3600.0 for t in w.targets))
+
+
 def lower_bound_cost(bt: Backtest) -> float:
     """A lower bound on any schedule's cost that serves the counted work within the SLO: the
     work ÷ one replica's capacity within the SLO, paid at each second's price (currency)."""
@@ -550,8 +573,11 @@ def _service_models(w: _World, controller: TokenscaleController
 
 
 def run_backtest(spec: TokenBudgetSpec, traces: dict[str, Trace],
-                 settings: Settings | None = None) -> Backtest:
-    """Replay ``traces`` (target name -> trace) through every policy; see the module docstring."""
+                 settings: Settings | None = None,
+                 history: Mapping[str, FloatArray] | None = None) -> Backtest:
+    """Replay ``traces`` (target name -> trace) through every policy; see the module docstring.
+    ``history``: per target, the mean tokens/s per minute before the trace (what an operator
+    running before it would have learned its demand profile from)."""
     import time
 
     began = time.perf_counter()
@@ -570,7 +596,8 @@ def run_backtest(spec: TokenBudgetSpec, traces: dict[str, Trace],
             other_metric = None
         else:
             sweep, other_sweep, other_metric = _run_hpa_sweep(w)
-        ts_runs, controller = _run_tokenscale(w)
+        probe = ProjectionProbe(spec, cfg.start, windows(spec, cfg.start, w.trace_seconds))
+        ts_runs, controller = _run_tokenscale(w, probe, history)
     finally:
         w.bar.close()
     runs = {"tokenscale": ts_runs, "hpa": sweep[spec.planning.target_utilization],
@@ -586,6 +613,7 @@ def run_backtest(spec: TokenBudgetSpec, traces: dict[str, Trace],
         reasons=controller.reasons, wall_seconds=time.perf_counter() - began,
         requests=w.requests, family=family, oracles=oracles,
         service_models=_service_models(w, controller),
+        projections=probe.report([_window_cost(w, ts_runs, a, b) for a, b in probe.windows]),
     )
     if oracles:  # the oracle compared is the cheapest reaching tokenscale's attainment
         bt.runs["oracle"] = bt.pick_oracle(bt.policy_summary(ts_runs)["slo_attainment"])
