@@ -222,14 +222,15 @@ def lanes(spec: TokenBudgetSpec, allocation: Allocation,
 class _Forecast:
     """One lane's demand forecast from ``now`` (see the module docstring)."""
 
-    __slots__ = ("current", "deviation", "level", "slots")
+    __slots__ = ("current", "deviation", "flat", "level", "slots")
 
     def __init__(self, lane: Lane, j_now: int) -> None:
         self.current = max(0.0, lane.demand)
         p = lane.profile
-        self.slots = p.slots if p is not None else None
+        self.slots = p.slots if p is not None and any(v >= 0 for v in p.slots) else None
         self.level = p.level if p is not None else 1.0
         self.deviation = self.current - self.base(j_now)
+        self.flat = self.slots is None  # the current demand throughout
 
     def base(self, j: int) -> float:
         if self.slots is None or self.slots[j] < 0:
@@ -255,27 +256,44 @@ def _run(lane: Lane, demand: float) -> tuple[int, float]:
 
 
 class _Totals:
-    """The running sums of the projection, paced and at the forecast demand."""
+    """The running sums of the projection, paced and at the forecast demand. Times are
+    seconds from now. Consecutive stretches at the same rates are paced as one (the same
+    result: below the affordable rate a stretch stays below it, at it it stays at it)."""
 
     __slots__ = ("cost", "demand_cost", "demand_tokens", "end", "max_cost", "max_tokens",
-                 "tokens")
+                 "pending", "tokens")
 
     def __init__(self, accounts: Accounts, max_cost: float | None,
                  max_tokens: float | None) -> None:
         self.cost = self.demand_cost = accounts.spent
         self.tokens = self.demand_tokens = accounts.tokens
-        self.end = accounts.period_end
+        self.end = (accounts.period_end - accounts.at).total_seconds()
         self.max_cost = max_cost
         self.max_tokens = max_tokens
+        self.pending: list[float] = []  # at, seconds, cost rate, floor rate, served
 
-    def add(self, at: datetime, seconds: float, cost_rate: float, floor_rate: float,
+    def add(self, at: float, seconds: float, cost_rate: float, floor_rate: float,
             served: float) -> None:
         """One stretch of ``seconds`` from ``at``: cost rate (currency/h, multiplied), the
         floors' cost rate, tokens/s served."""
+        p = self.pending
+        if p and p[2] == cost_rate and p[3] == floor_rate and p[4] == served \
+                and p[0] + p[1] == at:
+            p[1] += seconds
+            return
+        self.flush()
+        self.pending = [at, seconds, cost_rate, floor_rate, served]
+
+    def flush(self) -> None:
+        """Pace and add the pending stretch."""
+        if not self.pending:
+            return
+        at, seconds, cost_rate, floor_rate, served = self.pending
+        self.pending = []
         hours = seconds / 3600.0
         self.demand_cost += cost_rate * hours
         self.demand_tokens += served * seconds
-        left = max(1.0, (self.end - at).total_seconds())
+        left = max(1.0, self.end - at)
         if self.max_tokens is not None:
             cap = max(0.0, self.max_tokens - self.tokens) / left
             if served > cap:  # the token cap holds capacity (and so replicas) down
@@ -292,48 +310,52 @@ def outlook(spec: TokenBudgetSpec, accounts: Accounts, lanes: Sequence[Lane],
             interval_seconds: float) -> Outlook:
     """Spend and tokens at the period end (see the module docstring)."""
     budget = spec.budget
-    now, end = accounts.at, accounts.period_end
+    now = accounts.at
     paced = spec.mode == "Active"  # in DryRun nothing holds the spend to the budget
     totals = _Totals(accounts, budget.max_cost if paced else None,
                      budget.max_tokens if paced else None)
-    if end <= now or not lanes:
+    end = totals.end
+    if end <= 0 or not lanes:
         return Outlook(totals.cost, totals.tokens, totals.cost, totals.tokens)
     zone = _zone(budget.time_zone)
     schedule = spec.pricing.schedule
-    first = slot_start(now, zone)
+    first = (slot_start(now, zone) - now).total_seconds()  # <= 0
     j_now = slot_index(now, zone)
     forecasts = [_Forecast(lane, j_now) for lane in lanes]
-    fresh_until = now + timedelta(seconds=max(1.0, interval_seconds))
-    far = now + timedelta(seconds=DEVIATION_HORIZON)
+    fresh = max(1.0, interval_seconds)
     floor_base = sum(lane.floor * lane.price for lane in lanes)
-    t = now
+    # with no profile and no prices to follow, the rates after the first interval are constant
+    flat = not schedule and all(f.flat for f in forecasts)
+    t = 0.0
     k = 0  # slots since ``first``
-    while t < end and (t < far or t != first + k * _SLOT):
-        slot_end = first + (k + 1) * _SLOT
-        nxt = min(end, slot_end)
-        if t < fresh_until:
-            nxt = min(nxt, fresh_until)
+    while t < end and (t < DEVIATION_HORIZON or t != first + k * SLOT_SECONDS):
+        slot_end = first + (k + 1) * SLOT_SECONDS
+        nxt = end if flat and t >= fresh else min(end, slot_end)
+        if t < fresh:
+            nxt = min(nxt, fresh)
+        mult = 1.0
         if schedule:
-            nxt = min(nxt, _next_price_change(schedule, zone, t))
+            at = now + timedelta(seconds=t)
+            nxt = min(nxt, (_next_price_change(schedule, zone, at) - now).total_seconds())
+            mult = multiplier_at(schedule, zone, at)
         j = (j_now + k) % SLOTS
-        mult = multiplier_at(schedule, zone, t) if schedule else 1.0
         cost_rate = served = 0.0
-        ahead = (t - now).total_seconds()
         for lane, forecast in zip(lanes, forecasts, strict=True):
-            if t < fresh_until:
+            if t < fresh:
                 replicas = lane.replicas
                 demand = forecast.current
                 tokens = min(demand, replicas * lane.capacity) if lane.capacity > 0 else demand
             else:
-                replicas, tokens = _run(lane, forecast.at(j, ahead))
+                replicas, tokens = _run(lane, forecast.at(j, t))
             cost_rate += replicas * lane.price
             served += tokens
-        totals.add(t, (nxt - t).total_seconds(), cost_rate * mult, floor_base * mult, served)
+        totals.add(t, nxt - t, cost_rate * mult, floor_base * mult, served)
         t = nxt
-        if t >= slot_end:
+        while t >= first + (k + 1) * SLOT_SECONDS:
             k += 1
     if t < end:
-        _repeat_days(totals, lanes, forecasts, spec, zone, t, (j_now + k) % SLOTS, floor_base)
+        _repeat_days(totals, lanes, forecasts, spec, now, t, (j_now + k) % SLOTS, floor_base)
+    totals.flush()
     return Outlook(totals.cost, totals.tokens, totals.demand_cost, totals.demand_tokens)
 
 
@@ -354,11 +376,12 @@ def _day_multipliers(spec: TokenBudgetSpec, weekday: int) -> list[float]:
 
 
 def _repeat_days(totals: _Totals, lanes: Sequence[Lane], forecasts: Sequence[_Forecast],
-                 spec: TokenBudgetSpec, zone: tzinfo, t: datetime, j: int,
+                 spec: TokenBudgetSpec, now: datetime, t: float, j: int,
                  floor_base: float) -> None:
-    """From ``t`` (a slot edge, slot ``j``) to the period end with the deviation faded: each
-    slot's cost rate and served tokens computed once, the multiplier once per (weekday, slot),
-    whole days added at once (paced per day), the rest slot by slot."""
+    """From ``t`` (s from ``now``, a slot edge, slot ``j``) to the period end with the
+    deviation faded: each slot's cost rate and served tokens computed once, the multiplier
+    once per (weekday, slot), whole days added at once (paced per day), the rest slot by
+    slot."""
     rates: list[tuple[float, float]] = []
     for slot in range(SLOTS):
         cost_rate = served = 0.0
@@ -374,11 +397,11 @@ def _repeat_days(totals: _Totals, lanes: Sequence[Lane], forecasts: Sequence[_Fo
             multipliers[weekday] = _day_multipliers(spec, weekday)
         return multipliers[weekday][slot]
 
-    weekday = t.astimezone(zone).weekday()
+    zone = _zone(spec.budget.time_zone)
+    weekday = (now + timedelta(seconds=t)).astimezone(zone).weekday()
     days: dict[tuple[int, int], tuple[float, float, float]] = {}
     end = totals.end
-    day = timedelta(days=1)
-    while t + day <= end:
+    while t + 86400.0 <= end:
         key = (weekday, j)
         if key not in days:  # currency, currency at the floors, tokens over the day
             cost = floors = tokens = 0.0
@@ -391,13 +414,13 @@ def _repeat_days(totals: _Totals, lanes: Sequence[Lane], forecasts: Sequence[_Fo
             days[key] = (cost, floors, tokens)
         cost, floors, tokens = days[key]
         totals.add(t, 86400.0, cost / 24.0, floors / 24.0, tokens / 86400.0)
-        t += day
+        t += 86400.0
         weekday = (weekday + 1) % 7
     while t < end:
-        nxt = min(end, t + _SLOT)
+        nxt = min(end, t + SLOT_SECONDS)
         mult = multiplier(weekday, j)
         cost_rate, served = rates[j]
-        totals.add(t, (nxt - t).total_seconds(), cost_rate * mult, floor_base * mult, served)
+        totals.add(t, nxt - t, cost_rate * mult, floor_base * mult, served)
         t = nxt
         j += 1
         if j == SLOTS:
