@@ -36,13 +36,13 @@ demo: venv prometheus
 test: venv prometheus
 	$(PY) -m ruff check $(LINT_PATHS)
 	$(PY) -m mypy
-	$(PY) -m pytest -q -p no:cacheprovider --durations=12
-	TOKENSCALE_TEST_CLOCK=month-end $(PY) -m pytest -q -p no:cacheprovider $(CLOCK_SMOKE)
+	$(PY) -m pytest -q -p no:cacheprovider -n 3 --dist loadfile --durations=12
+	TOKENSCALE_TEST_CLOCK=month-end $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile $(CLOCK_SMOKE)
 
 test-clock: venv prometheus
 	@for instant in $(CLOCK_INSTANTS); do \
 	  echo "== TOKENSCALE_TEST_CLOCK=$$instant"; \
-	  TOKENSCALE_TEST_CLOCK=$$instant $(PY) -m pytest -q -p no:cacheprovider $(CLOCK_SUITES) \
+	  TOKENSCALE_TEST_CLOCK=$$instant $(PY) -m pytest -q -p no:cacheprovider -n 3 --dist loadfile $(CLOCK_SUITES) \
 	    || exit 1; \
 	done
 
