@@ -310,6 +310,17 @@ def markdown(docs: list[dict[str, Any]], out: Path, wall: float, jobs: int, seed
                   "| policy | cost USD | budget overrun USD | attainment | goodput tokens | "
                   "shed | chat cost / attainment | coder cost / attainment |",
                   "|---|---|---|---|---|---|---|---|"]
+        if d.get("goodput_vs_budget_oracle") is not None:
+            lines[-3] = (lines[-3] + f" tokenscale's goodput is "
+                         f"{100 * d['goodput_vs_budget_oracle']:.0f} % of the oracle's within "
+                         "the budget (perfect foresight, shaved to fit every day, shedding at "
+                         "the gateway).")
+        bo = d.get("budget_oracle")
+        if bo:
+            lines.append(
+                f"| oracle within the budget | {bo['cost']:,.0f} | {bo['budget_overrun']:,.2f} | "
+                f"{_pct(bo['slo_attainment'])} | {bo['goodput_tokens']:.3g} | "
+                f"{_pct(bo['shed_share'])} | | |")
         for name, x in d["policies"].items():
             chat, coder = d["targets"]["chat"][name], d["targets"]["coder"][name]
             lines.append(

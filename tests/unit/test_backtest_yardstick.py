@@ -101,3 +101,22 @@ def test_the_90s_member_scales_down_before_the_300s_member() -> None:
     first_down = [next(k for k, s in enumerate(steps) if s[row] < 10) for row in (0, 1)]
     assert first_down[0] * 15 >= 90 - 15 and first_down[1] * 15 >= 300 - 15
     assert first_down[0] < first_down[1] and steps[-1] == [2, 2]
+
+
+def test_under_a_binding_budget_the_oracle_within_it_never_overruns_and_sheds() -> None:
+    """A demand of ~8 replicas within the SLO against a budget for ~3: tokenscale admits what
+    it can pay, and the budget-aware oracle keeps every hour within maxCost too."""
+    from test_backtest_sim import constant_trace, spec_for
+
+    from tokenscale.sim.engine import Settings, run_backtest
+
+    spec = spec_for(budget={"period": "Hour", "maxCost": 10.8},
+                    target={"tokensPerReplicaPerSecond": 3000, "costPerReplicaHour": 3.6})
+    bt = run_backtest(spec, {"m": constant_trace(20000.0, 3600)},
+                      Settings(progress=False, warmup_s=120))
+    assert bt.budget_oracle is not None
+    oracle = bt.policy_summary(bt.budget_oracle)
+    tokenscale = bt.policy_summary(bt.runs["tokenscale"])
+    assert oracle["budget_overrun"] == 0.0 and tokenscale["budget_overrun"] <= 0.01
+    assert 0 < oracle["shed_share"] < 1 and tokenscale["shed_share"] > 0
+    assert oracle["goodput_tokens"] > 0

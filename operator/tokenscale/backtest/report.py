@@ -162,6 +162,12 @@ def to_json(bt: Backtest, extra: dict[str, Any] | None = None) -> dict[str, Any]
     }
     if bt.family:
         doc.update(yardstick(bt, ts))
+        if bt.budget_oracle is not None:
+            bo = _round(bt.policy_summary(bt.budget_oracle))
+            doc["budget_oracle"] = bo
+            doc["goodput_vs_budget_oracle"] = (
+                round(ts["goodput_tokens"] / bo["goodput_tokens"], 6)
+                if bo.get("goodput_tokens") else None)
         doc["service_models"] = bt.service_models
         engine = bt.settings.engine
         assert engine is not None

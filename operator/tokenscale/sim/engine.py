@@ -119,6 +119,8 @@ class Backtest:
     requests: list[Requests] = field(default_factory=list)
     family: dict[Member, dict[str, TargetRun]] = field(default_factory=dict)
     oracles: list[dict[str, TargetRun]] = field(default_factory=list)
+    #: under a binding cost budget: the best foresight schedule that never overruns it
+    budget_oracle: dict[str, TargetRun] | None = None
     #: per target: how the planner's fitted capacity within the SLO compares with the truth
     service_models: dict[str, dict[str, float | None]] = field(default_factory=dict)
     #: the period-end projections against the final spend (sim/projections.py)
@@ -514,6 +516,53 @@ def _oracle_runs(w: _World, engine: EngineModel) -> list[dict[str, TargetRun]]:
     return out
 
 
+#: shares of the foresight schedules the budget-aware oracle tries (the largest that fits)
+BUDGET_SHARES = tuple(k / 40 for k in range(40, 0, -1))
+
+
+def _admitted_run(arrivals: FloatArray, paid: IntArray, target: SimTarget,
+                  per_replica: float) -> TargetRun:
+    """A fixed schedule with a gateway that sheds what the ready replicas cannot serve at
+    ``per_replica`` tokens/s (work tokens per second)."""
+    ready = ready_from_paid(paid, target.cold_start_s, int(paid[0]))
+    admitted = np.minimum(arrivals, ready * per_replica)
+    q = lindley(admitted[None, :], (ready * target.capacity)[None, :].astype(np.float64),
+                np.zeros(1))[0]
+    return TargetRun(paid=paid, ready=ready, queue=q, shed=arrivals - admitted)
+
+
+def _budget_oracle(w: _World, engine: EngineModel, bt: Backtest) -> dict[str, TargetRun] | None:
+    """Under a cost budget: perfect foresight that never overruns it. Each foresight
+    schedule of the oracle family is shaved to the largest share of its replicas (at least
+    minReplicas) whose every period fits maxCost, and a gateway sheds what those replicas
+    cannot serve at the schedule's utilisation; the one with the most goodput is kept. None
+    without a cost limit or when even the floors overrun."""
+    limit = w.spec.budget.max_cost
+    if limit is None:
+        return None
+    best: tuple[float, dict[str, TargetRun]] | None = None
+    for u in ORACLE_UTILIZATIONS:
+        per_replica = u * engine.decode_tokens_per_s
+        for smooth in ORACLE_SMOOTHING_S:
+            for hold in ORACLE_HOLD_S:
+                wanted = [foresight_ready(w.arrivals[i], per_replica, smooth, hold,
+                                          t.min_replicas, t.max_replicas)
+                          for i, t in enumerate(w.targets)]
+                for share in BUDGET_SHARES:
+                    runs = {}
+                    for i, (n, t) in enumerate(zip(w.names, w.targets, strict=True)):
+                        ready = np.maximum(np.floor(wanted[i] * share).astype(np.int64),
+                                           max(t.min_replicas, 1))
+                        paid = requests_for_ready(ready, t.cold_start_s, w.price)
+                        runs[n] = _admitted_run(w.arrivals[i], paid, t, per_replica)
+                    if float(np.max(bt.period_costs(runs) - limit)) <= 1e-6:
+                        goodput = bt.policy_summary(runs)["goodput_tokens"]
+                        if best is None or goodput > best[0]:
+                            best = (goodput, runs)
+                        break
+    return best[1] if best is not None else None
+
+
 def _run_fixed(w: _World) -> dict[str, dict[str, TargetRun]]:
     """Static peak provisioning (and, in the fluid model, the token-wait oracle)."""
     cfg, util = w.cfg, w.spec.planning.target_utilization
@@ -546,6 +595,13 @@ def lower_bound_cost(bt: Backtest) -> float:
         replicas = bt.arrivals[i, c] / per_replica
         total += float((replicas * bt.price[c]).sum()) * t.cost_per_hour / 3600.0
     return total
+
+
+def _binding(bt: Backtest, ts_runs: dict[str, TargetRun]) -> bool:
+    """Whether the budget binds: tokenscale shed load (it admits only what the budget
+    affords), or the HPA at the budget's utilisation would overrun it."""
+    shed = any(r.shed is not None and r.shed.any() for r in ts_runs.values())
+    return shed or bt.policy_summary(bt.runs["hpa"])["budget_overrun"] > 0
 
 
 def _service_models(w: _World, controller: TokenscaleController
@@ -617,4 +673,6 @@ def run_backtest(spec: TokenBudgetSpec, traces: dict[str, Trace],
     )
     if oracles:  # the oracle compared is the cheapest reaching tokenscale's attainment
         bt.runs["oracle"] = bt.pick_oracle(bt.policy_summary(ts_runs)["slo_attainment"])
+        if _binding(bt, ts_runs) and cfg.engine is not None:
+            bt.budget_oracle = _budget_oracle(w, cfg.engine, bt)
     return bt
