@@ -37,8 +37,8 @@ Sample = tuple[float, float]  # (unix time s, value)
 
 
 class MetricFailure(Exception):
-    """A query that gave no usable answer; ``kind`` is one of METRIC_FAILURES (or a limit
-    kind: TooManySeries, TooManyPoints, TooLarge), the only part a status may show;
+    """A query that gave no usable answer; ``kind`` is one of METRIC_FAILURES, the only part
+    a status may show;
     ``detail`` may quote the URL and the answer: logs only."""
 
     def __init__(self, kind: str, detail: str):

@@ -29,6 +29,10 @@ METRIC_FAILURES = (
     "Infinite",  # +Inf / -Inf sample
     "MultipleSeries",  # several series where one was expected
     "Stale",  # newest sample older than the freshness limit
+    "NotAllowed",  # spec.prometheus.url not on TOKENSCALE_PROMETHEUS_ALLOWED_URLS: no request
+    "TooManySeries",  # a budget's own query answered more series than allowed
+    "TooManyPoints",  # ... more points than allowed
+    "TooLarge",  # ... more bytes than allowed
 )
 
 
