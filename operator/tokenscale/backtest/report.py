@@ -72,9 +72,9 @@ def yardstick(bt: Backtest, tokenscale: dict[str, Any]) -> dict[str, Any]:
     cost = tokenscale["cost"]
     points = _family_points(bt)
     env, how, member = envelope_at(points, att)
-    oracle_points = [{"member": f"oracle#{k}", "cost": bt.policy_summary(r)["cost"],
-                      "slo_attainment": bt.policy_summary(r)["slo_attainment"]}
-                     for k, r in enumerate(bt.oracles)]
+    oracle_points = [{"member": f"oracle#{k}", "cost": s["cost"],
+                      "slo_attainment": s["slo_attainment"]}
+                     for k, s in enumerate(bt.oracle_summaries)]
     oracle_env, oracle_how, _ = envelope_at(oracle_points, att)
     gap = env - oracle_env
     return {

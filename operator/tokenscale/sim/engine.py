@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -126,17 +127,23 @@ class Backtest:
     #: the period-end projections against the final spend (sim/projections.py)
     projections: dict[str, Any] = field(default_factory=dict)
 
+    @cached_property
+    def oracle_summaries(self) -> list[dict[str, float]]:
+        """:meth:`policy_summary` of every oracle candidate (computed once: each runs the
+        per-request outcome of every target)."""
+        return [self.policy_summary(r) for r in self.oracles]
+
     def pick_oracle(self, attainment: float) -> dict[str, TargetRun]:
-        """Engine mode: the cheapest oracle candidate reaching ``attainment`` (the best one
-        if none does); fluid mode: the oracle."""
-        if not self.oracles:
-            return self.runs["oracle"]
-        scored = [(self.policy_summary(r), r) for r in self.oracles]
-        good = [(s["cost"], k) for k, (s, _) in enumerate(scored)
+        """The cheapest oracle candidate reaching ``attainment`` (the best one if none
+        does)."""
+        summaries = self.oracle_summaries
+        good = [(s["cost"], k) for k, s in enumerate(summaries)
                 if s["slo_attainment"] >= attainment - ATTAINMENT_TOLERANCE]
         if good:
-            return scored[min(good)[1]][1]
-        return max(scored, key=lambda sr: (sr[0]["slo_attainment"], -sr[0]["cost"]))[1]
+            return self.oracles[min(good)[1]]
+        best = max(range(len(summaries)),
+                   key=lambda k: (summaries[k]["slo_attainment"], -summaries[k]["cost"]))
+        return self.oracles[best]
 
     @property
     def counted(self) -> slice:
