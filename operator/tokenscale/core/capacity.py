@@ -70,6 +70,7 @@ class Recommendation(NamedTuple):
     recommendation: int  # after the tolerance band; remembered for stabilization
     behaviour: int  # after the scale-up limit and scale-down stabilization
     reason: Reason
+    window: int = 0  # s an unneeded replica is kept (scale_down_window), when scaling down
 
 
 def estimate_demand(target: TargetSpec, obs: TargetObservation, planning: PlanningSpec,
@@ -103,6 +104,7 @@ def recommend(target: TargetSpec, obs: TargetObservation, planning: PlanningSpec
             and within_tolerance(demand.raw_need, current, planning.tolerance)):
         rec, reason = current, "WithinTolerance"
     behaviour = rec
+    window = 0
     if rec > current:
         behaviour = min(rec, max(low, scale_up_limit(current)))
     elif rec < current:
@@ -116,7 +118,7 @@ def recommend(target: TargetSpec, obs: TargetObservation, planning: PlanningSpec
         reason = "ScaleUpLimited"
     elif behaviour > rec:
         reason = "StabilizingScaleDown"
-    return Recommendation(demand, current, need, rec, behaviour, reason)
+    return Recommendation(demand, current, need, rec, behaviour, reason, window)
 
 
 def trend_forecast(

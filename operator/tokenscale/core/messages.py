@@ -11,7 +11,7 @@ import math
 
 from tokenscale.api import PlanningSpec, TokenBudgetSpec
 from tokenscale.core.budget import Accounts
-from tokenscale.core.capacity import Recommendation, scale_down_window
+from tokenscale.core.capacity import Recommendation
 from tokenscale.core.outage import Hold, Seen
 from tokenscale.core.pacing import Allocation, Outcome, Proposal
 
@@ -90,9 +90,8 @@ def recommendation_message(seen: Seen, planning: PlanningSpec, r: Recommendation
         return (f"need {r.recommendation}, scale-up limited to {r.behaviour} from {r.current} "
                 f"per interval (max(+4, 100%)); {text}")
     if r.reason == "StabilizingScaleDown":
-        window = scale_down_window(planning, t, seen.obs.token_rate_samples)
         return (f"need {r.recommendation}, keeping {r.behaviour}: highest recommendation in the "
-                f"last {window}s (one cold start, or the whole "
+                f"last {r.window}s (one cold start, or the whole "
                 f"scaleDownStabilizationSeconds {planning.scale_down_stabilization_seconds}s "
                 f"after rises of a replica within a cold start); "
                 f"{text}")
