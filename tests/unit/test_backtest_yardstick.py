@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 from tokenscale.api import SloSpec
-from tokenscale.sim.family import FamilyBank
 from tokenscale.sim.latency import EngineModel, Requests, request_outcome, requests_of
-from tokenscale.sim.policies import HpaSettings
+from tokenscale.sim.policies import FamilyBank, HpaSettings
 from tokenscale.sim.traces import Trace
 
 ENGINE = EngineModel(decode_tokens_per_s=1000.0, prefill_tokens_per_s=10000.0,

@@ -38,10 +38,11 @@ from tokenscale.sim.cluster import (
     on_time_tokens,
     ready_from_paid,
 )
-from tokenscale.sim.family import FamilyBank, Member, Signals, desired_replicas, members
+from tokenscale.sim.family import Member, Signals, desired_replicas, members
 from tokenscale.sim.latency import EngineModel, Outcome, Requests, request_outcome, requests_of
 from tokenscale.sim.oracle import oracle_schedule, requests_for_ready, sliding_max
 from tokenscale.sim.policies import (
+    FamilyBank,
     HpaBank,
     HpaSettings,
     TokenscaleController,

@@ -24,7 +24,6 @@ import numpy.typing as npt
 
 from tokenscale.sim.cluster import Group
 from tokenscale.sim.latency import EngineModel
-from tokenscale.sim.policies import HpaSettings
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -71,42 +70,6 @@ def members(sweeps: dict[str, tuple[float, ...]] | None = None,
         for window in WINDOWS_S:
             out.extend(Member(metric, window, v) for v in values)
     return out
-
-
-class FamilyBank:
-    """HPAs with per-row signals and windows; :meth:`decide` takes the desired replica count
-    each row's metric asks for (before tolerance, windows and limits)."""
-
-    def __init__(self, window_s: IntArray, low: IntArray, high: IntArray, initial: IntArray,
-                 settings: HpaSettings) -> None:
-        self.low = np.maximum(low, 1)
-        self.high = high
-        self.settings = settings
-        slots = int(window_s.max()) // settings.sync_s + 1
-        self._slots = window_s // settings.sync_s + 1  # per row: slots in its window
-        self._recs = np.repeat(initial.astype(np.int64)[:, None], slots, axis=1)
-        self._k = 0
-
-    def decide(self, desired: FloatArray, current: IntArray) -> IntArray:
-        """New replica counts from each row's desired (fractional) replicas."""
-        s = self.settings
-        want = np.ceil(np.maximum(desired, 0.0) - 1e-9).astype(np.int64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.where(current > 0, desired / np.maximum(current, 1), np.inf)
-        rec = np.where(np.abs(ratio - 1.0) <= s.tolerance, current, want)
-        rec = np.clip(rec, self.low, self.high)
-        n = self._recs.shape[1]
-        slot = self._k % n
-        self._recs[:, slot] = rec
-        self._k += 1
-        # slot j was written (slot - j) mod n syncs ago; a row sees the last _slots of them
-        age = (slot - np.arange(n)) % n
-        inside = age[None, :] < self._slots[:, None]
-        window_max = np.where(inside, self._recs, np.iinfo(np.int64).min).max(axis=1)
-        up_limit = np.maximum(current + s.scale_up_pods,
-                              np.ceil(current * (1 + s.scale_up_percent / 100.0))).astype(np.int64)
-        new = np.where(rec > current, np.minimum(rec, up_limit), np.minimum(current, window_max))
-        return np.asarray(np.clip(new, self.low, self.high), dtype=np.int64)
 
 
 @dataclass(frozen=True)

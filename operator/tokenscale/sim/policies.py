@@ -42,13 +42,50 @@ class HpaSettings:
     scale_up_percent: float = 100.0
 
 
-class HpaBank:
-    """Many independent HPAs (one per row), decided together with numpy.
+class FamilyBank:
+    """Many independent HPAs (one per row) with per-row scale-down windows, decided together
+    with numpy. :meth:`decide` takes the (fractional) replicas each row's metric asks for; a
+    row keeps its count when that is within the tolerance, a scale-down goes to the highest
+    recommendation of its window, a scale-up is limited per sync; then
+    ``[max(1, minReplicas), maxReplicas]`` (an HPA cannot scale to zero)."""
 
-    Desired replicas = ``ceil(tokens/s ÷ (tokensPerReplicaPerSecond × utilization))``; kept when
-    the ratio to the current count is within the tolerance; a scale-down goes to the highest
-    recommendation of the stabilization window; a scale-up is limited per sync; then
-    ``[max(1, minReplicas), maxReplicas]`` (an HPA cannot scale to zero).
+    def __init__(self, window_s: IntArray, low: IntArray, high: IntArray, initial: IntArray,
+                 settings: HpaSettings) -> None:
+        self.low = np.maximum(low, 1)
+        self.high = high
+        self.settings = settings
+        slots = int(window_s.max()) // settings.sync_s + 1
+        self._slots = window_s // settings.sync_s + 1  # per row: slots in its window
+        self._recs = np.repeat(initial.astype(np.int64)[:, None], slots, axis=1)
+        self._k = 0
+
+    def decide(self, desired: FloatArray, current: IntArray) -> IntArray:
+        """New replica counts from each row's desired (fractional) replicas."""
+        s = self.settings
+        want = np.ceil(np.maximum(desired, 0.0) - 1e-9).astype(np.int64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(current > 0, desired / np.maximum(current, 1), np.inf)
+        rec = np.where(np.abs(ratio - 1.0) <= s.tolerance, current, want)
+        rec = np.clip(rec, self.low, self.high)
+        n = self._recs.shape[1]
+        slot = self._k % n
+        self._recs[:, slot] = rec
+        self._k += 1
+        # slot j was written (slot - j) mod n syncs ago; a row sees the last _slots of them
+        age = (slot - np.arange(n)) % n
+        inside = age[None, :] < self._slots[:, None]
+        window_max = np.where(inside, self._recs, np.iinfo(np.int64).min).max(axis=1)
+        up_limit = np.maximum(current + s.scale_up_pods,
+                              np.ceil(current * (1 + s.scale_up_percent / 100.0))).astype(np.int64)
+        new = np.where(rec > current, np.minimum(rec, up_limit), np.minimum(current, window_max))
+        return np.asarray(np.clip(new, self.low, self.high), dtype=np.int64)
+
+
+class HpaBank:
+    """Many independent HPAs (one per row) on a token rate, decided together with numpy.
+
+    Desired replicas = ``ceil(tokens/s ÷ (tokensPerReplicaPerSecond × utilization))``, then
+    the rules of :class:`FamilyBank` with the one stabilization window of ``settings``.
     """
 
     def __init__(
@@ -62,34 +99,17 @@ class HpaBank:
     ) -> None:
         self.utilization = utilization
         self.capacity = capacity
-        self.low = np.maximum(min_replicas, 1)
-        self.high = max_replicas
-        self.settings = settings
-        slots = settings.stabilization_s // settings.sync_s + 1
+        rows = len(capacity)
         # as if it had been running at the initial counts for the stabilization window
-        seed = initial if initial is not None else np.full(len(capacity), -1)
-        self._recs = np.repeat(np.asarray(seed, dtype=np.int64)[:, None], slots, axis=1)
-        self._slot = 0
+        seed = initial if initial is not None else np.full(rows, -1, dtype=np.int64)
+        self._bank = FamilyBank(np.full(rows, settings.stabilization_s, dtype=np.int64),
+                                min_replicas, max_replicas, np.asarray(seed, dtype=np.int64),
+                                settings)
 
     def decide(self, rate: FloatArray, current: IntArray) -> IntArray:
         """New replica counts from the observed token rate (tokens/s) and current replicas."""
-        s = self.settings
-        raw = np.maximum(rate, 0.0) / (self.capacity * self.utilization)
-        desired = np.ceil(raw - 1e-9).astype(np.int64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.where(current > 0, raw / np.maximum(current, 1), np.inf)
-        rec = np.where(np.abs(ratio - 1.0) <= s.tolerance, current, desired)
-        rec = np.clip(rec, self.low, self.high)
-        self._recs[:, self._slot] = rec
-        self._slot = (self._slot + 1) % self._recs.shape[1]
-        window_max = self._recs.max(axis=1)
-        up_limit = np.maximum(
-            current + s.scale_up_pods, np.ceil(current * (1 + s.scale_up_percent / 100.0))
-        ).astype(np.int64)
-        up = np.minimum(rec, up_limit)
-        down = np.minimum(current, window_max)
-        new = np.where(rec > current, up, down)
-        return np.asarray(np.clip(new, self.low, self.high), dtype=np.int64)
+        return self._bank.decide(np.maximum(rate, 0.0) / (self.capacity * self.utilization),
+                                 current)
 
 
 def initial_replicas(
