@@ -9,11 +9,13 @@ LINT_PATHS := $(wildcard operator tests benchmarks)
 
 # Suites whose outcome could depend on the calendar: they run again on a test clock that
 # starts each test at a chosen instant (tests/testclock.py). `make test` keeps one instant.
-CLOCK_SUITES := tests/faults tests/e2e/test_operator_e2e.py tests/integration/test_operator_reconcile.py tests/unit/test_core_budget.py \
-	tests/unit/test_core_accounting.py tests/unit/test_core_planner.py
+# The core's period tests (tests/unit/test_core_budget.py, test_core_accounting.py,
+# test_core_planner.py) pin their own instants (first and last minutes, DST days) and read
+# no clock, so they run once, in the main suite.
+CLOCK_SUITES := tests/faults tests/e2e/test_operator_e2e.py \
+	tests/integration/test_operator_reconcile.py
 CLOCK_SMOKE := tests/faults/test_restart.py tests/faults/test_peering.py \
-	tests/e2e/test_operator_e2e.py::test_operator_restart_mid_period_keeps_spend \
-	tests/unit/test_core_budget.py tests/unit/test_core_accounting.py
+	tests/e2e/test_operator_e2e.py::test_operator_restart_mid_period_keeps_spend
 CLOCK_INSTANTS ?= month-start month-end week-start dst-spring dst-autumn
 
 $(STAMP): pyproject.toml

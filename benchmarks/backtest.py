@@ -185,40 +185,7 @@ def run_case(case: dict[str, Any], out: Path, seeds: int) -> dict[str, Any]:
     doc["case"] = {k: v for k, v in case.items() if k != "manifest"}
     doc["case"]["seconds"] = round(time.perf_counter() - began, 1)
     doc["case"]["budget_max_cost"] = case["manifest"]["spec"]["budget"]["maxCost"]
-    if case["kind"] == "tight":
-        doc["allocation"] = allocation(bt, case)
     return doc
-
-
-def allocation(bt: Any, case: dict[str, Any]) -> dict[str, Any]:
-    """How tokenscale shared the tight budget: spend shares, the w·b/c ranking, and the
-    marginal value per cost (w·b·ln((n+1)/n)/c) of each target's last replica, averaged over
-    the time the budget capped it."""
-    spec = bt.spec
-    runs = bt.runs["tokenscale"]
-    out: dict[str, Any] = {}
-    total = 0.0
-    wb_total = sum(t.weight * (t.performance.b or 0) for t in spec.targets)
-    for i, t in enumerate(spec.targets):
-        paid = runs[t.name].paid[: bt.trace_seconds]
-        cost = float(paid.sum() * t.cost_per_replica_hour / 3600)
-        total += cost
-        n = paid[paid > 0].astype(float)
-        marginal = (t.weight * (t.performance.b or 0) * (1.0 / n).clip(max=1e9)
-                    / t.cost_per_replica_hour)
-        demand = bt.arrivals[i, : bt.trace_seconds].mean() / t.tokens_per_replica_per_second
-        out[t.name] = {
-            "cost": cost,
-            "mean_replicas": float(paid.mean()),
-            "mean_demand_replicas": float(demand),
-            "value_per_cost_wb_over_c": t.weight * (t.performance.b or 0)
-            / t.cost_per_replica_hour,
-            "continuous_optimum_spend_share": t.weight * (t.performance.b or 0) / wb_total,
-            "approx_marginal_value_per_cost": float(marginal.mean()) if len(n) else None,
-        }
-    for name in out:
-        out[name]["spend_share"] = out[name]["cost"] / total if total > 0 else 0.0
-    return out
 
 
 def _pct(x: float) -> str:

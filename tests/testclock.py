@@ -34,8 +34,6 @@ INSTANTS: dict[str, tuple[str, str]] = {
     "dst-autumn": ("2026-10-25T02:59:40+02:00", "Europe/Berlin"),
 }
 
-PERIOD_LENGTH_BOUND = {"Hour": 3600, "Day": 86400, "Week": 7 * 86400, "Month": 31 * 86400}
-
 
 @dataclass(frozen=True)
 class TestClock:
@@ -94,19 +92,16 @@ def begin_test() -> TestClock:
     return _current
 
 
-def zone_and_period_lasting(seconds: float, clock: TestClock | None = None,
+def zone_and_period_lasting(seconds: float,
                             periods: tuple[str, ...] = ("Month", "Week", "Day", "Hour"),
                             ) -> tuple[str, str]:
-    """A (timeZone, period) whose current period still has ``seconds`` left at the clock's
-    now: for tests whose behaviour is not a period rollover. The first of ``periods`` that
-    lasts, in the clock's own zone first, then in zones whose midnight lies elsewhere.
+    """A (timeZone, period) whose current period still has ``seconds`` left at the test
+    clock's now: for tests whose behaviour is not a period rollover. The first of ``periods``
+    that lasts, in the clock's own zone first, then in zones whose midnight lies elsewhere.
     Chosen once per test: every budget of a test gets the same answer, however long it runs."""
-    if clock is None and (seconds, periods) in _lasting:
-        return _lasting[(seconds, periods)]
-    chosen = _choose(seconds, clock or current(), periods)
-    if clock is None:
-        _lasting[(seconds, periods)] = chosen
-    return chosen
+    if (seconds, periods) not in _lasting:
+        _lasting[(seconds, periods)] = _choose(seconds, current(), periods)
+    return _lasting[(seconds, periods)]
 
 
 def _choose(seconds: float, clock: TestClock, periods: tuple[str, ...]) -> tuple[str, str]:
@@ -132,5 +127,4 @@ def _seconds_left(now: datetime, period: str, zone: ZoneInfo) -> float:
         end = (datetime(local.year + 1, 1, 1, tzinfo=zone) if local.month == 12
                else datetime(local.year, local.month + 1, 1, tzinfo=zone))
     # wall-clock arithmetic in the zone, then to UTC: DST days are 23 or 25 hours long
-    end = end.replace(tzinfo=zone)
     return (end.astimezone(UTC) - now.astimezone(UTC)).total_seconds()

@@ -278,7 +278,6 @@ def test_operator_restart_mid_period_keeps_spend(stack: dict[str, Any]) -> None:
         assert start is not None and t0 <= start <= t1, (before["period"], after["period"])
         expected = 0.2 * (t1 - start).total_seconds()
     assert after["spend"]["cost"] == pytest.approx(expected, abs=0.05)
-    delete_budgets(stack, "restart")
 
 
 def test_replicas_follow_a_load_step_up_and_down(
@@ -355,7 +354,6 @@ def test_exhausted_budget_scales_to_minimum_with_an_event(
     scaled = [e["message"] for e in evs if e["reason"] == "Scaled"]
     assert scaled and all("DemandDriven" not in m for m in scaled)
     assert any("4 -> 1" in m for m in scaled)
-    delete_budgets(stack, "exhaust")
 
 
 def test_dry_run_decides_but_never_patches_replicas(
@@ -378,7 +376,6 @@ def test_dry_run_decides_but_never_patches_replicas(
         "PUT", scale_path)
     assert writes_after == writes_before
     assert not [e for e in events(stack, "dry") if e["reason"] == "Scaled"]
-    delete_budgets(stack, "dry")
 
 
 def _prometheus_queries(prom: PrometheusServer) -> float:
@@ -428,4 +425,3 @@ def test_prometheus_queries_per_cycle_do_not_grow_with_budgets(
     # of a budget, before these counts start, and again only every FIT_REFRESH_SECONDS (600 s,
     # longer than this test): not in the cycles counted.
     assert one == many == 3
-    delete_budgets(stack, "count-0", *names)

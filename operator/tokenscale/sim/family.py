@@ -53,20 +53,14 @@ class Member:
         """E.g. ``hpa-served-300s@0.8``."""
         return f"hpa-{self.metric}-{self.window_s}s@{self.target:g}"
 
-    @property
-    def family(self) -> str:
-        """E.g. ``hpa-served-300s`` (the member without its target)."""
-        return f"hpa-{self.metric}-{self.window_s}s"
 
 
-def members(sweeps: dict[str, tuple[float, ...]] | None = None,
-            extra_served: tuple[float, ...] = ()) -> list[Member]:
+def members(extra_served: tuple[float, ...] = ()) -> list[Member]:
     """Every member of the family (``extra_served``: more served-rate targets, e.g. the
     budget's targetUtilization for the plain ``hpa`` policy)."""
-    sweeps = sweeps or SWEEPS
     out: list[Member] = []
     for metric in METRICS:
-        values = sorted({*sweeps[metric], *(extra_served if metric == "served" else ())})
+        values = sorted({*SWEEPS[metric], *(extra_served if metric == "served" else ())})
         for window in WINDOWS_S:
             out.extend(Member(metric, window, v) for v in values)
     return out
