@@ -50,7 +50,7 @@ from aiohttp import web
 from tokenscale_testbed import discovery, patching
 from tokenscale_testbed.errors import ApiError, Obj
 from tokenscale_testbed.resources import ResourceType
-from tokenscale_testbed.store import ObjKey, Resource, Store, StoreKey, Target, served
+from tokenscale_testbed.store import ObjKey, Store, StoreKey, Target, served
 from tokenscale_testbed.tables import human_age, table
 from tokenscale_testbed.watch import end_watches, serve_watch
 
@@ -111,11 +111,6 @@ class ApiServer:
         self.recent: collections.deque[RequestRecord] = collections.deque(maxlen=request_log)
         self._runner: web.ServerRunner | None = None
         self.store = Store(crds=crds, namespaces=namespaces, watch_history=watch_history)
-
-    @property
-    def _store(self) -> dict[StoreKey, Resource]:
-        """The storage by (group, plural) (tests read ``.objects`` and ``.history``)."""
-        return self.store.resources
 
     # ------------------------------------------------------------------ lifecycle
 

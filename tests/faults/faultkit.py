@@ -383,19 +383,9 @@ def replicas_of(api: ApiServerThread, namespace: str, name: str) -> int:
 
 
 def replica_history(api: ApiServerThread, namespace: str, name: str) -> list[int]:
-    """Every spec.replicas value the Deployment had, in order (the emulator's watch history)."""
-    def read(server: Any) -> list[int]:
-        res = server._store[("apps", "deployments")]
-        out: list[int] = []
-        for _, _, obj in res.history:
-            meta = obj["metadata"]
-            if (meta.get("namespace"), meta["name"]) == (namespace, name):
-                value = int(obj["spec"]["replicas"])
-                if not out or out[-1] != value:
-                    out.append(value)
-        return out
-    result: list[int] = api.call(read)
-    return result
+    """Every spec.replicas value the Deployment had, in order (the emulator's replica log)."""
+    log = api.call(lambda s: s.replica_log("apps/v1", "deployments", namespace, name))
+    return [replicas for _, replicas in log]
 
 
 def scale_patches(api: ApiServerThread, namespace: str, name: str) -> int:
