@@ -139,6 +139,10 @@ def test_spend_matches_the_ground_truth_across_rollover_price_edge_and_restart(
             DEMAND[name].rate = 1500.0
         wait_for(lambda: all(replicas(stack, n) <= 4 for n in DEMAND), timeout=30,
                  message="both scaled down after the restart")
+        # a minute of the new hour: Prometheus' view of the tokens lags the fleet by about a
+        # scrape, which over the ~25 s reached so far is several per cent of the period
+        wait_for(lambda: clock.now().minute >= 1 or clock.now().second >= 55, timeout=60,
+                 interval=0.2, message="10:00:55 on the test clock")
         scaled = time.time()
         finals = {n: wait_for(lambda n=n: (s := status(stack, n)).get("lastReconcileTime") and
                               unix(s["lastReconcileTime"], clock) > scaled and s,
