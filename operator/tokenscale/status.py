@@ -84,6 +84,10 @@ def memory_from_status(status: api.TokenBudgetStatus) -> Memory:
         if t is not None:
             last_scale[target.name] = t
     profiles = {p.target: _profile(p) for p in status.demand_profiles}
+    queues = {t.name: t.queue_length for t in status.targets
+              if t.queue_length is not None and math.isfinite(t.queue_length)}
+    admissions = {t.name: t.admission.tokens_per_second for t in status.targets
+                  if t.admission is not None and math.isfinite(t.admission.tokens_per_second)}
     return Memory(
         period_start=parse_time(status.period.start) if status.period else None,
         spend_cost=status.spend.cost if status.spend else 0.0,
@@ -93,6 +97,8 @@ def memory_from_status(status: api.TokenBudgetStatus) -> Memory:
         metrics_unavailable_since=parse_time(status.metrics_unavailable_since),
         last_scale_time=last_scale,
         demand_profiles=profiles,
+        queues=queues,
+        admissions=admissions,
     )
 
 

@@ -6,18 +6,20 @@ from __future__ import annotations
 import pytest
 from core_world import NOW, running, seen, spec, target, world
 
-from tokenscale.core.planner import plan
+from tokenscale.core.planner import ADMISSION_SHARE, plan
 
 
 @pytest.mark.parametrize(
     ("case", "current", "budget", "utilization", "expected"),
     [
         # demand 5,000 tok/s needs 5 replicas; 36/day paces ~3 replicas: admit 3 x 1,000
-        ("capped-at-three", 3, {"maxCost": 36}, 1.0, 3000.0),
+        # (x the admission share, a margin for the service model's error)
+        ("capped-at-three", 3, {"maxCost": 36}, 1.0, 3000.0 * ADMISSION_SHARE),
         # only 2 of the affordable replicas are ready: admit what 2 serve
-        ("capped-two-ready", 2, {"maxCost": 36}, 1.0, 2000.0),
-        # the same at utilisation 0.8: the need grows to 7, admission keeps the margin
-        ("capped-with-margin", 3, {"maxCost": 36}, 0.8, 2400.0),
+        ("capped-two-ready", 2, {"maxCost": 36}, 1.0, 2000.0 * ADMISSION_SHARE),
+        # at utilisation 0.8 the need grows to 7; admission is not sized by the planning
+        # utilisation (the admitted rate is capped every second, it cannot swing)
+        ("capped-with-margin", 3, {"maxCost": 36}, 0.8, 3000.0 * ADMISSION_SHARE),
         # ample budget: no limit to publish
         ("ample", 3, {"maxCost": 1e6}, 1.0, None),
     ],
@@ -38,7 +40,7 @@ def test_admission_of_a_capped_target(case: str, current: int, budget: dict[str,
         serving = min(decision.replicas, current)
         assert decision.admission_tokens_per_second == pytest.approx(expected)
         assert decision.admission_tokens_per_second == pytest.approx(
-            serving * 1000 * utilization)
+            serving * 1000 * ADMISSION_SHARE)
 
 
 def test_under_a_binding_budget_a_target_held_within_tolerance_is_admitted_too() -> None:
@@ -47,8 +49,9 @@ def test_under_a_binding_budget_a_target_held_within_tolerance_is_admitted_too()
     s = spec([target("a"), target("b")], budget={"maxCost": 48})
     result = plan(s, world(a=seen(2, 6000), b=seen(2, 2100)), running(), NOW)
     a, b = result.decisions["a"], result.decisions["b"]
-    assert a.reason == "BudgetCapped" and a.admission_tokens_per_second == 2000.0
-    assert b.reason == "WithinTolerance" and b.admission_tokens_per_second == 2000.0
+    admitted = 2000.0 * ADMISSION_SHARE
+    assert a.reason == "BudgetCapped" and a.admission_tokens_per_second == admitted
+    assert b.reason == "WithinTolerance" and b.admission_tokens_per_second == admitted
     # the same b without a binding budget: the tolerance band is the HPA's, nothing admitted
     ample = plan(spec([target("a"), target("b")]), world(a=seen(2, 6000), b=seen(2, 2100)),
                  running(), NOW)

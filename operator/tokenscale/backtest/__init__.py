@@ -64,6 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--fluid", action="store_true",
                         help="version 1's fluid model: fixed capacity per replica, a token "
                         "meets the SLO when it waits at most --slo-seconds (no engine model)")
+    parser.add_argument("--arrival-counter", action="store_true",
+                        help="tokenscale reads the shedding gateway's arrival counter "
+                        "(metrics.arrivalRateQuery) instead of estimating the arrivals from "
+                        "the served rate, the queue's growth and the admission it published")
     parser.add_argument("--decode-tokens-per-second", type=float, default=3800.0, metavar="D",
                         help="engine: asymptotic decode throughput of a replica (default 3800)")
     parser.add_argument("--prefill-tokens-per-second", type=float, default=16000.0,

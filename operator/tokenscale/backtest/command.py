@@ -160,7 +160,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
                     hpa_utilizations=utils, prefill_weight=args.prefill_weight, seed=args.seed,
                     start=start, progress=args.progress,
                     hpa=HpaSettings(metric=args.hpa_metric),
-                    hpa_other_metric=args.hpa_both_metrics)
+                    hpa_other_metric=args.hpa_both_metrics,
+                    arrival_counter=args.arrival_counter)
 
 
 def _slice(traces: dict[str, Trace], k: int, n: int) -> dict[str, Trace]:

@@ -2,14 +2,28 @@
 
 Units: token rates in tokens/s, durations in seconds, replicas as counts.
 
-Demand (DESIGN.md step 3). The observed rate is the newest sample. The trend is a least-squares
-line through the samples of the last ``forecastWindowSeconds``; the forecast is that line's value
+Demand (DESIGN.md step 3) is the *arrival* rate, not only the served rate. Its samples are a
+gateway's arrival counter when the target has one (``arrival_rate_samples``), else the served
+token rate. The observed rate is the newest sample. The trend is a least-squares line through
+the samples of the last ``forecastWindowSeconds``; the forecast is that line's value
 ``coldStartSeconds`` after now (never negative), i.e. the rate when a replica requested now would
-be ready. Fewer than two samples, or all at one instant, forecast the observed rate. Queued
-requests add ``queue × tokensPerRequest / drainSeconds`` tokens/s, with ``tokensPerRequest`` from
-the observation or :data:`DEFAULT_TOKENS_PER_REQUEST`, and ``drainSeconds =
-max(intervalSeconds, coldStartSeconds)``: new replicas cannot help sooner than they start, and
-the queue is re-evaluated every interval anyway. ``demand = max(observed, forecast) + drain``.
+be ready. Fewer than two samples, or all at one instant, forecast the observed rate. Without an
+arrival counter two corrections recover what the served rate hides:
+
+* **Queue growth.** Requests that arrived but were not served are the queue's growth since the
+  last cycle: ``max(0, queue - previous queue) × tokensPerRequest / seconds`` is added to the
+  observed rate.
+* **Censoring.** While an admission rate is published and the served rate reaches it
+  (:data:`CENSORED_SHARE` of it), the demand above it is invisible: it is taken as at least the
+  rate that needs one replica more than today's admitted capacity, and more than the tolerance
+  band (:func:`censored_floor`), so the planner keeps asking for capacity while the budget
+  allows and admission stays published while it does not.
+
+Queued requests add ``queue × tokensPerRequest / drainSeconds`` tokens/s, with
+``tokensPerRequest`` from the observation or :data:`DEFAULT_TOKENS_PER_REQUEST`, and
+``drainSeconds = max(intervalSeconds, coldStartSeconds)``: new replicas cannot help sooner than
+they start, and the queue is re-evaluated every interval anyway. ``demand = max(observed +
+growth, forecast, censored floor) + drain``.
 
 Need (step 4). ``demand × (1 + headroom) / (tokensPerReplicaPerSecond × targetUtilization)``
 replicas, rounded up (with a 1e-9 slack against float noise), then clamped to
@@ -45,6 +59,9 @@ from typing import NamedTuple
 from tokenscale.api import PlanningSpec, Reason, TargetSpec
 from tokenscale.core.types import RecommendationEntry, TargetObservation
 
+#: A served rate at this share of the published admission rate is censored by it.
+CENSORED_SHARE = 0.95
+
 #: Tokens per queued request when the observation does not say (prompt + output, typical chat).
 DEFAULT_TOKENS_PER_REQUEST = 1000.0
 #: Scale-up step: at most this many replicas more, or doubling, whichever is larger.
@@ -57,8 +74,24 @@ class Demand(NamedTuple):
     observed: float
     forecast: float  # the trend coldStartSeconds ahead
     drain: float  # the rate that drains the queue
-    total: float  # max(observed, forecast) + drain
+    total: float  # max(observed + growth, forecast, censored floor) + drain
     raw_need: float
+    growth: float = 0.0  # the queue's growth since the last cycle, tokens/s
+    censored: bool = False  # the served rate is at the admission rate: demand is above it
+    source: str = "served"  # "arrivals" (a gateway's counter) or "served"
+
+
+class Previous(NamedTuple):
+    """What the last cycle saw of one target (from the memory): its queue and the admission
+    rate it published, ``seconds`` before now."""
+
+    queue: float | None = None  # waiting requests
+    admission: float | None = None  # tokens/s
+    seconds: float = 0.0
+
+
+#: Nothing known of the last cycle (the first one).
+NOTHING_PREVIOUS = Previous()
 
 
 class Recommendation(NamedTuple):
@@ -74,24 +107,59 @@ class Recommendation(NamedTuple):
 
 
 def estimate_demand(target: TargetSpec, obs: TargetObservation, planning: PlanningSpec,
-                    now: datetime) -> Demand:
-    """Step 3, demand: observed and forecast rate plus the queue's drain, and the raw need."""
+                    now: datetime, previous: Previous = NOTHING_PREVIOUS) -> Demand:
+    """Step 3, demand: the arrival rate observed and forecast, plus the queue's drain, and the
+    raw need (see the module docstring)."""
+    arrivals = bool(obs.arrival_rate_samples)
+    samples = obs.arrival_rate_samples if arrivals else obs.token_rate_samples
     observed, forecast = trend_forecast(
-        obs.token_rate_samples, now, planning.forecast_window_seconds, target.cold_start_seconds
+        samples, now, planning.forecast_window_seconds, target.cold_start_seconds
     )
+    growth = 0.0
+    censored = False
+    floor = 0.0
+    if not arrivals:
+        growth = queue_growth_rate(obs.queue_length, previous, obs.tokens_per_request)
+        limit = previous.admission
+        if limit is not None and limit > 0 and observed >= CENSORED_SHARE * limit:
+            censored = True
+            floor = censored_floor(limit, obs.ready_replicas, planning.tolerance)
     drain_seconds = max(planning.interval_seconds, target.cold_start_seconds)
     drain = queue_drain_rate(obs.queue_length, obs.tokens_per_request, drain_seconds)
-    total = max(observed, forecast) + drain
+    total = max(observed + growth, forecast, floor) + drain
     raw = raw_need(total, planning.headroom, target.tokens_per_replica_per_second,
                    planning.target_utilization)
-    return Demand(observed, forecast, drain, total, raw)
+    return Demand(observed, forecast, drain, total, raw, growth, censored,
+                  "arrivals" if arrivals else "served")
+
+
+def queue_growth_rate(queue_length: float, previous: Previous,
+                      tokens_per_request: float | None) -> float:
+    """Tokens/s that arrived but were not served since the last cycle: the queue's growth
+    (waiting requests) × tokens per request ÷ the seconds between (0 when it shrank or
+    nothing is known)."""
+    if previous.queue is None or previous.seconds <= 0 or queue_length <= previous.queue:
+        return 0.0
+    return queue_drain_rate(queue_length - previous.queue, tokens_per_request,
+                            previous.seconds)
+
+
+def censored_floor(admission: float, ready: int, tolerance: float) -> float:
+    """The least demand (tokens/s) to assume when the served rate sits at the admission rate
+    ``admission``: what one replica more than the ``ready`` ones serve, and at least one
+    tolerance band beyond, so the need always leaves the band; the planner asks for more
+    capacity step by step until the served rate falls below the limit (the demand is found)
+    or the budget caps it (admission stays)."""
+    per_replica = admission / ready if ready > 0 else admission
+    return max(admission + per_replica, admission * (1.0 + 2.0 * tolerance))
 
 
 def recommend(target: TargetSpec, obs: TargetObservation, planning: PlanningSpec,
-              history: Sequence[RecommendationEntry], now: datetime) -> Recommendation:
+              history: Sequence[RecommendationEntry], now: datetime,
+              previous: Previous = NOTHING_PREVIOUS) -> Recommendation:
     """Steps 3, 4 and 6 for one target: demand, need within [min, max], tolerance band, then
     the scale-up limit or the scale-down stabilization over ``history``."""
-    demand = estimate_demand(target, obs, planning, now)
+    demand = estimate_demand(target, obs, planning, now, previous)
     low, high = target.min_replicas, target.max_replicas
     unclamped = round_need(demand.raw_need)
     need = clamp(unclamped, low, high)

@@ -66,9 +66,13 @@ def proposal_message(p: Proposal, spec: TokenBudgetSpec) -> str:
 def demand_text(seen: Seen, planning: PlanningSpec, r: Recommendation) -> str:
     """The demand and the replicas it needs, with every term."""
     t, d = seen.target, r.demand
+    extra = f", queue growth +{rate(d.growth)}" if d.growth > 0 else ""
+    if d.censored:
+        extra += ", censored: served at the admission rate, so at least one replica more"
     return (
-        f"demand {rate(d.total)} tok/s (observed {rate(d.observed)}, forecast "
-        f"{rate(d.forecast)} in {t.cold_start_seconds}s, queue {seen.obs.queue_length:g} -> "
+        f"demand {rate(d.total)} tok/s ({d.source} {rate(d.observed)}, forecast "
+        f"{rate(d.forecast)} in {t.cold_start_seconds}s{extra}, queue "
+        f"{seen.obs.queue_length:g} -> "
         f"+{rate(d.drain)}) at {rate(t.tokens_per_replica_per_second)} tok/s/replica x "
         f"{planning.target_utilization:g} utilization, {planning.headroom:.0%} headroom "
         f"needs {d.raw_need:.2f} replicas"

@@ -59,6 +59,10 @@ class TargetObservation:
     #: (tokens/s per ready replica, mean inter-token latency in s) per pod and time step, from
     #: the engine's latency histograms, for the service model's fit
     latency_samples: tuple[tuple[float, float], ...] = ()
+    #: ``(time, tokens/s)`` arriving at a gateway in front of the target (its arrival counter,
+    #: when one is configured), oldest first: the demand before admission sheds or the engine
+    #: queues any of it. Empty: the demand is estimated from the served rate and the queue.
+    arrival_rate_samples: tuple[tuple[datetime, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,12 @@ class Memory:
     last_scale_time: dict[str, datetime] = field(default_factory=dict)
     #: per target: the learned time-of-day demand, for the projection
     demand_profiles: dict[str, DemandProfile] = field(default_factory=dict)
+    #: per target: the waiting requests seen at ``last_accounted`` (queue growth = arrivals
+    #: the served rate does not show)
+    queues: dict[str, float] = field(default_factory=dict)
+    #: per target: the admission rate (tokens/s) published at ``last_accounted``; a served
+    #: rate at that limit hides the demand above it (censored)
+    admissions: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,9 @@ class Settings:
     warmup_s: int = 0
     #: a gateway sheds tokenscale's arrivals above the admission rate it publishes
     admission: bool = True
+    #: tokenscale reads that gateway's arrival counter (the demand before admission); False:
+    #: it estimates arrivals from the served rate, the queue's growth and censoring
+    arrival_counter: bool = False
 
 
 @dataclass(frozen=True)
@@ -407,7 +410,8 @@ def _run_tokenscale(w: _World, probe: ProjectionProbe | None = None,
     group = Group(w.arrivals, w.cumulative, w.targets, list(range(len(w.names))), initial,
                   plan.interval_seconds)
     controller = TokenscaleController(w.spec, w.cfg.start, w.tokens_per_request, w.cfg.scrape_s,
-                                      w.cfg.rate_window_s, w.cfg.engine)
+                                      w.cfg.rate_window_s, w.cfg.engine,
+                                      w.cfg.arrival_counter)
     if memory is not None:
         controller.memory = memory
     elif history:

@@ -151,8 +151,12 @@ class TokenscaleController:
         scrape_s: int,
         rate_window_s: int,
         engine: EngineModel | None = None,
+        arrival_counter: bool = False,
     ) -> None:
         self.spec = spec
+        #: also read a gateway's arrival counter (the demand before admission and queueing)
+        self.arrival_counter = arrival_counter
+        self._arrivals: list[deque[tuple[datetime, float]]] = [deque() for _ in spec.targets]
         self.start = start
         self.names = [t.name for t in spec.targets]
         self.tokens_per_request = tokens_per_request
@@ -222,11 +226,15 @@ class TokenscaleController:
                 stamps = [self._when(int(x)) for x in scrapes]
                 for row, dq in enumerate(self._samples):
                     dq.extend(zip(stamps, rates[row].tolist(), strict=True))
+                if self.arrival_counter:
+                    arrived = group.demand_rates_at(scrapes, self.rate_window_s)
+                    for row, dq in enumerate(self._arrivals):
+                        dq.extend(zip(stamps, arrived[row].tolist(), strict=True))
                 self._record_latency(group, scrapes, rates)
             self._last_scrape = s
         now = self._when(t)
         oldest = now - timedelta(seconds=window)
-        for dq in self._samples:
+        for dq in (*self._samples, *self._arrivals):
             while dq and dq[0][0] < oldest:
                 dq.popleft()
         queue = group.queue_at(np.array([s], dtype=np.int64))[:, 0] if s > 0 else None
@@ -249,6 +257,7 @@ class TokenscaleController:
                 queue_length=waiting,
                 tokens_per_request=tpr if tpr > 0 else None,
                 latency_samples=tuple(self._latency[row]),
+                arrival_rate_samples=tuple(self._arrivals[row]),
             )
         result = plan(self.spec, Observation(targets, tokens_in_period), self.memory, now)
         self.memory = result.memory

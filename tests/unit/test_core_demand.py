@@ -1,0 +1,88 @@
+"""Planner step 3: demand is the arrival rate, not only the served rate (plain inputs).
+
+Without a gateway's arrival counter, what the served rate hides is recovered from the queue's
+growth since the last cycle and from censoring (a served rate at the admission rate published
+last cycle); with the counter, its samples are the demand."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from core_world import NOW, flat, running, seen, spec, target, world
+
+from tokenscale.core.capacity import Previous, censored_floor, queue_growth_rate
+from tokenscale.core.planner import ADMISSION_SHARE, plan
+
+LAST = NOW - timedelta(seconds=30)
+
+
+@pytest.mark.parametrize(
+    ("queue", "previous", "expected"),
+    [
+        (40.0, Previous(queue=10.0, seconds=30.0), 30 * 100 / 30),  # 30 more waiting in 30 s
+        (10.0, Previous(queue=40.0, seconds=30.0), 0.0),  # the queue shrank: nothing hidden
+        (40.0, Previous(queue=None, seconds=30.0), 0.0),  # first cycle: unknown
+        (40.0, Previous(queue=10.0, seconds=0.0), 0.0),  # no time passed
+    ],
+)
+def test_queue_growth_is_arrivals_the_served_rate_does_not_show(
+        queue: float, previous: Previous, expected: float) -> None:
+    assert queue_growth_rate(queue, previous, 100.0) == pytest.approx(expected)
+
+
+def test_a_growing_queue_raises_the_demand_by_its_growth() -> None:
+    obs = seen(3, 2000, queue_length=40.0, tokens_per_request=100.0)
+    grown = plan(spec(), world(llama=obs), running(last_accounted=LAST,
+                                                  queues={"llama": 10.0}), NOW)
+    steady = plan(spec(), world(llama=obs), running(last_accounted=LAST,
+                                                   queues={"llama": 40.0}), NOW)
+    # growth 30 requests x 100 tokens / 30 s = +100 tok/s on top of the same drain
+    assert grown.decisions["llama"].replicas >= steady.decisions["llama"].replicas
+    assert "queue growth +100" in grown.decisions["llama"].message
+    assert "growth" not in steady.decisions["llama"].message
+
+
+def test_censored_floor_leaves_the_tolerance_band_and_adds_a_replica() -> None:
+    assert censored_floor(3000.0, 3, 0.1) == pytest.approx(4000.0)  # one replica (1000) more
+    assert censored_floor(20000.0, 20, 0.1) == pytest.approx(24000.0)  # 2 x tolerance more
+
+
+def test_a_served_rate_at_the_published_admission_is_censored_and_probes_upwards() -> None:
+    limit = 3 * 1000 * ADMISSION_SHARE
+    memory = running(last_accounted=LAST, admissions={"llama": limit})
+    result = plan(spec(), world(llama=seen(3, limit)), memory, NOW)
+    d = result.decisions["llama"]
+    assert d.replicas > 3, d.message  # the demand above the limit is unknown: ask for more
+    assert "censored" in d.message
+    # the new replicas are not ready yet: admission stays at what the ready ones serve
+    assert d.admission_tokens_per_second == pytest.approx(limit)
+    # the same served rate without a published admission is just the demand
+    plain = plan(spec(), world(llama=seen(3, limit)), running(last_accounted=LAST), NOW)
+    assert plain.decisions["llama"].replicas == 3
+    assert plain.decisions["llama"].admission_tokens_per_second is None
+
+
+def test_a_served_rate_below_the_admission_releases_it() -> None:
+    memory = running(last_accounted=LAST, admissions={"llama": 2850.0})
+    result = plan(spec(), world(llama=seen(3, 1500)), memory, NOW)
+    assert result.decisions["llama"].admission_tokens_per_second is None
+    assert result.memory.admissions == {}
+
+
+def test_a_gateway_arrival_counter_is_the_demand() -> None:
+    obs = seen(3, 2850, arrival_rate_samples=flat(5200))
+    memory = running(last_accounted=LAST, admissions={"llama": 2850.0})
+    d = plan(spec(), world(llama=obs), memory, NOW).decisions["llama"]
+    assert d.forecast_tokens_per_second == pytest.approx(5200)
+    assert d.replicas == 6, d.message  # 5,200 tok/s at 1,000 per replica
+    assert "arrivals" in d.message and "censored" not in d.message
+
+
+def test_the_queue_and_admission_of_a_cycle_are_remembered() -> None:
+    s = spec([target()], budget={"maxCost": 36})
+    result = plan(s, world(llama=seen(3, 5000, queue_length=7.0)), running(), NOW)
+    d = result.decisions["llama"]
+    assert d.reason == "BudgetCapped"
+    assert result.memory.queues == {"llama": 7.0}
+    assert result.memory.admissions == {"llama": d.admission_tokens_per_second}
