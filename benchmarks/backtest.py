@@ -14,8 +14,9 @@ Settings: the engine model of :mod:`tokenscale.sim.latency` (Llama-3.1-8B on one
 TTFT 2 s / ITL 50 ms / 99 %; ``tokensPerReplicaPerSecond`` is the engine's capacity within that
 SLO (in prefill-weighted work tokens/s, what a load test at the SLO would measure), 3.9 USD per
 replica-hour, 90 s cold start, 1-64 replicas; each trace scaled (by request rate) so its
-busiest minute needs 16 replicas within the SLO. Planning: the DESIGN.md sample (30 s
-interval, utilisation 0.8, headroom 0.1, 600 s forecast window, tolerance 0.1, 300 s
+busiest minute needs 16 replicas within the SLO. Planning: the DESIGN.md sample without its
+headroom (version 2 learns the margin; headroom is an optional floor) (30 s
+interval, utilisation 0.8, 600 s forecast window, tolerance 0.1, 300 s
 stabilisation). Request traces (Azure, Mooncake, one hour each) run as ``--seeds`` overlapping
 half-hour slices; ServeGen as ``--seeds`` Poisson seeds, the 14-day traces on their second
 day (a Tuesday), deepseek-r1 on its one day.
@@ -64,7 +65,7 @@ DAY = 86400.0
 WINDOW = {"servegen_m-large_aggregate_10min.csv": (DAY, DAY),
           "servegen_m-mid_aggregate_10min.csv": (DAY, DAY),
           "servegen_m-small_aggregate_10min.csv": (DAY, DAY)}
-PLANNING = {"intervalSeconds": 30, "targetUtilization": 0.8, "headroom": 0.1,
+PLANNING = {"intervalSeconds": 30, "targetUtilization": 0.8,
             "forecastWindowSeconds": 600, "tolerance": 0.1, "scaleDownStabilizationSeconds": 300}
 SINGLE = [
     ("azure-code", "azure2023_AzureLLMInferenceTrace_code.csv"),

@@ -148,7 +148,11 @@ class PlanningSpec(_Model):
     target_utilization: float = Field(
         0.8, gt=0, le=1, description="Planned share of tokensPerReplicaPerSecond in use."
     )
-    headroom: float = Field(0.1, ge=0, le=10, description="Extra demand share provisioned.")
+    headroom: float = Field(
+        0.0, ge=0, le=10,
+        description="Optional floor under the learned margin: at least this share of the "
+        "demand is provisioned on top of it (the margin is z x the demand's spread, z from "
+        "slo.attainment).")
     forecast_window_seconds: int = Field(
         600, ge=60, le=86400, description="Window (s) the demand trend is fitted over."
     )

@@ -19,14 +19,21 @@ arrival counter two corrections recover what the served rate hides:
   band (:func:`censored_floor`), so the planner keeps asking for capacity while the budget
   allows and admission stays published while it does not.
 
+**The margin is earned, not fixed.** The demand's samples scatter around their trend line; the
+residual standard deviation ``σ`` (:func:`trend_spread`) is how far the rate strays from the
+forecast within the window. The planner provisions ``z × σ`` above the demand, with ``z`` the
+normal quantile of the target's ``slo.attainment`` (2.33 for 99 %): smooth traffic gets a thin
+margin, bursty traffic a wide one. ``headroom`` is an optional user floor under it:
+``max(demand × (1 + headroom), demand + z × σ)``.
+
 Queued requests add ``queue × tokensPerRequest / drainSeconds`` tokens/s, with
 ``tokensPerRequest`` from the observation or :data:`DEFAULT_TOKENS_PER_REQUEST`, and
 ``drainSeconds = max(intervalSeconds, coldStartSeconds)``: new replicas cannot help sooner than
 they start, and the queue is re-evaluated every interval anyway. ``demand = max(observed +
 growth, forecast, censored floor) + drain``.
 
-Need (step 4). ``demand × (1 + headroom) / (tokensPerReplicaPerSecond × targetUtilization)``
-replicas, rounded up (with a 1e-9 slack against float noise), then clamped to
+Need (step 4). ``max(demand × (1 + headroom), demand + z × σ) / (tokensPerReplicaPerSecond ×
+targetUtilization)`` replicas, rounded up (with a 1e-9 slack against float noise), then clamped to
 ``[minReplicas, maxReplicas]``.
 
 Behaviour (step 6), HPA-like:
@@ -54,6 +61,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
+from statistics import NormalDist
 from typing import NamedTuple
 
 from tokenscale.api import PlanningSpec, Reason, TargetSpec
@@ -76,6 +84,7 @@ class Demand(NamedTuple):
     drain: float  # the rate that drains the queue
     total: float  # max(observed + growth, forecast, censored floor) + drain
     raw_need: float
+    margin: float = 0.0  # z x the samples' spread around their trend, tokens/s
     growth: float = 0.0  # the queue's growth since the last cycle, tokens/s
     censored: bool = False  # the served rate is at the admission rate: demand is above it
     source: str = "served"  # "arrivals" (a gateway's counter) or "served"
@@ -127,10 +136,37 @@ def estimate_demand(target: TargetSpec, obs: TargetObservation, planning: Planni
     drain_seconds = max(planning.interval_seconds, target.cold_start_seconds)
     drain = queue_drain_rate(obs.queue_length, obs.tokens_per_request, drain_seconds)
     total = max(observed + growth, forecast, floor) + drain
-    raw = raw_need(total, planning.headroom, target.tokens_per_replica_per_second,
-                   planning.target_utilization)
-    return Demand(observed, forecast, drain, total, raw, growth, censored,
+    margin = slo_quantile(target.slo.attainment) * trend_spread(
+        samples, now, planning.forecast_window_seconds)
+    raw = raw_need(max(total * (1.0 + planning.headroom), total + margin), 0.0,
+                   target.tokens_per_replica_per_second, planning.target_utilization)
+    return Demand(observed, forecast, drain, total, raw, margin, growth, censored,
                   "arrivals" if arrivals else "served")
+
+
+def slo_quantile(attainment: float) -> float:
+    """The standard normal quantile of the SLO's attainment (2.33 for 0.99): how many
+    standard deviations of the demand's spread the margin covers (0 for attainment ≤ 0.5)."""
+    if attainment <= 0.5:
+        return 0.0
+    return NormalDist().inv_cdf(min(attainment, 0.9999))
+
+
+def trend_spread(samples: Sequence[tuple[datetime, float]], now: datetime,
+                 window_seconds: float) -> float:
+    """The residual standard deviation (tokens/s) of the samples in ``[now - window, now]``
+    around their least-squares line (0 with fewer than three samples)."""
+    points = [(x, y) for x, y in (((t - now).total_seconds(), y) for t, y in samples)
+              if -window_seconds <= x <= 1e-3]
+    n = len(points)
+    if n < 3:
+        return 0.0
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    sxx = sum((x - mean_x) ** 2 for x, _ in points)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sxx if sxx > 0 else 0.0
+    squares = sum((y - mean_y - slope * (x - mean_x)) ** 2 for x, y in points)
+    return math.sqrt(squares / (n - 2))
 
 
 def queue_growth_rate(queue_length: float, previous: Previous,

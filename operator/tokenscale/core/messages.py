@@ -74,7 +74,8 @@ def demand_text(seen: Seen, planning: PlanningSpec, r: Recommendation) -> str:
         f"{rate(d.forecast)} in {t.cold_start_seconds}s{extra}, queue "
         f"{seen.obs.queue_length:g} -> "
         f"+{rate(d.drain)}) at {rate(t.tokens_per_replica_per_second)} tok/s/replica x "
-        f"{planning.target_utilization:g} utilization, {planning.headroom:.0%} headroom "
+        f"{planning.target_utilization:g} utilization, margin +{rate(d.margin)} "
+        f"(z x spread; headroom floor {planning.headroom:.0%}) "
         f"needs {d.raw_need:.2f} replicas"
     )
 

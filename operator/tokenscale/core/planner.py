@@ -12,9 +12,12 @@ Pure: everything arrives as arguments, nothing is read from the clock, network o
    ``increase()`` since period start) when known, else the observed token rate × time is added.
 2. **Service model** (:mod:`~tokenscale.core.costmodel`): the quality model per target, fitted
    from ``quality_samples`` or the spec's.
-3. **Demand** (:mod:`~tokenscale.core.capacity`): ``max(observed, trend forecast
-   coldStartSeconds ahead) + queue × tokensPerRequest / max(intervalSeconds, coldStartSeconds)``.
-4. **Need**: ``ceil(demand·(1+headroom)/(tokensPerReplicaPerSecond·targetUtilization))`` within
+3. **Demand** (:mod:`~tokenscale.core.capacity`): the arrival rate (a gateway's counter, else
+   the served rate plus the queue's growth, censored at a published admission)
+   ``max(observed, trend forecast coldStartSeconds ahead) + queue × tokensPerRequest /
+   max(intervalSeconds, coldStartSeconds)``.
+4. **Need**: ``ceil(max(demand·(1+headroom), demand + z·σ)/(tokensPerReplicaPerSecond·
+   targetUtilization))`` (σ the demand's spread around its trend, z from slo.attainment) within
    ``[minReplicas, maxReplicas]`` (reasons MinReplicas / MaxReplicas when clamped).
 5. **Pacing and allocation** (:mod:`~tokenscale.core.pacing`): the counts from step 6 are the
    caps, cut by minMarginalValue (DiminishingReturns); if they fit the affordable rates they
