@@ -195,3 +195,45 @@ def test_the_overhead_of_what_the_planner_runs_over_the_mean_need_is_learned() -
     # an hour is one time constant: 1 + (2 - 1) x (1 - 1/e) of the way to 2
     assert memory.demand_profiles["llama"].overhead == pytest.approx(2 - math.exp(-1), rel=0.01)
     assert result.spend.projected_cost - result.spend.cost == pytest.approx(4 * 11, rel=0.05)
+
+
+# ---------------------------------------------------------------- pacing against the forecast
+
+def _paced(rate_now: float, current: int, max_cost: float, profile: DemandProfile | None
+           ) -> tuple[float, int]:
+    """(affordable USD/h, replicas decided) at 06:00 with ``rate_now`` tokens/s."""
+    memory = running(now=SIX, demand_profiles={"llama": profile} if profile else {})
+    obs = world(llama=seen(current, rate_now, token_rate_samples=flat(rate_now, SIX)))
+    result = plan(spec(budget={"maxCost": max_cost}), obs, memory, SIX)
+    assert result.affordable_cost_per_hour is not None
+    return result.affordable_cost_per_hour, result.decisions["llama"].replicas
+
+
+def test_a_quiet_morning_before_a_learned_peak_saves_for_it() -> None:
+    # 40 USD for the 18 h left: flat pace 2.22 USD/h; the day ahead wants 66 USD (2 h at 1,
+    # 12 h at 5, 4 h at 1), of which now's 1 replica is a small share
+    flat_rate, _ = _paced(2000, 2, 40.0, None)
+    assert flat_rate == pytest.approx(40 / 18)
+    morning, replicas = _paced(2000, 2, 40.0, day_shape())
+    assert morning < flat_rate  # saves for the peak ...
+    assert morning >= flat_rate * 0.5  # ... within PACE_BOUNDS
+    assert replicas <= 2
+
+
+def test_at_the_learned_peak_the_pace_spends_more_than_flat_but_never_past_the_budget() -> None:
+    peak_profile = DemandProfile(slots=tuple(4500.0 if 12 <= j < 16 else 500.0
+                                             for j in range(PROFILE_SLOTS)))  # 06-08 h peak
+    flat_rate, flat_replicas = _paced(4500, 5, 40.0, None)
+    peak, replicas = _paced(4500, 5, 40.0, peak_profile)
+    assert peak > flat_rate and replicas > flat_replicas
+    assert peak <= flat_rate * 2.0  # within PACE_BOUNDS
+    assert peak * 0.5 <= 40.0  # an interval at this rate never spends more than what is left
+
+
+def test_pacing_is_flat_without_a_cost_limit_or_a_profile() -> None:
+    memory = running(now=SIX, demand_profiles={"llama": day_shape()})
+    obs = world(llama=seen(2, 2000, token_rate_samples=flat(2000, SIX)))
+    tokens_only = plan(spec(budget={"maxCost": None, "maxTokens": 10**9}), obs, memory, SIX)
+    assert tokens_only.affordable_cost_per_hour is None
+    no_profile, _ = _paced(2000, 2, 40.0, DemandProfile())
+    assert no_profile == pytest.approx(40 / 18)
