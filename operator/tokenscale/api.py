@@ -271,9 +271,17 @@ class TargetSpec(_Model):
     scale_target_ref: ScaleTargetRef
     min_replicas: int = Field(1, ge=0, le=MAX_REPLICAS)
     max_replicas: int = Field(..., ge=1, le=MAX_REPLICAS)
-    tokens_per_replica_per_second: float = Field(
-        ..., gt=0, le=1e7, description="Throughput of one ready replica (tokens/s)."
-    )
+    tokens_per_replica_per_second: float | None = Field(
+        None, gt=0, le=1e7,
+        description="Throughput of one ready replica within the SLO (tokens/s). Optional: "
+        "without it the capacity is fitted from the engine's latency histograms "
+        "(status.targets[].serviceModel); until a fit is good, the highest load per replica "
+        "seen within the SLO is used, and with no latency seen yet the target is held.")
+
+    @property
+    def capacity(self) -> float:
+        """tokensPerReplicaPerSecond, 0 when not set (the planner resolves it first)."""
+        return self.tokens_per_replica_per_second or 0.0
     cost_per_replica_hour: float = Field(
         ..., gt=0, le=1e5, description="Price of one replica (currency/h)."
     )
@@ -374,8 +382,10 @@ class ServiceModelStatus(_Model):
     )
     r2: float | None = Field(None, description="r squared of the fit (Fitted).")
     samples: int = Field(0, ge=0, description="(tokens/s, latency) samples of the fit.")
-    source: Literal["Spec", "Fitted"] = Field(
-        "Spec", description="Spec: tokensPerReplicaPerSecond; Fitted: the latency histograms."
+    source: Literal["Spec", "Fitted", "Observed", "Unknown"] = Field(
+        "Spec", description="Spec: tokensPerReplicaPerSecond; Fitted: the latency histograms; "
+        "Observed: no spec and no good fit yet, the highest load per replica seen within the "
+        "SLO (a lower bound); Unknown: nothing seen yet (the target is held)."
     )
 
 

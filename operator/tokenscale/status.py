@@ -212,7 +212,7 @@ def _service_model(fit: ServiceFit | None) -> api.ServiceModelStatus | None:
         return None
     return api.ServiceModelStatus(
         capacity_within_slo=capacity, r2=_finite(fit.r2), samples=max(0, fit.samples),
-        source="Fitted" if fit.source == "Fitted" else "Spec",
+        source=fit.source,
     )
 
 

@@ -71,3 +71,47 @@ def test_a_spec_close_to_the_fit_is_kept() -> None:
     assert d.needed_replicas == 3  # 6,000 / 2,800, not 6,000 / 3,200 = 2
     assert d.service_model is not None and d.service_model.source == "Spec"
     assert d.service_model.capacity_within_slo == 2800 and d.service_model.samples == 20
+
+
+# --------------------------------------------- tokensPerReplicaPerSecond is optional
+
+def _no_spec(**fields: object) -> dict[str, object]:
+    raw = target(**fields)
+    raw.pop("tokensPerReplicaPerSecond")
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("case", "pairs", "source", "capacity"),
+    [
+        ("fitted", curve(LOADS), "Fitted", 3200.0),
+        # too few pairs for a fit: the highest load seen within the 50 ms ITL (a lower bound)
+        ("observed-lower-bound", curve(LOADS[:8]), "Observed", LOADS[7]),
+        # only loads above the SLO seen: nothing known
+        ("all-late", [(3500.0, 0.2)] * 5, "Unknown", 0.0),
+        ("nothing", [], "Unknown", 0.0),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_without_a_spec_capacity_the_fit_then_the_observed_bound(
+        case: str, pairs: list[tuple[float, float]], source: str, capacity: float) -> None:
+    fit = fit_service(pairs, SLO, None)
+    assert fit.source == source
+    assert fit.capacity_within_slo == pytest.approx(capacity, rel=0.02)
+
+
+def test_a_target_without_spec_capacity_is_sized_by_its_fit() -> None:
+    obs = seen(2, 6400.0, latency_samples=tuple(curve(LOADS)))
+    d = plan(spec([_no_spec()]), world(llama=obs), running(), NOW).decisions["llama"]
+    assert d.service_model is not None and d.service_model.source == "Fitted"
+    assert d.replicas == 2, d.message  # 6,400 tok/s at the fitted 3,200 per replica
+    assert d.reason == "DemandDriven"
+
+
+def test_a_target_without_spec_capacity_or_latency_is_held_never_scaled_down() -> None:
+    result = plan(spec([_no_spec()]), world(llama=seen(4, 100.0)), running(), NOW)
+    d = result.decisions["llama"]
+    assert d.reason == "MetricsUnavailableHold" and d.replicas == 4
+    assert "NoServiceModel" in d.message
+    available = {c.type: c for c in result.conditions}["MetricsAvailable"]
+    assert available.status == "False" and "NoServiceModel" in available.message

@@ -139,7 +139,7 @@ def estimate_demand(target: TargetSpec, obs: TargetObservation, planning: Planni
     margin = slo_quantile(target.slo.attainment) * trend_spread(
         samples, now, planning.forecast_window_seconds)
     raw = raw_need(max(total * (1.0 + planning.headroom), total + margin), 0.0,
-                   target.tokens_per_replica_per_second, planning.target_utilization)
+                   target.capacity, planning.target_utilization)
     return Demand(observed, forecast, drain, total, raw, margin, growth, censored,
                   "arrivals" if arrivals else "served")
 
@@ -325,7 +325,7 @@ def scale_down_window(planning: PlanningSpec, target: TargetSpec,
     upper bound in any case, applies in full."""
     user = planning.scale_down_stabilization_seconds
     keep = max(target.cold_start_seconds, planning.interval_seconds)
-    one_replica = target.tokens_per_replica_per_second * planning.target_utilization
+    one_replica = target.capacity * planning.target_utilization
     if keep < user and rises_within(samples, keep) >= one_replica:
         return user
     return min(user, keep)

@@ -73,7 +73,7 @@ def demand_text(seen: Seen, planning: PlanningSpec, r: Recommendation) -> str:
         f"demand {rate(d.total)} tok/s ({d.source} {rate(d.observed)}, forecast "
         f"{rate(d.forecast)} in {t.cold_start_seconds}s{extra}, queue "
         f"{seen.obs.queue_length:g} -> "
-        f"+{rate(d.drain)}) at {rate(t.tokens_per_replica_per_second)} tok/s/replica x "
+        f"+{rate(d.drain)}) at {rate(t.capacity)} tok/s/replica x "
         f"{planning.target_utilization:g} utilization, margin +{rate(d.margin)} "
         f"(z x spread; headroom floor {planning.headroom:.0%}) "
         f"needs {d.raw_need:.2f} replicas"

@@ -174,7 +174,7 @@ def learn_all(spec: TokenBudgetSpec, allocation: Allocation,
                 out[t.name] = old
             continue
         p = learn(old, zone, samples[-1][1], since, now)
-        per_replica = (t.tokens_per_replica_per_second * planning.target_utilization
+        per_replica = (t.capacity * planning.target_utilization
                        / (1.0 + planning.headroom))
         need = math.ceil(sum(r for _, r in samples) / len(samples) / per_replica - 1e-9)
         if (spec.mode == "Active" and since is not None and since < now and need >= 1
@@ -219,9 +219,9 @@ def _lanes(spec: TokenBudgetSpec, decided: Iterable[tuple[Proposal, int]],
             floor=s.current if s.kind == "Fixed" else t.min_replicas,
             low=t.min_replicas,
             high=t.max_replicas,
-            per_replica=(t.tokens_per_replica_per_second * planning.target_utilization
+            per_replica=(t.capacity * planning.target_utilization
                          / (1.0 + planning.headroom)) if steered else 0.0,
-            capacity=t.tokens_per_replica_per_second,
+            capacity=t.capacity,
             demand=max(0.0, demand),
             profile=profiles.get(t.name),
         ))

@@ -109,7 +109,7 @@ def _item(p: Proposal, cap: int, utilization: float) -> AllocationItem:
         floor=p.seen.current if p.seen.kind == "Fixed" else t.min_replicas,
         cap=cap,
         cost_per_hour=p.price,
-        tokens_per_second=t.tokens_per_replica_per_second * utilization,
+        tokens_per_second=t.capacity * utilization,
         value=t.weight * (p.model.b if p.model is not None else 0.0),
     )
 

@@ -213,16 +213,20 @@ def _used_fit(target: TargetSpec, fit: ServiceFit | None) -> ServiceFit | None:
     if fit is None or fit.source != "Fitted":
         return fit
     stated = target.tokens_per_replica_per_second
-    if abs(fit.capacity_within_slo - stated) <= SPEC_TRUST * stated:
+    if stated is not None and abs(fit.capacity_within_slo - stated) <= SPEC_TRUST * stated:
         return spec_service(stated, fit.samples, fit.r2)
     return fit
 
 
 def _served_by_model(seen: Seen, fit: ServiceFit | None) -> Seen:
-    """A target planned with a fitted capacity within its SLO instead of the spec's
-    tokensPerReplicaPerSecond."""
-    if fit is None or fit.source != "Fitted":
+    """A target planned with a fitted (or, without tokensPerReplicaPerSecond, observed)
+    capacity within its SLO instead of the spec's; with none known (Unknown) it cannot be
+    sized and is held as in a metrics outage (NoServiceModel: never down, the fallback after
+    fallback.afterSeconds)."""
+    if fit is None or fit.source == "Spec":
         return seen
+    if fit.source == "Unknown":
+        return seen._replace(kind="Hold", obs=replace(seen.obs, metrics_error="NoServiceModel"))
     return seen._replace(target=seen.target.model_copy(
         update={"tokens_per_replica_per_second": fit.capacity_within_slo}))
 
@@ -311,7 +315,7 @@ def _admission(o: Outcome, r: Recommendation | None, share: float, binding: bool
         return None
     t = o.proposal.seen.target
     serving = min(o.final, max(o.proposal.seen.obs.ready_replicas, 0))
-    admitted = serving * t.tokens_per_replica_per_second * share
+    admitted = serving * t.capacity * share
     if r.demand.total <= admitted and o.final >= r.need:
         return None
     return admitted

@@ -16,7 +16,10 @@ histograms gives ``itl_floor`` and ``C``; the load at which the ITL reaches the 
 The fit is used when it has enough samples (MIN_SAMPLES), explains the data (r² ≥ MIN_R2), has
 the right shape (positive floor, latency rising with load) and does not extrapolate far (the
 capacity at most EXTRAPOLATION × the highest load seen); otherwise the spec's
-``tokensPerReplicaPerSecond`` stands. Units: tokens/s, seconds.
+``tokensPerReplicaPerSecond`` stands. Without one (it is optional), the highest load per replica
+seen with its ITL within the SLO is a capacity the replica certainly has (source Observed, a
+lower bound: the planner over-provisions a little until the fit is good), and with no latency
+seen at all the capacity is Unknown (0: the planner holds the target). Units: tokens/s, seconds.
 """
 
 from __future__ import annotations
@@ -40,31 +43,44 @@ def spec_service(spec_capacity: float, samples: int = 0, r2: float | None = None
     return ServiceFit(capacity_within_slo=spec_capacity, r2=r2, samples=samples, source="Spec")
 
 
+def fallback_service(spec_capacity: float | None, pairs: Sequence[tuple[float, float]],
+                     slo: SloSpec, r2: float | None = None) -> ServiceFit:
+    """Where the fit is not usable: the spec's capacity, else the highest load (tokens/s per
+    replica) of the ``(load, 1/ITL)`` pairs whose ITL met the SLO (Observed), else Unknown."""
+    if spec_capacity is not None:
+        return spec_service(spec_capacity, len(pairs), r2)
+    within = [x for x, inverse in pairs if 1.0 / inverse <= slo.inter_token_latency_seconds]
+    if within:
+        return ServiceFit(capacity_within_slo=max(within), r2=r2, samples=len(pairs),
+                          source="Observed")
+    return ServiceFit(capacity_within_slo=0.0, r2=r2, samples=len(pairs), source="Unknown")
+
+
 def fit_service(samples: Sequence[tuple[float, float]], slo: SloSpec,
-                spec_capacity: float) -> ServiceFit:
+                spec_capacity: float | None) -> ServiceFit:
     """The service model of one target from ``(tokens/s per replica, mean ITL s)`` pairs."""
     pairs = [(x, 1.0 / itl) for x, itl in samples[-MAX_SAMPLES:]
              if math.isfinite(x) and math.isfinite(itl) and x > 0 and itl > 0]
     n = len(pairs)
     if n < MIN_SAMPLES:
-        return spec_service(spec_capacity, n)
+        return fallback_service(spec_capacity, pairs, slo)
     mean_x = sum(x for x, _ in pairs) / n
     mean_y = sum(y for _, y in pairs) / n
     sxx = sum((x - mean_x) ** 2 for x, _ in pairs)
     syy = sum((y - mean_y) ** 2 for _, y in pairs)
     sxy = sum((x - mean_x) * (y - mean_y) for x, y in pairs)
     if sxx <= 0 or syy <= 0:
-        return spec_service(spec_capacity, n)  # one load level: the curve is not seen
+        return fallback_service(spec_capacity, pairs, slo)  # one load level: no curve seen
     slope = sxy / sxx
     intercept = mean_y - slope * mean_x
     r2 = (sxy * sxy) / (sxx * syy)
     if slope >= 0 or intercept <= 0 or r2 < MIN_R2:
-        return spec_service(spec_capacity, n, r2)
+        return fallback_service(spec_capacity, pairs, slo, r2)
     floor = 1.0 / intercept
     raw = intercept / -slope
     capacity = raw * (1.0 - floor / slo.inter_token_latency_seconds)
     highest = max(x for x, _ in pairs)
     if capacity <= 0 or capacity > EXTRAPOLATION * highest:
-        return spec_service(spec_capacity, n, r2)
+        return fallback_service(spec_capacity, pairs, slo, r2)
     return ServiceFit(capacity_within_slo=capacity, r2=r2, samples=n, source="Fitted",
                       itl_floor_seconds=floor, raw_capacity=raw)

@@ -28,6 +28,9 @@ METRIC_FAILURES = (
     "NotANumber",  # NaN sample
     "Infinite",  # +Inf / -Inf sample
     "MultipleSeries",  # several series where one was expected
+    #: no tokensPerReplicaPerSecond and no latency histograms seen yet: the capacity within
+    #: the SLO is unknown, so the target cannot be sized (held as in an outage)
+    "NoServiceModel",
     "Stale",  # newest sample older than the freshness limit
     "NotAllowed",  # spec.prometheus.url not on TOKENSCALE_PROMETHEUS_ALLOWED_URLS: no request
     "TooManySeries",  # a budget's own query answered more series than allowed
@@ -145,7 +148,7 @@ class ServiceFit:
     capacity_within_slo: float
     r2: float | None = None
     samples: int = 0
-    source: Literal["Spec", "Fitted"] = "Spec"
+    source: Literal["Spec", "Fitted", "Observed", "Unknown"] = "Spec"
     #: the fitted ITL at no load (s) and raw capacity (tokens/s), for the message
     itl_floor_seconds: float | None = None
     raw_capacity: float | None = None

@@ -364,7 +364,7 @@ def _world(spec: TokenBudgetSpec, traces: dict[str, Trace], cfg: Settings) -> _W
     targets = [
         SimTarget(name=t.name,
                   capacity=(engine.decode_tokens_per_s if engine is not None
-                            else t.tokens_per_replica_per_second),
+                            else t.capacity),
                   cost_per_hour=t.cost_per_replica_hour, cold_start_s=t.cold_start_seconds,
                   min_replicas=t.min_replicas, max_replicas=t.max_replicas)
         for t in spec.targets
@@ -387,7 +387,7 @@ def _world(spec: TokenBudgetSpec, traces: dict[str, Trace], cfg: Settings) -> _W
             tpr.append(traces[n].tokens_per_request(weight))
     return _World(
         spec=spec, cfg=cfg, names=names, targets=targets,
-        spec_capacity=np.array([t.tokens_per_replica_per_second for t in spec.targets]),
+        spec_capacity=np.array([t.capacity for t in spec.targets]),
         arrivals=arrivals, cumulative=np.cumsum(arrivals, axis=1), requests=requests,
         tokens_per_request=tpr, price=_price_series(spec, cfg.start, horizon),
         trace_seconds=trace_seconds, bar=None,
