@@ -65,6 +65,7 @@ Reason = Literal[
     "MinReplicas",
     "MaxReplicas",
     "MetricsUnavailableHold",
+    "SloBreach",
     "FallbackReplicas",
     "DryRun",
     "Conflict",

@@ -6,6 +6,7 @@ last cycle); with the counter, its samples are the demand."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -86,3 +87,36 @@ def test_the_queue_and_admission_of_a_cycle_are_remembered() -> None:
     assert d.reason == "BudgetCapped"
     assert result.memory.queues == {"llama": 7.0}
     assert result.memory.admissions == {"llama": d.admission_tokens_per_second}
+
+
+# ------------------------------------------------------------------ latency above the SLO
+
+@pytest.mark.parametrize(
+    ("case", "itl", "ttft", "ready", "expected", "reason"),
+    [
+        ("itl-over", 0.08, 0.3, 3, 4, "SloBreach"),  # demand fits 3, latency says otherwise
+        ("ttft-over", 0.02, 5.0, 3, 4, "SloBreach"),
+        ("within", 0.03, 0.3, 3, 3, "DemandDriven"),
+        ("not-read", None, None, 3, 3, "DemandDriven"),
+        # a replica is already starting: it is the answer, no second one for the same breach
+        ("replica-starting", 0.08, 0.3, 2, 3, "DemandDriven"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_latency_above_the_slo_adds_a_replica_at_once(
+        case: str, itl: float | None, ttft: float | None, ready: int, expected: int,
+        reason: str) -> None:
+    obs = seen(3, 2500, recent_itl_seconds=itl, recent_ttft_seconds=ttft)
+    obs = replace(obs, ready_replicas=ready)
+    d = plan(spec(), world(llama=obs), running(), NOW).decisions["llama"]
+    assert (d.replicas, d.reason) == (expected, reason), d.message
+
+
+def test_a_breach_is_not_a_scale_down_and_skips_the_tolerance_band() -> None:
+    # 2,950 tok/s on 3 replicas is within tolerance, and 1,000 tok/s would scale down:
+    # with the latency above the SLO neither holds
+    for rate in (2950.0, 1000.0):
+        obs = seen(3, rate, recent_itl_seconds=0.09)
+        d = plan(spec(), world(llama=obs), running(), NOW).decisions["llama"]
+        assert (d.replicas, d.reason) == (4, "SloBreach"), d.message
+        assert "ITL 90 ms of 50 ms" in d.message

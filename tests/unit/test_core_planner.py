@@ -47,6 +47,9 @@ CASES = [
     _case("demand-steady", world(llama=seen(3, 3000)), 3, "DemandDriven", False),
     _case("within-tolerance-keeps-current", world(llama=seen(5, 5400)), 5, "WithinTolerance",
           False, message_has=("within 10%",)),
+    # latency above the SLO now: one replica more at once, whatever the demand says
+    _case("slo-breach-adds-one", world(llama=seen(5, 5400, recent_itl_seconds=0.07)), 6,
+          "SloBreach", True, message_has=("ITL 70 ms of 50 ms",)),
     _case("outside-tolerance-scales", world(llama=seen(5, 3900)), 4, "DemandDriven", True),
     _case("scale-up-limited-plus-four", world(llama=seen(2, 9000)), 6, "ScaleUpLimited", True),
     _case("scale-up-limited-doubling", world(llama=seen(8, 30000)), 16, "ScaleUpLimited", True,

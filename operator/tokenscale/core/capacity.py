@@ -36,6 +36,11 @@ Need (step 4). ``max(demand × (1 + headroom), demand + z × σ) / (tokensPerRep
 targetUtilization)`` replicas, rounded up (with a 1e-9 slack against float noise), then clamped to
 ``[minReplicas, maxReplicas]``.
 
+SLO breach (steps 3 and 6): while the latency the requests see now (``recent_itl_seconds``,
+``recent_ttft_seconds``) is above the target's ``slo`` and no replica is starting (every
+requested one is ready), the need is at least one replica more than current, at once: the
+tolerance band and the stabilization do not apply (reason SloBreach).
+
 Behaviour (step 6), HPA-like:
 * Tolerance: when the unrounded need is within ``±tolerance`` of the current replicas (ratio
   ``need / current``), the current count is kept (only if current is within [min, max]).
@@ -204,7 +209,12 @@ def recommend(target: TargetSpec, obs: TargetObservation, planning: PlanningSpec
     )
     current = max(0, obs.current_replicas)
     rec = need
-    if (need != current and low <= current <= high
+    breach = (slo_breached(target, obs) and obs.ready_replicas >= current
+              and need <= current < high)
+    if breach:
+        rec = need = current + 1
+        reason = "SloBreach"
+    elif (need != current and low <= current <= high
             and within_tolerance(demand.raw_need, current, planning.tolerance)):
         rec, reason = current, "WithinTolerance"
     behaviour = rec
@@ -223,6 +233,14 @@ def recommend(target: TargetSpec, obs: TargetObservation, planning: PlanningSpec
     elif behaviour > rec:
         reason = "StabilizingScaleDown"
     return Recommendation(demand, current, need, rec, behaviour, reason, window)
+
+
+def slo_breached(target: TargetSpec, obs: TargetObservation) -> bool:
+    """True when the latency seen now is above the target's SLO (ITL or TTFT)."""
+    slo = target.slo
+    itl, ttft = obs.recent_itl_seconds, obs.recent_ttft_seconds
+    return ((itl is not None and itl > slo.inter_token_latency_seconds)
+            or (ttft is not None and ttft > slo.ttft_seconds))
 
 
 def trend_forecast(

@@ -88,6 +88,14 @@ def recommendation_message(seen: Seen, planning: PlanningSpec, r: Recommendation
         return f"{text}; minReplicas is {t.min_replicas}"
     if r.reason == "MaxReplicas":
         return f"{text}; maxReplicas is {t.max_replicas}"
+    if r.reason == "SloBreach":
+        obs, slo = seen.obs, t.slo
+        itl = f"{obs.recent_itl_seconds * 1000:.0f} ms" if obs.recent_itl_seconds else "n/a"
+        ttft = f"{obs.recent_ttft_seconds:.2f} s" if obs.recent_ttft_seconds else "n/a"
+        return (f"latency above the SLO now (ITL {itl} of "
+                f"{slo.inter_token_latency_seconds * 1000:.0f} ms, TTFT {ttft} of "
+                f"{slo.ttft_seconds:g} s): one replica more at once, {r.current} -> "
+                f"{r.need}; {text}")
     if r.reason == "WithinTolerance":
         return (f"need {r.demand.raw_need:.2f} is within {planning.tolerance:.0%} of current "
                 f"{r.current}; {text}")

@@ -66,6 +66,10 @@ class TargetObservation:
     #: when one is configured), oldest first: the demand before admission sheds or the engine
     #: queues any of it. Empty: the demand is estimated from the served rate and the queue.
     arrival_rate_samples: tuple[tuple[datetime, float], ...] = ()
+    #: the latency the target's requests see now (mean over the last rate window, s), from
+    #: the engine's histograms: above the SLO it is an urgent signal. None: not read
+    recent_itl_seconds: float | None = None
+    recent_ttft_seconds: float | None = None
 
 
 @dataclass(frozen=True)
