@@ -39,7 +39,7 @@ targetUtilization)`` replicas, rounded up (with a 1e-9 slack against float noise
 SLO breach (steps 3 and 6): while the latency the requests see now (``recent_itl_seconds``,
 ``recent_ttft_seconds``) is above the target's ``slo`` and no replica is starting (every
 requested one is ready), the need is at least one replica more than current, at once: the
-tolerance band and the stabilization do not apply (reason SloBreach).
+tolerance band and the stabilization do not apply (reason SloBreach; the scale-up limit does).
 
 Behaviour (step 6), HPA-like:
 * Tolerance: when the unrounded need is within ``±tolerance`` of the current replicas (ratio
@@ -209,10 +209,8 @@ def recommend(target: TargetSpec, obs: TargetObservation, planning: PlanningSpec
     )
     current = max(0, obs.current_replicas)
     rec = need
-    breach = (slo_breached(target, obs) and obs.ready_replicas >= current
-              and need <= current < high)
-    if breach:
-        rec = need = current + 1
+    if slo_breached(target, obs) and obs.ready_replicas >= current and current < high:
+        rec = need = max(need, current + 1)
         reason = "SloBreach"
     elif (need != current and low <= current <= high
             and within_tolerance(demand.raw_need, current, planning.tolerance)):
