@@ -72,6 +72,10 @@ Reason = Literal[
 ]
 REASONS: tuple[str, ...] = Reason.__args__  # type: ignore[attr-defined]
 ModelSource = Literal["Spec", "Fitted", "Default"]
+#: The serving engine whose metric names a target is read with (README, "Engines").
+Engine = Literal["vllm", "sglang", "tgi", "custom"]
+#: Where a target's price per replica-hour comes from.
+CostSource = Literal["Spec", "OpenCost"]
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -237,7 +241,8 @@ class PerformanceSpec(_Model):
 
 
 class MetricsSpec(_Model):
-    """Overrides of the vLLM default queries (PromQL; must keep a `pod` label)."""
+    """Overrides of the engine preset's queries (PromQL; must keep a `pod` label); with
+    engine custom, tokenRateQuery is required and these are the whole read."""
 
     token_rate_query: str = Field("", max_length=4096, description="tokens/s by pod.")
     queue_query: str = Field("", max_length=4096, description="Waiting requests by pod.")
@@ -266,6 +271,11 @@ class TargetSpec(_Model):
         "rule": "self.minReplicas <= self.maxReplicas",
         "message": "minReplicas must not exceed maxReplicas",
         "fieldPath": ".minReplicas",
+    }, {
+        "rule": "!has(self.engine) || self.engine != 'custom' || (has(self.metrics) && "
+                "has(self.metrics.tokenRateQuery) && self.metrics.tokenRateQuery != '')",
+        "message": "engine custom needs metrics.tokenRateQuery",
+        "fieldPath": ".engine",
     }]})
 
     name: str = Field(..., min_length=1, max_length=63, pattern=DNS_LABEL)
@@ -291,6 +301,13 @@ class TargetSpec(_Model):
     weight: float = Field(1, gt=0, le=1000, description="Relative value of this model.")
     performance: PerformanceSpec = Field(default_factory=PerformanceSpec)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    engine: Engine = Field(
+        "vllm", description="Serving engine whose metric names are read: vllm, sglang, tgi, "
+        "or custom (metrics.tokenRateQuery and queueQuery).")
+    cost_source: CostSource = Field(
+        "Spec", description="Spec: costPerReplicaHour; OpenCost: the node prices OpenCost "
+        "exports to Prometheus times what one replica requests (costPerReplicaHour when "
+        "they are missing).")
 
     @model_validator(mode="after")
     def _bounds(self) -> TargetSpec:
@@ -299,6 +316,8 @@ class TargetSpec(_Model):
                 f"minReplicas ({self.min_replicas}) must not exceed maxReplicas "
                 f"({self.max_replicas})"
             )
+        if self.engine == "custom" and not self.metrics.token_rate_query:
+            raise ValueError("engine custom needs metrics.tokenRateQuery")
         return self
 
 
@@ -399,6 +418,27 @@ class AdmissionStatus(_Model):
     reason: str = Field(..., description="Why admission is limited (the decision's reason).")
 
 
+class TargetMetricsStatus(_Model):
+    """Which engine preset and metric names a target was read with."""
+
+    engine: Engine
+    series: list[str] = Field(
+        default_factory=list, max_length=16,
+        description="The metric names (or spec fields of the target's own queries) read.")
+    missing: list[str] = Field(
+        default_factory=list, max_length=16,
+        description="Expected series none of the target's pods exports (the token series).")
+
+
+class PriceStatus(_Model):
+    """The price per replica-hour a target is planned and charged with."""
+
+    source: CostSource = Field(..., description="Spec or OpenCost.")
+    cost_per_replica_hour: float = Field(..., ge=0, description="Currency/h per replica.")
+    detail: str = Field("", max_length=1024,
+                        description="How it was derived, or why the spec's price is used.")
+
+
 class TargetStatus(_Model):
     """What the operator sees and decides for one target."""
 
@@ -416,6 +456,8 @@ class TargetStatus(_Model):
     model: ModelStatus | None = None
     admission: AdmissionStatus | None = None
     service_model: ServiceModelStatus | None = None
+    metrics: TargetMetricsStatus | None = None
+    price: PriceStatus | None = None
 
 
 class BudgetStatus(_Model):

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from tokenscale import api
+from tokenscale.adapters.engines import preset
 from tokenscale.adapters.kube import Autoscaler, KubeError, Workload
 from tokenscale.adapters.prometheus import (
     MetricFailure,
@@ -90,12 +91,58 @@ def build_observation(
             token_rate_samples=samples,
             queue_length=queue_length,
             metrics_error=rate_error or queue_error,
+            metrics_detail=missing_detail(t, ref) if rate_error == "Empty" else None,
             conflict=conflict,
             quality_samples=quality_samples(answers.fits.get(t.performance.query), ref),
             latency_samples=latency_samples(answers.itl.get(ref), answers.itl_rate.get(ref)),
         )
     return Observation(targets=targets,
                        tokens_in_period=tokens_in_period(spec, answers, refs.values()))
+
+
+def missing_series(target: api.TargetSpec) -> list[str]:
+    """The token series a target's engine preset expects; none for its own tokenRateQuery
+    (custom, or an override)."""
+    p = preset(target.engine)
+    if p is None or target.metrics.token_rate_query:
+        return []
+    return list(p.token_series())
+
+
+def missing_detail(target: api.TargetSpec, ref: WorkloadRef) -> str:
+    """Why a target's token rate is Empty, in words: the series of its engine that none of
+    its pods exports (or its own query that answered nothing for them)."""
+    expected = missing_series(target)
+    if not expected:
+        return (f"metrics.tokenRateQuery answered no series for the pods of "
+                f"{ref.kind} {ref.name}")
+    return (f"engine {target.engine}: no pod of {ref.kind} {ref.name} exports "
+            f"{' or '.join(expected)}")
+
+
+def metrics_status(
+    spec: api.TokenBudgetSpec, observation: Observation
+) -> dict[str, api.TargetMetricsStatus]:
+    """Per target, the engine and the metric names it was read with (its own queries by
+    their spec field), and the expected token series its pods lack while its token rate is
+    Empty."""
+    out = {}
+    for t in spec.targets:
+        p = preset(t.engine)
+        series = list(p.series_read()) if p is not None else []
+        if t.metrics.token_rate_query:
+            series = ["metrics.tokenRateQuery",
+                      *(n for n in series if p is None or n not in p.token_series())]
+        if t.metrics.queue_query:
+            series = [n if p is None or n != p.queue else "metrics.queueQuery" for n in series]
+            if "metrics.queueQuery" not in series:
+                series.append("metrics.queueQuery")
+        seen = observation.targets.get(t.name)
+        empty = seen is not None and seen.metrics_error == "Empty" \
+            and seen.current_replicas > 0
+        out[t.name] = api.TargetMetricsStatus(
+            engine=t.engine, series=series, missing=missing_series(t) if empty else [])
+    return out
 
 
 def target_ref(namespace: str, target: api.TargetSpec) -> WorkloadRef:

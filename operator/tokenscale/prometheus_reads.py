@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -41,6 +41,7 @@ from tokenscale.adapters.prometheus import (
     PrometheusReader,
     Series,
     TargetSeries,
+    group_by_engine,
     group_by_target,
 )
 from tokenscale.adapters.promql import WorkloadRef
@@ -107,11 +108,32 @@ class UrlAnswers:
     pending_fits: dict[str, asyncio.Task[FitHistory]] = field(default_factory=dict)
 
 
-def group_answer(answer: list[Series] | MetricFailure, refs: Iterable[WorkloadRef]) -> Grouped:
-    """An answer grouped to the workloads ``refs``; a failed query stays its failure."""
+def group_answer(
+    answer: list[Series] | MetricFailure, refs: Mapping[WorkloadRef, str] | Iterable[WorkloadRef]
+) -> Grouped:
+    """An answer grouped to the workloads ``refs`` (workload -> engine: each takes its own
+    engine's series; a plain iterable: every series); a failed query stays its failure."""
     if isinstance(answer, MetricFailure):
         return answer
+    if isinstance(refs, Mapping):
+        return group_by_engine(answer, refs)
     return group_by_target(answer, refs)
+
+
+def engines_in_use(specs: Iterable[api.TokenBudgetSpec]) -> tuple[str, ...]:
+    """The engine presets the targets of ``specs`` name, sorted (custom has none)."""
+    return tuple(sorted({t.engine for s in specs for t in s.targets if t.engine != "custom"}))
+
+
+def target_engines(entries: Iterable[BudgetEntry]) -> dict[WorkloadRef, str]:
+    """Each target's workload and the engine it is read with (the first target naming a
+    workload wins: budgets that share one should agree)."""
+    out: dict[WorkloadRef, str] = {}
+    for e in entries:
+        if e.spec is not None:
+            for t in e.spec.targets:
+                out.setdefault(e.ref(t), t.engine)
+    return out
 
 
 def unexpected_failure(exc: Exception) -> MetricFailure:
@@ -166,8 +188,9 @@ class PrometheusReads:
         self._fit_tasks: dict[tuple[str, str], asyncio.Task[FitHistory]] = {}
         #: (url, quality query) -> (unix time read, quality series, token rate series)
         self._fit_cache: dict[tuple[str, str], tuple[float, list[Series], list[Series]]] = {}
-        #: url -> (unix time read, mean ITL series, token rate series)
-        self._latency_cache: dict[str, tuple[float, list[Series], list[Series]]] = {}
+        #: (url, engines) -> (unix time read, mean ITL series, token rate series)
+        self._latency_cache: dict[tuple[str, tuple[str, ...]],
+                                  tuple[float, list[Series], list[Series]]] = {}
 
     def url_for(self, spec: api.TokenBudgetSpec) -> str:
         """The Prometheus a budget reads (its own, else the operator's default), in the
@@ -313,10 +336,11 @@ class PrometheusReads:
                 user_timeout))
             for kind, q in override_queries(specs)
         }
+        engines = engines_in_use(specs)
         own = [
-            ("token rate", promql.token_rate_query(ns, self._settings.rate_window)),
-            ("queue", promql.queue_query(ns)),
-            *(("tokens in period", promql.tokens_increase_query(span, ns))
+            ("token rate", promql.token_rate_query(ns, self._settings.rate_window, engines)),
+            ("queue", promql.queue_query(ns, engines)),
+            *(("tokens in period", promql.tokens_increase_query(span, ns, engines))
               for span in span_list),
         ]
         jobs = [self._attempt(reader.range(q, start, at, step) if i == 0
@@ -326,14 +350,14 @@ class PrometheusReads:
         out = await asyncio.gather(*jobs)
         for (what, query), answer in zip(own, out, strict=True):
             self._note(url, what, query, answer)
-        itl, itl_rate = await self._latency_history(url, reader, at_unix)
-        refs = {e.ref(t) for e in entries if e.spec is not None for t in e.spec.targets}
+        itl, itl_rate = await self._latency_history(url, reader, at_unix, engines)
+        refs = target_engines(entries)
         return UrlAnswers(
             fits=fits,
             pending=pending,
             pending_fits=pending_fits,
-            itl=group_by_target(itl, refs),
-            itl_rate=group_by_target(itl_rate, refs),
+            itl=group_by_engine(itl, refs),
+            itl_rate=group_by_engine(itl_rate, refs),
             at=at_unix,
             window=window,
             rate=group_answer(out[0], refs),
@@ -360,13 +384,15 @@ class PrometheusReads:
                 continue
             task = self._fit_tasks.get((url, query))
             if task is None or task.done():
-                task = asyncio.create_task(self._read_fit(url, reader, query, at, timeout))
+                task = asyncio.create_task(self._read_fit(url, reader, query, at, timeout,
+                                                          engines_in_use(specs)))
                 self._fit_tasks[(url, query)] = task
             pending[query] = task
         return ready, pending
 
     async def _read_fit(
-        self, url: str, reader: PrometheusReader, query: str, at: float, timeout: float
+        self, url: str, reader: PrometheusReader, query: str, at: float, timeout: float,
+        engines: tuple[str, ...],
     ) -> FitHistory:
         """Read and cache one fit history; a failure caches none (the fit falls back to
         the spec's a, b until the next read)."""
@@ -375,8 +401,9 @@ class PrometheusReads:
         quality, rates = await asyncio.gather(
             self._user_answer(url, "performance.query", query, self._user_reader(url).range(
                 query, start, end, FIT_STEP_SECONDS, timeout=timeout), timeout),
-            self._attempt(reader.range(promql.token_rate_query(self._settings.namespaces, "5m"),
-                                       start, end, FIT_STEP_SECONDS)),
+            self._attempt(reader.range(
+                promql.token_rate_query(self._settings.namespaces, "5m", engines),
+                start, end, FIT_STEP_SECONDS)),
         )
         if isinstance(rates, MetricFailure):
             log.warning("token rate history for performance query %r failed: %s",
@@ -389,23 +416,23 @@ class PrometheusReads:
         return fit
 
     async def _latency_history(
-        self, url: str, reader: PrometheusReader, at: float
+        self, url: str, reader: PrometheusReader, at: float, engines: tuple[str, ...]
     ) -> tuple[list[Series], list[Series]]:
         """Mean inter-token latency and tokens/s per pod over the last hour (60 s steps) for
         every budget of ``url``: two range queries, re-read every FIT_REFRESH_SECONDS (so the
         cycle that reads them asks two more queries). Failures leave both empty until the
         next read: the service model falls back to the spec, the cycle goes on."""
-        cached = self._latency_cache.get(url)
+        cached = self._latency_cache.get((url, engines))
         if cached is None or at - cached[0] >= FIT_REFRESH_SECONDS:
             end = datetime.fromtimestamp(at, UTC)
             start = end - timedelta(seconds=LATENCY_HISTORY_SECONDS)
             ns = self._settings.namespaces
             itl, rates = await asyncio.gather(
                 self._attempt(reader.range(
-                    promql.inter_token_latency_query(ns, LATENCY_RATE_WINDOW),
+                    promql.inter_token_latency_query(ns, LATENCY_RATE_WINDOW, engines),
                     start, end, LATENCY_STEP_SECONDS)),
                 self._attempt(reader.range(
-                    promql.token_rate_query(ns, LATENCY_RATE_WINDOW),
+                    promql.token_rate_query(ns, LATENCY_RATE_WINDOW, engines),
                     start, end, LATENCY_STEP_SECONDS)),
             )
             if isinstance(itl, list) and isinstance(rates, list):
@@ -414,5 +441,5 @@ class PrometheusReads:
                 log.warning("latency history from %s failed, no service model fit until the "
                             "next read: %s", url, itl if isinstance(itl, MetricFailure) else rates)
                 cached = (at, [], [])
-            self._latency_cache[url] = cached
+            self._latency_cache[(url, engines)] = cached
         return cached[1], cached[2]

@@ -38,7 +38,7 @@ from tokenscale.adapters.kube import KubeAdapter, KubeError
 from tokenscale.core.types import Memory, Observation, Plan
 from tokenscale.metrics import OperatorMetrics
 from tokenscale.namespace_reads import NamespaceState, read_namespaces
-from tokenscale.observation import build_observation
+from tokenscale.observation import build_observation, metrics_status
 from tokenscale.prometheus_reads import PrometheusReads, UrlAnswers
 from tokenscale.registry import BudgetEntry, BudgetRegistry
 from tokenscale.reporting import Reporter
@@ -316,6 +316,7 @@ class Reconciler:
         status, changes = build_status(
             plan, observation, api.parse_status(entry.written), at, entry.generation,
             extra_conditions=[spec_valid_condition()],
+            metrics=metrics_status(spec, observation),
         )
         await self.reporter.write_status(entry, api.dump(status))
         await self.reporter.condition_events(entry, changes, at)

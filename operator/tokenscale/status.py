@@ -223,8 +223,11 @@ def build_status(
     now: datetime,
     generation: int | None,
     extra_conditions: Iterable[ConditionValue] = (),
+    metrics: Mapping[str, api.TargetMetricsStatus] | None = None,
+    prices: Mapping[str, api.PriceStatus] | None = None,
 ) -> tuple[api.TokenBudgetStatus, list[ConditionChange]]:
-    """The status that reports ``plan`` (and the memory it carries)."""
+    """The status that reports ``plan`` (and the memory it carries); ``metrics`` and
+    ``prices`` (per target name) say what each target was read and priced with."""
     targets = []
     for name, decision in plan.decisions.items():
         seen = observation.targets.get(name)
@@ -254,6 +257,8 @@ def build_status(
                                            reason=decision.reason)
                        if decision.admission_tokens_per_second is not None else None),
             service_model=_service_model(decision.service_model),
+            metrics=(metrics or {}).get(name),
+            price=(prices or {}).get(name),
         ))
     conditions, changes = merge_conditions(
         old.conditions, [*extra_conditions, *plan.conditions], now, generation

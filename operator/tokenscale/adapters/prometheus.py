@@ -31,7 +31,7 @@ from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
-from tokenscale.adapters.promql import PodIndex, WorkloadRef
+from tokenscale.adapters.promql import ENGINE_LABEL, PodIndex, WorkloadRef
 
 Sample = tuple[float, float]  # (unix time s, value)
 
@@ -319,6 +319,29 @@ def group_by_target(
                 group.failure = "MultipleSeries"
                 group.detail = f"several series for pod {pod}"
             group.pods[pod] = s.samples
+    return out
+
+
+def group_by_engine(
+    series: Iterable[Series], engines: Mapping[WorkloadRef, str]
+) -> dict[WorkloadRef, TargetSeries]:
+    """Group a batched answer to workloads, each workload taking only the series tagged with
+    its own engine (``engines``: workload -> engine name; see :mod:`.promql`), so a target
+    named ``sglang`` never reads a vLLM pod's series. Series without the tag (a query that
+    does not set it) go to every workload, as :func:`group_by_target` does."""
+    by_engine: dict[str | None, list[Series]] = {}
+    for s in series:
+        by_engine.setdefault(s.labels.get(ENGINE_LABEL), []).append(s)
+    refs_of: dict[str, list[WorkloadRef]] = {}
+    for ref, engine in engines.items():
+        refs_of.setdefault(engine, []).append(ref)
+    out = {ref: TargetSeries() for ref in engines}
+    for tag, members in by_engine.items():
+        refs = list(engines) if tag is None else refs_of.get(tag, [])
+        if refs:
+            for ref, group in group_by_target(members, refs).items():
+                if group.pods or group.failure:
+                    out[ref] = group
     return out
 
 

@@ -5,23 +5,27 @@ groups the answer client-side: a series belongs to a target when its ``namespace
 the TokenBudget's namespace and its ``pod`` label is a pod name of the target's workload
 (``<deployment>-<pod-template-hash>-<suffix>`` or ``<statefulset>-<ordinal>``).
 
-Both spellings of the vLLM metric names are accepted: ``vllm:…`` (vLLM's own exposition)
-and ``vllm_…`` (what prometheus-client >= 0.23 writes in OpenMetrics output).
+Every query covers the engines the due targets name (:mod:`tokenscale.adapters.engines`)
+in one PromQL expression: one sub-expression per engine, each tagged with an ``engine`` label
+(``label_replace``) and joined by ``or``, so targets of several engines still cost one query
+per metric family and cycle; :func:`tokenscale.adapters.prometheus.group_by_engine` gives a
+target only the series of its own engine. Both spellings of the names are accepted:
+``vllm:…`` (the engine's own exposition) and ``vllm_…`` (what prometheus-client >= 0.23
+writes in OpenMetrics output).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-#: Counters of tokens processed (input, output); the sum of their rates is tokens/s.
-PROMPT_COUNTER = r"vllm[:_]prompt_tokens_total"
-GENERATION_COUNTER = r"vllm[:_]generation_tokens_total"
-#: Gauge of requests waiting in the engine queue.
-QUEUE_GAUGE = r"vllm[:_]num_requests_waiting"
-#: Histograms of the inter-token latency (s): vLLM V1's name first, then V0's.
-ITL_HISTOGRAMS = (r"vllm[:_]inter_token_latency_seconds", r"vllm[:_]time_per_output_token_seconds")
+from tokenscale.adapters.engines import PRESETS, EnginePreset, name_regex
+
+#: The engines whose presets the queries cover when no target names one.
+DEFAULT_ENGINES: tuple[str, ...] = ("vllm",)
+#: The label that tells which engine's preset a series of a batched answer came from.
+ENGINE_LABEL = "engine"
 
 _GROUP = "namespace, pod"
 
@@ -46,45 +50,73 @@ def _selector(name_regex: str, namespaces: Sequence[str]) -> str:
     return "{" + ", ".join(matchers) + "}"
 
 
-def _both_counters(function: str, window: str, namespaces: Sequence[str]) -> str:
+def _per_engine(build: Callable[[EnginePreset], str], engines: Iterable[str]) -> str:
+    """One expression for ``engines``: each preset's ``build`` tagged with its engine's name
+    (``label_replace``), joined by ``or`` (the tags keep pods of different engines apart).
+    Engines without a preset (custom) add nothing; none at all reads vLLM's names."""
+    names = sorted({e for e in engines if e in PRESETS}) or list(DEFAULT_ENGINES)
+    parts = [f'label_replace({build(PRESETS[e])}, "{ENGINE_LABEL}", "{e}", "", "")'
+             for e in names]
+    return parts[0] if len(parts) == 1 else " or ".join(f"({p})" for p in parts)
+
+
+def _both_counters(
+    function: str, window: str, namespaces: Sequence[str], engine: EnginePreset
+) -> str:
     # One function call per counter: rate() drops __name__, and Prometheus 2.x refuses a
     # vector with two equal label sets (prompt and generation of one pod). `or` keeps pods
     # that export only one of the two.
-    prompt = f"sum by ({_GROUP}) ({function}({_selector(PROMPT_COUNTER, namespaces)}[{window}]))"
-    gen = f"sum by ({_GROUP}) ({function}({_selector(GENERATION_COUNTER, namespaces)}[{window}]))"
+    prompt_sel = _selector(name_regex(engine.prompt), namespaces)
+    gen_sel = _selector(name_regex(engine.generation), namespaces)
+    prompt = f"sum by ({_GROUP}) ({function}({prompt_sel}[{window}]))"
+    gen = f"sum by ({_GROUP}) ({function}({gen_sel}[{window}]))"
     return f"({prompt} + {gen}) or {prompt} or {gen}"
 
 
-def token_rate_query(namespaces: Sequence[str] = (), rate_window: str = "1m") -> str:
-    """tokens/s (prompt + generation) per (namespace, pod)."""
-    return _both_counters("rate", rate_window, namespaces)
+def token_rate_query(
+    namespaces: Sequence[str] = (), rate_window: str = "1m",
+    engines: Iterable[str] = DEFAULT_ENGINES,
+) -> str:
+    """tokens/s (prompt + generation) per (namespace, pod, engine)."""
+    return _per_engine(lambda p: _both_counters("rate", rate_window, namespaces, p), engines)
 
 
-def queue_query(namespaces: Sequence[str] = ()) -> str:
-    """Waiting requests per (namespace, pod)."""
-    return f"sum by ({_GROUP}) ({_selector(QUEUE_GAUGE, namespaces)})"
+def queue_query(namespaces: Sequence[str] = (), engines: Iterable[str] = DEFAULT_ENGINES) -> str:
+    """Waiting requests per (namespace, pod, engine)."""
+    return _per_engine(
+        lambda p: f"sum by ({_GROUP}) ({_selector(name_regex(p.queue), namespaces)})", engines)
 
 
-def inter_token_latency_query(namespaces: Sequence[str] = (), rate_window: str = "5m") -> str:
-    """Mean inter-token latency (s) per (namespace, pod) over ``rate_window``: the rate of the
-    histogram's ``_sum`` over the rate of its ``_count``.
+def inter_token_latency_query(
+    namespaces: Sequence[str] = (), rate_window: str = "5m",
+    engines: Iterable[str] = DEFAULT_ENGINES,
+) -> str:
+    """Mean inter-token latency (s) per (namespace, pod, engine) over ``rate_window``: the
+    rate of the histogram's ``_sum`` over the rate of its ``_count``.
 
-    One ratio per histogram name, joined by ``or``: a pod with V1's name uses it, else V0's
-    (vLLM versions that export both observe the same latencies in both; summing the two names
-    in one ``rate()`` would also trip Prometheus 2.x over equal label sets). No request in the
-    window gives 0/0 = NaN, which the observation leaves out.
+    One ratio per histogram name of an engine, joined by ``or``: a pod with the newer name
+    uses it, else the older one (engines that export both observe the same latencies in
+    both; summing the two names in one ``rate()`` would also trip Prometheus 2.x over equal
+    label sets). No request in the window gives 0/0 = NaN, which the observation leaves out.
     """
-    ratios = [
-        f"sum by ({_GROUP}) (rate({_selector(name + '_sum', namespaces)}[{rate_window}]))"
-        f" / sum by ({_GROUP}) (rate({_selector(name + '_count', namespaces)}[{rate_window}]))"
-        for name in ITL_HISTOGRAMS
-    ]
-    return " or ".join(f"({r})" for r in ratios)
+    def ratios(p: EnginePreset) -> str:
+        parts = [
+            f"sum by ({_GROUP}) (rate({_selector(name_regex(n) + '_sum', namespaces)}"
+            f"[{rate_window}])) / sum by ({_GROUP}) "
+            f"(rate({_selector(name_regex(n) + '_count', namespaces)}[{rate_window}]))"
+            for n in p.itl
+        ]
+        return " or ".join(f"({r})" for r in parts)
+
+    return _per_engine(ratios, engines)
 
 
-def tokens_increase_query(seconds: int, namespaces: Sequence[str] = ()) -> str:
-    """Tokens served in the last ``seconds`` per (namespace, pod) (``increase()``)."""
-    return _both_counters("increase", f"{max(1, int(seconds))}s", namespaces)
+def tokens_increase_query(
+    seconds: int, namespaces: Sequence[str] = (), engines: Iterable[str] = DEFAULT_ENGINES
+) -> str:
+    """Tokens served in the last ``seconds`` per (namespace, pod, engine) (``increase()``)."""
+    window = f"{max(1, int(seconds))}s"
+    return _per_engine(lambda p: _both_counters("increase", window, namespaces, p), engines)
 
 
 def validate_user_query(query: str) -> str | None:

@@ -93,7 +93,9 @@ def _metrics(unavailable: Sequence[Outcome], outage: Outage) -> ConditionValue:
 
 
 def _error(o: Outcome) -> str:
-    return o.proposal.seen.obs.metrics_error or "Empty"
+    obs = o.proposal.seen.obs
+    error = obs.metrics_error or "Empty"
+    return f"{error}, {obs.metrics_detail}" if obs.metrics_detail else error
 
 
 def _spent_text(s: Situation) -> str:

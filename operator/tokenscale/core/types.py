@@ -56,6 +56,9 @@ class TargetObservation:
     queue_length: float = 0.0  # waiting requests (vllm:num_requests_waiting summed)
     tokens_per_request: float | None = None  # mean tokens per request, to size the queue
     metrics_error: str | None = None
+    #: what is behind ``metrics_error`` in words, e.g. the engine series none of the
+    #: target's pods exports (conditions quote it)
+    metrics_detail: str | None = None
     conflict: str | None = None
     target_error: str | None = None
     quality_samples: tuple[tuple[float, float], ...] = ()  # (tokens/s, quality) for the fit
