@@ -16,6 +16,16 @@ For every :class:`ModelConfig` the fleet
   and ``vllm:inter_token_latency_seconds`` (V1; the same observations as the V0 one) and
   ``vllm:e2e_request_latency_seconds``, with vLLM V1's bucket bounds
   (``underscore_names=True`` writes ``vllm_…``, the prometheus-client >= 0.23 spelling);
+- speaks each model's serving engine (``ModelConfig.server``): ``vllm`` as above, ``sglang``
+  (``sglang:prompt_tokens_total``, ``sglang:generation_tokens_total``,
+  ``sglang:num_requests_total``, ``sglang:num_queue_reqs``, ``sglang:num_running_reqs``,
+  ``sglang:token_usage``, and the histograms ``sglang:time_to_first_token_seconds``,
+  ``sglang:inter_token_latency_seconds``, ``sglang:time_per_output_token_seconds``,
+  ``sglang:e2e_request_latency_seconds``) or ``tgi`` (Text Generation Inference's router:
+  ``tgi_request_count``, ``tgi_request_success``, ``tgi_queue_size``,
+  ``tgi_batch_current_size`` and the histograms ``tgi_request_input_length``,
+  ``tgi_request_generated_tokens``, ``tgi_request_mean_time_per_token_duration``,
+  ``tgi_request_duration``; no ``model_name`` label, no token counters);
 - queues work FIFO: served tokens/s = min(demand + backlog, ready replicas × capacity), split
   evenly across the ready pods; the rest waits in the backlog.
 
@@ -74,6 +84,8 @@ log = logging.getLogger(__name__)
 Demand = Callable[[float], float]
 _SAFE = "bcdfghjklmnpqrstvwxz2456789"  # Kubernetes' rand.SafeEncodeString alphabet
 DEFAULT_ENGINE = EngineModel()
+#: The serving engines whose /metrics format the fleet speaks.
+SERVERS = ("vllm", "sglang", "tgi")
 #: entries of a model's served-token log (about a second each: four days)
 SERVED_LOG_LENGTH = 4 * 86_400
 # vLLM V1's bucket bounds (vllm/v1/metrics/loggers.py)
@@ -81,6 +93,8 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
                 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
 ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0,
                7.5, 10.0, 20.0, 40.0, 80.0)
+#: TGI's request length buckets (tokens)
+LENGTH_BUCKETS = tuple(float(2 ** i) for i in range(14))
 E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
                120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)
 
@@ -107,6 +121,12 @@ class ModelConfig:
     kind: str = "Deployment"
     max_num_seqs: int = 256
     engine: EngineModel | None = None
+    #: the serving engine whose /metrics format the pods speak: vllm | sglang | tgi
+    server: str = "vllm"
+
+    def __post_init__(self) -> None:
+        if self.server not in SERVERS:
+            raise ValueError(f"server {self.server!r} is not one of {', '.join(SERVERS)}")
 
 
 @dataclass
@@ -150,6 +170,9 @@ class Pod:
     ttft: Histogram = field(default_factory=lambda: Histogram(TTFT_BUCKETS))
     itl: Histogram = field(default_factory=lambda: Histogram(ITL_BUCKETS))
     e2e: Histogram = field(default_factory=lambda: Histogram(E2E_BUCKETS))
+    #: tokens per completed request (TGI's only token signal): prompt and output length
+    input_length: Histogram = field(default_factory=lambda: Histogram(LENGTH_BUCKETS))
+    output_length: Histogram = field(default_factory=lambda: Histogram(LENGTH_BUCKETS))
 
 
 @dataclass
@@ -266,6 +289,8 @@ def _observe_latency(state: ModelState, ready: Sequence[Pod], served: float, uti
             pod.ttft.observe(ttft, completed)
             pod.itl.observe(itl, completed)
             pod.e2e.observe(e2e, completed)
+            pod.input_length.observe(prompt, completed)
+            pod.output_length.observe(output, completed)
 
 
 def pod_template_hash(template: Any) -> str:
@@ -278,55 +303,114 @@ def _suffix() -> str:
     return "".join(secrets.choice(_SAFE) for _ in range(5))
 
 
-def render_metrics(states: Sequence[ModelState], underscore_names: bool = False) -> str:
-    """The Prometheus text exposition of all ready pods."""
-    sep = "_" if underscore_names else ":"
-    kv_help = "KV-cache usage. 1 means 100 percent usage."
-    families: list[tuple[str, str, str, Callable[[Pod], float]]] = [
-        ("prompt_tokens_total", "counter", "Number of prefill tokens processed.",
+Family = tuple[str, str, str, Callable[[Pod], float]]  # name, type, help, value
+HistogramFamily = tuple[str, str, Callable[[Pod], Histogram]]  # name, help, histogram
+_KV_HELP = "KV-cache usage. 1 means 100 percent usage."
+
+
+def _vllm_families(sep: str) -> tuple[list[Family], list[HistogramFamily]]:
+    n = f"vllm{sep}"
+    return [
+        (n + "prompt_tokens_total", "counter", "Number of prefill tokens processed.",
          lambda p: p.prompt_tokens),
-        ("generation_tokens_total", "counter", "Number of generation tokens processed.",
+        (n + "generation_tokens_total", "counter", "Number of generation tokens processed.",
          lambda p: p.generation_tokens),
-        ("request_success_total", "counter", "Count of successfully processed requests.",
+        (n + "request_success_total", "counter", "Count of successfully processed requests.",
          lambda p: p.requests),
-        ("num_requests_waiting", "gauge", "Number of requests waiting to be processed.",
+        (n + "num_requests_waiting", "gauge", "Number of requests waiting to be processed.",
          lambda p: p.waiting),
-        ("num_requests_running", "gauge", "Number of requests currently running.",
+        (n + "num_requests_running", "gauge", "Number of requests currently running.",
          lambda p: p.running),
-        ("gpu_cache_usage_perc", "gauge", kv_help, lambda p: p.kv_usage),
-        ("kv_cache_usage_perc", "gauge", kv_help, lambda p: p.kv_usage),
-    ]
-    histograms: list[tuple[str, str, Callable[[Pod], Histogram]]] = [
-        ("time_to_first_token_seconds", "Histogram of time to first token in seconds.",
+        (n + "gpu_cache_usage_perc", "gauge", _KV_HELP, lambda p: p.kv_usage),
+        (n + "kv_cache_usage_perc", "gauge", _KV_HELP, lambda p: p.kv_usage),
+    ], [
+        (n + "time_to_first_token_seconds", "Histogram of time to first token in seconds.",
          lambda p: p.ttft),
-        ("time_per_output_token_seconds", "Histogram of time per output token in seconds.",
+        (n + "time_per_output_token_seconds", "Histogram of time per output token in seconds.",
          lambda p: p.itl),
-        ("inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
+        (n + "inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
          lambda p: p.itl),
-        ("e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.",
+        (n + "e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.",
          lambda p: p.e2e),
     ]
-    pods: list[tuple[str, Pod]] = []
-    for state in states:
-        cfg = state.config
-        model = (cfg.model_name or cfg.name).replace("\\", "\\\\").replace('"', '\\"')
-        pods += [(f'namespace="{cfg.namespace}",pod="{pod.name}",model_name="{model}"', pod)
-                 for pod in state.ready]
+
+
+def _sglang_families(sep: str) -> tuple[list[Family], list[HistogramFamily]]:
+    n = f"sglang{sep}"
+    return [
+        (n + "prompt_tokens_total", "counter", "Number of prefill tokens processed.",
+         lambda p: p.prompt_tokens),
+        (n + "generation_tokens_total", "counter", "Number of generation tokens processed.",
+         lambda p: p.generation_tokens),
+        (n + "num_requests_total", "counter", "Number of requests processed.",
+         lambda p: p.requests),
+        (n + "num_queue_reqs", "gauge", "The number of requests in the waiting queue.",
+         lambda p: p.waiting),
+        (n + "num_running_reqs", "gauge", "The number of running requests.",
+         lambda p: p.running),
+        (n + "token_usage", "gauge", "The token usage.", lambda p: p.kv_usage),
+    ], [
+        (n + "time_to_first_token_seconds", "Histogram of time to first token in seconds.",
+         lambda p: p.ttft),
+        (n + "inter_token_latency_seconds", "Histogram of inter-token latency in seconds.",
+         lambda p: p.itl),
+        (n + "time_per_output_token_seconds", "Histogram of time per output token in seconds.",
+         lambda p: p.itl),
+        (n + "e2e_request_latency_seconds", "Histogram of End-to-end request latency in "
+         "seconds", lambda p: p.e2e),
+    ]
+
+
+def _tgi_families() -> tuple[list[Family], list[HistogramFamily]]:
+    return [
+        ("tgi_request_count", "counter", "Total number of requests", lambda p: p.requests),
+        ("tgi_request_success", "counter", "Number of successful requests",
+         lambda p: p.requests),
+        ("tgi_queue_size", "gauge", "Current queue size", lambda p: p.waiting),
+        ("tgi_batch_current_size", "gauge", "Current batch size", lambda p: p.running),
+    ], [
+        ("tgi_request_input_length", "Input token length per request",
+         lambda p: p.input_length),
+        ("tgi_request_generated_tokens", "Generated tokens per request",
+         lambda p: p.output_length),
+        ("tgi_request_mean_time_per_token_duration", "Mean time per token per request",
+         lambda p: p.itl),
+        ("tgi_request_duration", "Total time spent processing the request",
+         lambda p: p.e2e),
+    ]
+
+
+def render_metrics(states: Sequence[ModelState], underscore_names: bool = False) -> str:
+    """The Prometheus text exposition of all ready pods, each model in its server's format
+    (``underscore_names``: ``vllm_…``/``sglang_…`` for the ``:`` names)."""
+    sep = "_" if underscore_names else ":"
     lines: list[str] = []
-    for suffix, kind, help_text, value in families:
-        name = f"vllm{sep}{suffix}"
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-        lines += [f"{name}{{{labels}}} {value(pod):.6f}" for labels, pod in pods]
-    for suffix, help_text, histogram in histograms:
-        name = f"vllm{sep}{suffix}"
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
-        for labels, pod in pods:
-            h = histogram(pod)
-            cumulative = h.cumulative()
-            lines += [f'{name}_bucket{{{labels},le="{le}"}} {count:.6f}'
-                      for le, count in cumulative]
-            lines.append(f"{name}_sum{{{labels}}} {h.total:.6f}")
-            lines.append(f"{name}_count{{{labels}}} {cumulative[-1][1]:.6f}")
+    for server in SERVERS:
+        members = [s for s in states if s.config.server == server]
+        if not members:
+            continue
+        families, histograms = (_vllm_families(sep) if server == "vllm"
+                                else _sglang_families(sep) if server == "sglang"
+                                else _tgi_families())
+        pods: list[tuple[str, Pod]] = []
+        for state in members:
+            cfg = state.config
+            model = (cfg.model_name or cfg.name).replace("\\", "\\\\").replace('"', '\\"')
+            extra = f',model_name="{model}"' if server != "tgi" else ""
+            pods += [(f'namespace="{cfg.namespace}",pod="{pod.name}"{extra}', pod)
+                     for pod in state.ready]
+        for name, kind, help_text, value in families:
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+            lines += [f"{name}{{{labels}}} {value(pod):.6f}" for labels, pod in pods]
+        for name, help_text, histogram in histograms:
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+            for labels, pod in pods:
+                h = histogram(pod)
+                cumulative = h.cumulative()
+                lines += [f'{name}_bucket{{{labels},le="{le}"}} {count:.6f}'
+                          for le, count in cumulative]
+                lines.append(f"{name}_sum{{{labels}}} {h.total:.6f}")
+                lines.append(f"{name}_count{{{labels}}} {cumulative[-1][1]:.6f}")
     return "\n".join(lines) + "\n"
 
 
@@ -671,6 +755,7 @@ def load_config(path: str | Path) -> tuple[str, list[ModelConfig], dict[str, Any
         tokens_per_request=float(m.get("tokensPerRequest", 1000)),
         prompt_fraction=float(m.get("promptFraction", 0.5)),
         model_name=m.get("modelName"), kind=m.get("kind", "Deployment"),
+        server=m.get("server", "vllm"),
     ) for m in raw["models"]]
     options = {"speedup": float(raw.get("speedup", 1.0)),
                "metrics_port": int(raw.get("metricsPort", 0)),
