@@ -36,7 +36,7 @@ from tokenscale.adapters.prometheus import (
     group_by_target,
     sum_by_time,
 )
-from tokenscale.adapters.promql import WorkloadRef
+from tokenscale.adapters.promql import NODE_PRICES, POD_NODE, WorkloadRef
 from tokenscale.core.types import Observation, TargetObservation
 from tokenscale.namespace_reads import Workloads
 from tokenscale.prometheus_reads import (
@@ -285,3 +285,94 @@ def latency_samples(
                 pairs.append((ts, pod_name, served, latency))
     pairs.sort()
     return tuple((served, latency) for _, _, served, latency in pairs[-limit:]) if limit > 0 else ()
+
+
+# ------------------------------------------------------------------------------ prices
+
+GIB = 2.0 ** 30
+
+
+def replica_prices(
+    spec: api.TokenBudgetSpec, namespace: str, answers: UrlAnswers, workloads: Workloads
+) -> dict[str, api.PriceStatus]:
+    """Per target, the price per replica-hour it is planned and charged with this cycle:
+    the spec's, or (``costSource: OpenCost``) its pods' nodes' prices times what one
+    replica requests, falling back to the spec's with the reason in ``detail``."""
+    out = {}
+    for t in spec.targets:
+        if t.cost_source == "OpenCost":
+            ref = target_ref(namespace, t)
+            out[t.name] = opencost_price(t, ref, workloads.get((ref.kind, ref.name)),
+                                         answers.prices)
+        else:
+            out[t.name] = api.PriceStatus(source="Spec",
+                                          cost_per_replica_hour=t.cost_per_replica_hour)
+    return out
+
+
+def opencost_price(
+    target: api.TargetSpec, ref: WorkloadRef, workload: Workload | None,
+    prices: dict[str, dict[WorkloadRef, TargetSeries]] | MetricFailure | None,
+) -> api.PriceStatus:
+    """One replica's price from OpenCost's node prices: for each pod of the target, the
+    GPUs, CPU cores and GiB of memory one replica requests times the hourly price of each
+    on the pod's node, averaged over the pods whose nodes price everything they request.
+    Without such a pod (series missing, query failed, no pod running, nothing requested)
+    the spec's costPerReplicaHour, and ``detail`` says why."""
+    def fallback(why: str) -> api.PriceStatus:
+        return api.PriceStatus(
+            source="Spec", cost_per_replica_hour=target.cost_per_replica_hour,
+            detail=f"OpenCost price unavailable ({why}): costPerReplicaHour used"[:1024])
+
+    if workload is None:
+        return fallback(f"{ref.kind} {ref.name} not found")
+    if prices is None:
+        return fallback("node prices not read this cycle")
+    if isinstance(prices, MetricFailure):
+        return fallback(f"node prices query failed: {prices.kind}")
+    req = workload.requests
+    needed = {r: u for r, u in (("gpu", req.gpus), ("cpu", req.cpu),
+                                ("ram", req.memory_bytes / GIB)) if u > 0}
+    if not needed:
+        return fallback("the pod template requests no GPUs, CPU or memory")
+    groups = {r: prices.get(r, {}).get(ref) or TargetSeries() for r in needed}
+    pods = sorted({pod for g in groups.values() for pod in g.pods})
+    if not pods:
+        return fallback(f"no pod of {ref.kind} {ref.name} in {POD_NODE} joined to "
+                        f"{' / '.join(NODE_PRICES[r] for r in needed)}")
+    per_pod: list[float] = []
+    missing: set[str] = set()
+    for pod in pods:
+        total = 0.0
+        for resource, units in needed.items():
+            samples = groups[resource].pods.get(pod)
+            price = samples[-1][1] if samples else math.nan
+            if not (math.isfinite(price) and price >= 0):
+                missing.add(NODE_PRICES[resource])
+                break
+            total += units * price
+        else:
+            per_pod.append(total)
+    if not per_pod:
+        return fallback(f"no {', '.join(sorted(missing))} for the nodes of its pods")
+    price = sum(per_pod) / len(per_pod)
+    if not (math.isfinite(price) and 0 < price <= 1e5):
+        return fallback(f"derived price {price:g} is outside (0, 1e5]")
+    parts = [f"{needed[r]:g} {'GiB' if r == 'ram' else r.upper()}" for r in needed]
+    return api.PriceStatus(
+        source="OpenCost", cost_per_replica_hour=float(f"{price:.6g}"),
+        detail=(f"{' + '.join(parts)} per replica at the node prices of "
+                f"{len(per_pod)} of {len(pods)} pod(s)")[:1024])
+
+
+def priced_spec(
+    spec: api.TokenBudgetSpec, prices: dict[str, api.PriceStatus]
+) -> api.TokenBudgetSpec:
+    """``spec`` with each target's costPerReplicaHour the price it is planned and charged
+    with this cycle (``prices``), so accounting, pacing, allocation and the projection all
+    use the same one."""
+    if all(p.source == "Spec" for p in prices.values()):
+        return spec
+    targets = [t.model_copy(update={"cost_per_replica_hour": prices[t.name].cost_per_replica_hour})
+               if t.name in prices else t for t in spec.targets]
+    return spec.model_copy(update={"targets": targets})

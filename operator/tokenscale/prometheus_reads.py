@@ -102,6 +102,10 @@ class UrlAnswers:
     fits: dict[str, FitHistory] = field(default_factory=dict)
     itl: dict[WorkloadRef, TargetSeries] = field(default_factory=dict)
     itl_rate: dict[WorkloadRef, TargetSeries] = field(default_factory=dict)
+    #: OpenCost's node prices per resource (gpu | cpu | ram; currency/h per unit) for the
+    #: pods of targets priced by OpenCost, grouped like the default answers; None when no
+    #: due target is, a failure when the query failed
+    prices: dict[str, dict[WorkloadRef, TargetSeries]] | MetricFailure | None = None
     #: user queries still running, moved to ``overrides`` / ``fits`` by ``settle``
     pending: dict[tuple[str, str], asyncio.Task[list[Series] | MetricFailure]] = field(
         default_factory=dict)
@@ -118,6 +122,21 @@ def group_answer(
     if isinstance(refs, Mapping):
         return group_by_engine(answer, refs)
     return group_by_target(answer, refs)
+
+
+def group_prices(
+    answer: list[Series] | MetricFailure, refs: Iterable[WorkloadRef]
+) -> dict[str, dict[WorkloadRef, TargetSeries]] | MetricFailure:
+    """The node prices answer (:func:`promql.node_prices_query`) grouped per resource to the
+    workloads ``refs``; a failed query stays its failure."""
+    if isinstance(answer, MetricFailure):
+        return answer
+    by_resource: dict[str, list[Series]] = {}
+    for s in answer:
+        by_resource.setdefault(s.labels.get(promql.RESOURCE_LABEL, ""), []).append(s)
+    refs = list(refs)
+    return {resource: group_by_target(members, refs)
+            for resource, members in by_resource.items() if resource}
 
 
 def engines_in_use(specs: Iterable[api.TokenBudgetSpec]) -> tuple[str, ...]:
@@ -346,6 +365,11 @@ class PrometheusReads:
         jobs = [self._attempt(reader.range(q, start, at, step) if i == 0
                               else reader.instant(q, at))
                 for i, (_, q) in enumerate(own)]
+        priced = {e.ref(t) for e in entries if e.spec is not None for t in e.spec.targets
+                  if t.cost_source == "OpenCost"}
+        if priced:
+            own.append(("node prices", promql.node_prices_query(ns)))
+            jobs.append(self._attempt(reader.instant(own[-1][1], at)))
         fits, pending_fits = self._fit_history(url, reader, specs, at_unix, user_timeout)
         out = await asyncio.gather(*jobs)
         for (what, query), answer in zip(own, out, strict=True):
@@ -363,8 +387,10 @@ class PrometheusReads:
             rate=group_answer(out[0], refs),
             queue=group_answer(out[1], refs),
             increase={span: group_answer(answer, refs)
-                      for span, answer in zip(span_list, out[2:], strict=True)},
+                      for span, answer in zip(span_list, out[2:2 + len(span_list)],
+                                              strict=True)},
             overrides={},
+            prices=group_prices(out[-1], priced) if priced else None,
         )
 
     def _fit_history(

@@ -38,7 +38,12 @@ from tokenscale.adapters.kube import KubeAdapter, KubeError
 from tokenscale.core.types import Memory, Observation, Plan
 from tokenscale.metrics import OperatorMetrics
 from tokenscale.namespace_reads import NamespaceState, read_namespaces
-from tokenscale.observation import build_observation, metrics_status
+from tokenscale.observation import (
+    build_observation,
+    metrics_status,
+    priced_spec,
+    replica_prices,
+)
 from tokenscale.prometheus_reads import PrometheusReads, UrlAnswers
 from tokenscale.registry import BudgetEntry, BudgetRegistry
 from tokenscale.reporting import Reporter
@@ -309,18 +314,22 @@ class Reconciler:
             entry.memory = memory_from_status(api.parse_status(entry.written))
         if self._planner is None:
             self._planner = default_planner()
-        plan = self._planner(spec, observation, entry.memory, at)
-        await apply_plan(self.kube, self.metrics, self.reporter, entry, spec, plan,
+        assert not isinstance(state.workloads, KubeError)  # observe() said so
+        prices = replica_prices(spec, entry.namespace, url_answers, state.workloads)
+        priced = priced_spec(spec, prices)  # one price per target for the whole cycle
+        plan = self._planner(priced, observation, entry.memory, at)
+        await apply_plan(self.kube, self.metrics, self.reporter, entry, priced, plan,
                          observation, at)
         entry.memory = plan.memory
         status, changes = build_status(
             plan, observation, api.parse_status(entry.written), at, entry.generation,
             extra_conditions=[spec_valid_condition()],
             metrics=metrics_status(spec, observation),
+            prices=prices,
         )
         await self.reporter.write_status(entry, api.dump(status))
         await self.reporter.condition_events(entry, changes, at)
-        self.reporter.export_metrics(entry, spec, plan, observation)
+        self.reporter.export_metrics(entry, priced, plan, observation)
 
     async def _report_unobservable(self, entry: BudgetEntry, why: str, at: datetime) -> None:
         """Ready=False (WorkloadsUnreadable) with ``why``; spend is left alone."""

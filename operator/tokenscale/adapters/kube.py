@@ -20,6 +20,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import socket
 import time
 import uuid
@@ -61,13 +62,62 @@ class KubeError(Exception):
 
 
 @dataclass(frozen=True)
+class ReplicaRequests:
+    """What one replica (pod) requests: CPU cores, memory bytes and GPUs, summed over the
+    pod template's containers (GPUs: ``nvidia.com/gpu``, ``amd.com/gpu`` or
+    ``gpu.intel.com/i915``, from requests, else limits, as extended resources allow)."""
+
+    cpu: float = 0.0
+    memory_bytes: float = 0.0
+    gpus: float = 0.0
+
+
+@dataclass(frozen=True)
 class Workload:
-    """Replica counts of a Deployment or StatefulSet."""
+    """Replica counts of a Deployment or StatefulSet, and what one replica requests."""
 
     kind: str
     name: str
     replicas: int  # spec.replicas (what the scale subresource reports)
     ready_replicas: int  # status.readyReplicas
+    requests: ReplicaRequests = ReplicaRequests()
+
+
+GPU_RESOURCES = ("nvidia.com/gpu", "amd.com/gpu", "gpu.intel.com/i915")
+_SUFFIXES = {"": 1.0, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15,
+             "E": 1e18, "Ki": 2.0 ** 10, "Mi": 2.0 ** 20, "Gi": 2.0 ** 30, "Ti": 2.0 ** 40,
+             "Pi": 2.0 ** 50, "Ei": 2.0 ** 60}
+_QUANTITY = re.compile(r"^([+]?[0-9.]+(?:[eE][-+]?[0-9]+)?)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+
+
+def parse_quantity(raw: object) -> float:
+    """A Kubernetes resource quantity (``500m``, ``4``, ``16Gi``, ``1e3``) as a number; 0 for
+    anything unreadable."""
+    match = _QUANTITY.match(str(raw).strip())
+    if match is None:
+        return 0.0
+    try:
+        return float(match.group(1)) * _SUFFIXES[match.group(2) or ""]
+    except ValueError:
+        return 0.0
+
+
+def replica_requests(template: Any) -> ReplicaRequests:
+    """What one pod of ``template`` (a pod template) requests (see :class:`ReplicaRequests`);
+    init containers are left out."""
+    spec = template.get("spec") if isinstance(template, dict) else None
+    if not isinstance(spec, dict):
+        return ReplicaRequests()
+    cpu = memory = gpus = 0.0
+    for container in spec.get("containers") or []:
+        resources = (container or {}).get("resources") or {}
+        requests = resources.get("requests") or {}
+        limits = resources.get("limits") or {}
+        cpu += parse_quantity(requests.get("cpu", limits.get("cpu", 0)))
+        memory += parse_quantity(requests.get("memory", limits.get("memory", 0)))
+        for name in GPU_RESOURCES:
+            gpus += parse_quantity(requests.get(name, limits.get(name, 0)))
+    return ReplicaRequests(cpu, memory, gpus)
 
 
 @dataclass(frozen=True)
@@ -194,6 +244,7 @@ class KubeAdapter:
                 name=name,
                 replicas=int(replicas) if replicas is not None else 1,
                 ready_replicas=int(status.get("readyReplicas") or 0),
+                requests=replica_requests(spec.get("template")),
             )
         return out
 

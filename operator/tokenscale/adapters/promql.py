@@ -119,6 +119,30 @@ def tokens_increase_query(
     return _per_engine(lambda p: _both_counters("increase", window, namespaces, p), engines)
 
 
+#: OpenCost's (and Kubecost's) node prices, per resource: currency/h per GPU, per vCPU and
+#: per GiB of memory, labelled with the ``node``.
+NODE_PRICES = {"gpu": "node_gpu_hourly_cost", "cpu": "node_cpu_hourly_cost",
+               "ram": "node_ram_hourly_cost"}
+#: kube-state-metrics' series that places a pod on its node.
+POD_NODE = "kube_pod_info"
+#: The label that tells which resource's price a series of :func:`node_prices_query` is.
+RESOURCE_LABEL = "resource"
+
+
+def node_prices_query(namespaces: Sequence[str] = ()) -> str:
+    """Per (namespace, pod, node, resource): the hourly price of one unit of ``resource``
+    (gpu | cpu | ram) on the node the pod runs on, OpenCost's node prices joined to
+    kube-state-metrics' ``kube_pod_info`` by ``node``; one query for every resource and
+    pod."""
+    pods = f"max by ({_GROUP}, node) ({_selector(POD_NODE, namespaces)})"
+    parts = [
+        f'label_replace({pods} * on (node) group_left () max by (node) ({metric}), '
+        f'"{RESOURCE_LABEL}", "{resource}", "", "")'
+        for resource, metric in NODE_PRICES.items()
+    ]
+    return " or ".join(f"({p})" for p in parts)
+
+
 def validate_user_query(query: str) -> str | None:
     """A problem with a user-supplied PromQL override, or None if it looks usable.
 

@@ -4,7 +4,7 @@ fleet's sizes and the notes shown on screen (nothing is started here)."""
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ class DemoPlan:
     capacity: dict[str, tuple[float, float]]  # target: (tokens/s per replica, cold start s)
     initial: dict[str, int]  # target: replicas at the start
     notes: list[str]  # shown on screen and in the summary (appended to while running)
+    #: target: the serving engine its sample names (the fleet speaks its /metrics format)
+    engines: dict[str, str] = field(default_factory=dict)
 
 
 def plan_demo(session: Session) -> DemoPlan:
@@ -51,7 +53,10 @@ def plan_demo(session: Session) -> DemoPlan:
     demands = [d for d in selection.demands if d.spec.budget in by_name]
     capacity, initial = size_targets(demands, by_name)
     notes = plan_notes(session, selection, adapted, demands)
-    return DemoPlan(root, adapted, selection, demands, capacity, initial, notes)
+    engines = {d.spec.name: str(t.get("engine", "vllm"))
+               for d in demands for t in by_name[d.spec.budget].original["spec"]["targets"]
+               if t["name"] == d.spec.name}
+    return DemoPlan(root, adapted, selection, demands, capacity, initial, notes, engines)
 
 
 def size_targets(demands: list[WorkloadDemand], by_name: dict[str, AdaptedBudget]

@@ -19,7 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ import yaml
 from tokenscale.demo.budgets import AdaptedBudget
 from tokenscale.demo.workloads import WorkloadDemand
 from tokenscale_testbed.apiserver import ApiServer, ApiServerThread, write_kubeconfig
-from tokenscale_testbed.fleet import FleetThread, ModelConfig
+from tokenscale_testbed.fleet import SERVERS, FleetThread, ModelConfig
 from tokenscale_testbed.kubectl import Kubectl, KubectlMissingError, find_kubectl
 from tokenscale_testbed.prometheus import (
     PrometheusError,
@@ -213,11 +213,13 @@ class Stack:
         return path
 
     def start_fleet(self, demands: Sequence[WorkloadDemand],
-                    capacity: dict[str, tuple[float, float]], replicas: dict[str, int]) -> None:
-        """The workloads (kubectl apply) and the simulated vLLM fleet that serves them.
+                    capacity: dict[str, tuple[float, float]], replicas: dict[str, int],
+                    engines: Mapping[str, str] | None = None) -> None:
+        """The workloads (kubectl apply) and the simulated fleet that serves them.
 
         ``capacity[name] = (tokens/s per ready replica, cold start in simulated seconds)``;
-        ``replicas[name]``: the initial spec.replicas.
+        ``replicas[name]``: the initial spec.replicas; ``engines[name]``: the serving engine
+        whose /metrics format its pods speak (vllm when absent or custom).
         """
         assert self.api is not None
         self.apply_documents([workload_manifest(d, replicas[d.spec.name]) for d in demands],
@@ -227,6 +229,7 @@ class Stack:
             tokens_per_replica_per_second=capacity[d.spec.name][0],
             cold_start_seconds=capacity[d.spec.name][1], demand=d,
             tokens_per_request=d.tokens_per_request, prompt_fraction=PROMPT_FRACTION,
+            server=_server((engines or {}).get(d.spec.name, "vllm")),
         ) for d in demands]
         self.fleet = FleetThread(self.api.url, models, speedup=self.speedup, tick_seconds=0.2)
         try:
@@ -369,3 +372,8 @@ class Stack:
         if self.api is not None:
             self.api.stop()
         return problems
+
+
+def _server(engine: str) -> str:
+    """The fleet's /metrics format for a target's engine (custom targets read vLLM's)."""
+    return engine if engine in SERVERS else "vllm"

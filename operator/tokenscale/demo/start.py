@@ -31,7 +31,7 @@ def start_stack(session: Session, stack: Stack, plan: DemoPlan) -> None:
     stack.start_api(crd_path(plan.root, session.demo_dir), [b.namespace for b in plan.adapted])
     say(f"  Kubernetes API emulator on {stack.api.url if stack.api else ''}; "
         f"kubeconfig {rel(stack.kubeconfig)}; CRD applied with kubectl")
-    stack.start_fleet(plan.demands, plan.capacity, plan.initial)
+    stack.start_fleet(plan.demands, plan.capacity, plan.initial, plan.engines)
     listed = ", ".join(f"{d.spec.kind} {d.spec.name} ({d.source})" for d in plan.demands)
     say(f"  simulated vLLM fleet: {listed}")
     stack.start_prometheus()
