@@ -1,5 +1,10 @@
 """One cycle's Prometheus reads, batched per URL for all due budgets.
 
+Every default query covers the engines the due targets name in one expression
+(:mod:`tokenscale.adapters.promql`), so the count below holds for mixed fleets. While some
+due target takes its price from OpenCost, one more instant query joins the node prices to
+the pods (:func:`tokenscale.adapters.promql.node_prices_query`).
+
 Per Prometheus URL and cycle: one range query of the token rate (tokens/s; window = the
 longest ``forecastWindowSeconds`` among the due budgets), one instant query of the queue
 (waiting requests), one ``increase()`` of tokens per distinct period start (budgets on the same
