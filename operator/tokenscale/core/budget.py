@@ -260,14 +260,6 @@ class Accounts(NamedTuple):
     exhausted: bool  # either limit is spent
     affordable: float  # currency/h; inf without maxCost
     token_cap: float  # tokens/s of served capacity; inf without maxTokens
-    #: ``affordable`` over the flat pace (remaining / time left): the demand forecast's share
-    #: of the rest of the period that falls now (1: flat, see ``outlook.forecast_pacing``)
-    pace_share: float = 1.0
-
-    @property
-    def flat_affordable(self) -> float:
-        """The flat pace, currency/h: remaining cost / hours left."""
-        return self.affordable / self.pace_share
 
     @property
     def hours_left(self) -> float:

@@ -142,7 +142,7 @@ def _pace_text(s: Situation) -> str:
     hours = max(accounts.hours_left, 0.0)
     parts = []
     if budget.max_cost is not None:
-        parts.append(f"at most {money(accounts.flat_affordable)} {cur}/h (planned now "
+        parts.append(f"at most {money(accounts.affordable)} {cur}/h (planned now "
                      f"{money(s.planned_rate)} {cur}/h)")
     if budget.max_tokens is not None:
         left = max(1.0, hours * 3600.0)

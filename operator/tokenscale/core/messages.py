@@ -161,10 +161,8 @@ def capped_message(o: Outcome, spec: TokenBudgetSpec, accounts: Accounts,
     parts = []
     if math.isfinite(accounts.affordable):
         left = (spec.budget.max_cost or 0) - accounts.spent
-        paced = (f", x{accounts.pace_share:.2f} the flat pace: the demand forecast's share "
-                 "of the rest falls now" if accounts.pace_share != 1.0 else "")
         parts.append(f"affordable {money(accounts.affordable)} {currency}/h "
-                     f"({money(left)} {currency} left for {accounts.hours_left:.1f} h{paced})")
+                     f"({money(left)} {currency} left for {accounts.hours_left:.1f} h)")
     if math.isfinite(accounts.token_cap):
         parts.append(f"affordable {rate(accounts.token_cap)} tok/s of served capacity")
     return (f"wants {o.cap}, budget allows {o.final}: " + ", ".join(parts)

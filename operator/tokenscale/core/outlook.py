@@ -41,7 +41,7 @@ currency/h, token rates tokens/s, times tz-aware ``datetime``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, tzinfo
 from itertools import pairwise
@@ -56,7 +56,7 @@ from tokenscale.core.budget import (
     multiplier_at,
     multiplier_on,
 )
-from tokenscale.core.pacing import Allocation, Proposal
+from tokenscale.core.pacing import Allocation
 from tokenscale.core.types import PROFILE_SLOTS as SLOTS
 from tokenscale.core.types import DemandProfile, Lane
 
@@ -192,30 +192,18 @@ def lanes(spec: TokenBudgetSpec, allocation: Allocation,
     """The targets after the budget, as the projection runs them: steered targets (Active,
     usable metrics) at their decision, then sized for the forecast; the rest at the replicas
     they keep (held, conflicting, DryRun)."""
-    return _lanes(spec, ((o.proposal, o.final) for o in allocation.outcomes), profiles)
-
-
-def demand_lanes(spec: TokenBudgetSpec, proposals: Iterable[Proposal],
-                 profiles: Mapping[str, DemandProfile]) -> list[Lane]:
-    """The targets before the budget: what their demand asks now, then sized for the
-    forecast (the lanes :func:`forecast_pacing` weighs)."""
-    return _lanes(spec, ((p, p.behaviour) for p in proposals), profiles)
-
-
-def _lanes(spec: TokenBudgetSpec, decided: Iterable[tuple[Proposal, int]],
-           profiles: Mapping[str, DemandProfile]) -> list[Lane]:
     planning = spec.planning
     active = spec.mode == "Active"
     out = []
-    for proposal, final in decided:
-        s = proposal.seen
+    for o in allocation.outcomes:
+        s = o.proposal.seen
         t = s.target
         samples = s.obs.token_rate_samples if s.kind == "Control" else ()
         demand = sum(r for _, r in samples) / len(samples) if samples else 0.0
         steered = active and s.kind == "Control"
         out.append(Lane(
             price=t.cost_per_replica_hour,
-            replicas=final if active and s.kind != "Fixed" else s.current,
+            replicas=o.final if active and s.kind != "Fixed" else s.current,
             floor=s.current if s.kind == "Fixed" else t.min_replicas,
             low=t.min_replicas,
             high=t.max_replicas,
@@ -369,37 +357,6 @@ def outlook(spec: TokenBudgetSpec, accounts: Accounts, lanes: Sequence[Lane],
         _repeat_days(totals, lanes, forecasts, spec, now, t, (j_now + k) % SLOTS, floor_base)
     totals.flush()
     return Outlook(totals.cost, totals.tokens, totals.demand_cost, totals.demand_tokens)
-
-
-#: the forecast may move the pace this far from the flat one (a wrong profile can at most
-#: halve or double one cycle's affordable rate; the next cycle re-paces what is left)
-PACE_BOUNDS = (0.5, 2.0)
-
-
-def forecast_pacing(spec: TokenBudgetSpec, accounts: Accounts, lanes: Sequence[Lane],
-                    interval_seconds: float, multiplier: float) -> Accounts:
-    """Step 5's pacing against the demand forecast: the affordable cost rate becomes the
-    remaining budget's share that the demand forecast puts *now*: ``remaining × (cost rate
-    at the demand now) / (cost at the forecast demand over the rest of the period)``, i.e.
-    the flat pace × (cost rate now ÷ its forecast average), within :data:`PACE_BOUNDS`. So a
-    quiet morning saves for the afternoon peak instead of leaving budget unspent, and the
-    spend still sums to at most the remaining budget when the forecast holds (every cycle
-    re-paces what is left, so it never overruns: the budget caps go on). Unchanged without a
-    cost limit, when exhausted, or while no target has a learned profile (a flat forecast:
-    the flat pace)."""
-    if (spec.budget.max_cost is None or accounts.exhausted
-            or not math.isfinite(accounts.affordable)
-            or not any(lane.profile is not None and any(v >= 0 for v in lane.profile.slots)
-                       for lane in lanes)):
-        return accounts
-    ahead = outlook(spec, accounts, lanes, interval_seconds)
-    rest = ahead.demand_cost - accounts.spent  # currency at the forecast demand
-    now_rate = sum(lane.replicas * lane.price for lane in lanes) * multiplier  # currency/h
-    hours = accounts.hours_left
-    if rest <= 0 or now_rate <= 0 or hours <= 0:
-        return accounts
-    share = min(max(now_rate * hours / rest, PACE_BOUNDS[0]), PACE_BOUNDS[1])
-    return accounts._replace(affordable=accounts.affordable * share, pace_share=share)
 
 
 def _day_multipliers(spec: TokenBudgetSpec, weekday: int) -> list[float]:

@@ -78,7 +78,7 @@ from tokenscale.core.conditions import Situation, conditions
 from tokenscale.core.costmodel import continuous_optimum, fit_log_linear, select_model
 from tokenscale.core.messages import decision_message, dry_run_message
 from tokenscale.core.outage import Hold, Outage, Seen, classify, hold, outage_clock
-from tokenscale.core.outlook import demand_lanes, forecast_pacing, lanes, learn_all, outlook
+from tokenscale.core.outlook import lanes, learn_all, outlook
 from tokenscale.core.pacing import Allocation, Outcome, Proposal, pace
 from tokenscale.core.service import fit_service, spec_service
 from tokenscale.core.types import (
@@ -123,11 +123,7 @@ def plan(spec: TokenBudgetSpec, observation: Observation, memory: Memory,
                    _by_target(memory.recommendations), memory)
     # 2. Service model, 3. Demand, 4. Need, 6. Behaviour (or 7's hold): what each target asks.
     proposals = [_propose(s, cycle) for s in seen]
-    # 5. Pacing (against the demand forecast) and allocation: what the budget lets each
-    # target run, and why.
-    accounts = forecast_pacing(spec, accounts,
-                               demand_lanes(spec, proposals, memory.demand_profiles),
-                               spec.planning.interval_seconds, cycle.multiplier)
+    # 5. Pacing and allocation: what the budget lets each target run, and why.
     allocation = pace(proposals, spec, accounts)
     # 8. Output: decisions with messages, spend, conditions and phase, memory.
     active = spec.mode == "Active"
