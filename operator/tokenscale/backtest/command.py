@@ -228,7 +228,8 @@ def _aggregate(docs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
     doc["seeds"] = rows
     for key in ("cost_ratio_vs_hpa_at_equal_slo", "gap_captured", "cost_ratio_vs_oracle",
                 "oracle_lower_bound_cost", "hpa_frontier_cost_at_tokenscale_slo",
-                "oracle_cost_at_tokenscale_slo", "goodput_vs_budget_oracle"):
+                "oracle_cost_at_tokenscale_slo", "goodput_vs_budget_oracle",
+                "goodput_vs_budget_oracle_same_split"):
         values = [d[key] for d in docs if d.get(key) is not None]
         if values:
             mean, lo, hi = interval95(values)
@@ -241,11 +242,12 @@ def _aggregate(docs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
                 "projection_abs_error_run_rate"):
         if all(key in d for d in docs):
             doc[key] = {f: _mean([d[key][f] for d in docs]) for f in docs[0][key]}
-    budget_oracles = [d["budget_oracle"] for d in docs if d.get("budget_oracle")]
-    if budget_oracles:
-        doc["budget_oracle"] = {k: (sum(b[k] for b in budget_oracles) / len(budget_oracles)
-                                    if isinstance(v, float) else v)
-                                for k, v in budget_oracles[0].items()}
+    for oracle_key in ("budget_oracle", "budget_oracle_same_split"):
+        budget_oracles = [d[oracle_key] for d in docs if d.get(oracle_key)]
+        if budget_oracles:
+            doc[oracle_key] = {k: (sum(b[k] for b in budget_oracles) / len(budget_oracles)
+                                   if isinstance(v, float) else v)
+                               for k, v in budget_oracles[0].items()}
     members = [d.get("frontier_member") for d in docs]
     doc["frontier_member"] = max(set(members), key=members.count)
     doc["wall_seconds"] = round(sum(d["wall_seconds"] for d in docs), 3)

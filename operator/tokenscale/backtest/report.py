@@ -168,6 +168,12 @@ def to_json(bt: Backtest, extra: dict[str, Any] | None = None) -> dict[str, Any]
             doc["goodput_vs_budget_oracle"] = (
                 round(ts["goodput_tokens"] / bo["goodput_tokens"], 6)
                 if bo.get("goodput_tokens") else None)
+        if bt.budget_oracle_same_split is not None:
+            split = _round(bt.policy_summary(bt.budget_oracle_same_split))
+            doc["budget_oracle_same_split"] = split
+            doc["goodput_vs_budget_oracle_same_split"] = (
+                round(ts["goodput_tokens"] / split["goodput_tokens"], 6)
+                if split.get("goodput_tokens") else None)
         doc["service_models"] = bt.service_models
         engine = bt.settings.engine
         assert engine is not None

@@ -126,6 +126,9 @@ class Backtest:
     oracles: list[dict[str, TargetRun]] = field(default_factory=list)
     #: under a binding cost budget: the best foresight schedule that never overruns it
     budget_oracle: dict[str, TargetRun] | None = None
+    #: the same, every target held to the cost tokenscale spent on it in each period: the
+    #: schedule's quality within tokenscale's own split of the budget between targets
+    budget_oracle_same_split: dict[str, TargetRun] | None = None
     #: per target: how the planner's fitted capacity within the SLO compares with the truth
     service_models: dict[str, dict[str, float | None]] = field(default_factory=dict)
     #: the period-end projections against the final spend (sim/projections.py)
@@ -214,10 +217,11 @@ class Backtest:
         return out
 
     def period_costs(self, runs: dict[str, TargetRun]) -> FloatArray:
-        """Cost per budget period, all targets together (currency)."""
+        """Cost per budget period of the targets in ``runs`` together (currency)."""
         per_second = np.zeros(self.horizon)
         for t in self.targets:
-            per_second += runs[t.name].paid * self.price * (t.cost_per_hour / 3600.0)
+            if t.name in runs:
+                per_second += runs[t.name].paid * self.price * (t.cost_per_hour / 3600.0)
         return np.bincount(self.period_index, weights=per_second,
                            minlength=len(self.period_starts)).astype(np.float64)
 
@@ -575,6 +579,38 @@ def _budget_oracle(w: _World, engine: EngineModel, bt: Backtest) -> dict[str, Ta
     return best[1] if best is not None else None
 
 
+def _budget_oracle_same_split(w: _World, engine: EngineModel, bt: Backtest,
+                              ts_runs: dict[str, TargetRun]) -> dict[str, TargetRun]:
+    """Per target, the foresight schedule (of the oracle family, shaved by the largest share
+    that fits) with the most goodput whose cost in every period is at most what tokenscale
+    spent on that target there: how well tokenscale used the money it gave each target,
+    apart from how it split the budget between them (by quality value per cost, not by
+    goodput)."""
+    out: dict[str, TargetRun] = {}
+    for i, (n, t) in enumerate(zip(w.names, w.targets, strict=True)):
+        limit = bt.period_costs({n: ts_runs[n]})
+        best: tuple[float, TargetRun] | None = None
+        for u in ORACLE_UTILIZATIONS:
+            per_replica = u * engine.decode_tokens_per_s
+            for smooth in ORACLE_SMOOTHING_S:
+                for hold in ORACLE_HOLD_S:
+                    wanted = foresight_ready(w.arrivals[i], per_replica, smooth, hold,
+                                             t.min_replicas, t.max_replicas)
+                    for share in BUDGET_SHARES:
+                        ready = np.maximum(np.floor(wanted * share).astype(np.int64),
+                                           max(t.min_replicas, 1))
+                        run = _admitted_run(w.arrivals[i],
+                                            requests_for_ready(ready, t.cold_start_s, w.price),
+                                            t, per_replica)
+                        if float(np.max(bt.period_costs({n: run}) - limit)) <= 1e-6:
+                            goodput = bt.target_summary(run, i).get("goodput_tokens", 0.0)
+                            if best is None or goodput > best[0]:
+                                best = (goodput, run)
+                            break
+        out[n] = best[1] if best is not None else ts_runs[n]
+    return out
+
+
 def _run_fixed(w: _World) -> dict[str, dict[str, TargetRun]]:
     """Static peak provisioning (and, in the fluid model, the token-wait oracle)."""
     cfg, util = w.cfg, w.spec.planning.target_utilization
@@ -687,4 +723,7 @@ def run_backtest(spec: TokenBudgetSpec, traces: dict[str, Trace],
         bt.runs["oracle"] = bt.pick_oracle(bt.policy_summary(ts_runs)["slo_attainment"])
         if _binding(bt, ts_runs) and cfg.engine is not None:
             bt.budget_oracle = _budget_oracle(w, cfg.engine, bt)
+            if len(w.targets) > 1:
+                bt.budget_oracle_same_split = _budget_oracle_same_split(w, cfg.engine, bt,
+                                                                        ts_runs)
     return bt
