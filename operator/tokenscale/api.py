@@ -246,6 +246,11 @@ class MetricsSpec(_Model):
 
     token_rate_query: str = Field("", max_length=4096, description="tokens/s by pod.")
     queue_query: str = Field("", max_length=4096, description="Waiting requests by pod.")
+    arrival_rate_query: str = Field(
+        "", max_length=4096,
+        description="Optional: a gateway's arriving tokens/s for this target (summed over the "
+        "series it returns), the demand before admission sheds or the engine queues any of "
+        "it. Without it the arrivals are estimated from the served rate and the queue.")
 
 
 class SloSpec(_Model):

@@ -15,6 +15,9 @@ Per target:
 * ``conflict``: another autoscaler on the workload; ``target_error``: the workload is missing.
 * ``latency_samples``: (tokens/s, mean inter-token latency in s) of each pod at each time step
   of the latency history, for the service model's fit.
+* ``recent_itl_seconds``: the mean inter-token latency the pods show over the last rate window
+  (the planner's SLO-breach signal); ``arrival_rate_samples``: a gateway's arriving tokens/s
+  (``metrics.arrivalRateQuery``), when the target names one.
 
 ``tokens_in_period`` is the tokens served since period start summed over the targets' pods.
 """
@@ -95,6 +98,9 @@ def build_observation(
             conflict=conflict,
             quality_samples=quality_samples(answers.fits.get(t.performance.query), ref),
             latency_samples=latency_samples(answers.itl.get(ref), answers.itl_rate.get(ref)),
+            arrival_rate_samples=arrival_samples(answers, t.metrics.arrival_rate_query,
+                                                 window_start),
+            recent_itl_seconds=recent_latency(answers.recent_itl, ref),
         )
     return Observation(targets=targets,
                        tokens_in_period=tokens_in_period(spec, answers, refs.values()))
@@ -192,6 +198,33 @@ def token_rate(
         problem = check_samples(summed, at, stale_after_seconds)
         error = problem[0] if problem else None
     return tuple((datetime.fromtimestamp(ts, UTC), v) for ts, v in summed), error
+
+
+def arrival_samples(answers: UrlAnswers, query: str, window_start: float) -> RateSamples:
+    """A gateway's arriving tokens/s for one target (``metrics.arrivalRateQuery``: every
+    series it returns, summed per timestamp) from ``window_start`` on; empty without the
+    query or when it failed (the planner then estimates the arrivals from the served rate and
+    the queue: an optional signal never holds a target)."""
+    answer = answers.overrides.get(("arrival", query)) if query else None
+    if not isinstance(answer, list):
+        return ()
+    summed = sum_by_time({str(i): s.samples for i, s in enumerate(answer)})
+    return tuple((datetime.fromtimestamp(ts, UTC), v) for ts, v in summed
+                 if ts >= window_start and math.isfinite(v) and v >= 0)
+
+
+def recent_latency(answer: Grouped, ref: WorkloadRef) -> float | None:
+    """The mean inter-token latency (s) the target's pods show now: the mean of each pod's
+    newest finite, positive value (pods without requests in the window give none); None
+    when unknown."""
+    if isinstance(answer, MetricFailure):
+        return None
+    group = answer.get(ref)
+    if group is None or group.failure:
+        return None
+    values = [samples[-1][1] for samples in group.pods.values()
+              if samples and math.isfinite(samples[-1][1]) and samples[-1][1] > 0]
+    return sum(values) / len(values) if values else None
 
 
 def waiting_requests(queue: Grouped, ref: WorkloadRef) -> tuple[float, str | None]:

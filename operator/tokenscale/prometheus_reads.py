@@ -7,7 +7,9 @@ the pods (:func:`tokenscale.adapters.promql.node_prices_query`).
 
 Per Prometheus URL and cycle: one range query of the token rate (tokens/s; window = the
 longest ``forecastWindowSeconds`` among the due budgets), one instant query of the queue
-(waiting requests), one ``increase()`` of tokens per distinct period start (budgets on the same
+(waiting requests), one instant query of the mean inter-token latency per pod over the rate
+window (what requests see now: above the SLO it is the planner's urgent signal), one
+``increase()`` of tokens per distinct period start (budgets on the same
 calendar period share it), and one query per distinct user override. The count does not grow
 with the number of budgets. The model-fit history of each ``performance.query`` is cached and
 re-read every :data:`FIT_REFRESH_SECONDS`, not every cycle; so is the service model's latency
@@ -73,7 +75,10 @@ LATENCY_RATE_WINDOW = "5m"
 #: How long past its timeout a user query may wait for a thread of the pool (s).
 USER_QUERY_GRACE_SECONDS = 1.0
 #: The spec field of each kind of override (in the operator's log).
-_QUERY_FIELD = {"rate": "tokenRateQuery", "queue": "queueQuery"}
+_QUERY_FIELD = {"rate": "tokenRateQuery", "queue": "queueQuery",
+                "arrival": "arrivalRateQuery"}
+#: user queries asked as range queries over the forecast window (the others: instant)
+_RANGE_KINDS = ("rate", "arrival")
 
 #: One answer grouped to workloads, or the failure of the whole query.
 Grouped = dict[WorkloadRef, TargetSeries] | MetricFailure
@@ -88,7 +93,8 @@ class UrlAnswers:
     ``at`` is the cycle's time (unix s, the operator's clock), ``window`` the range queried
     (s). ``rate`` (tokens/s) and ``queue`` (waiting requests) are the default queries' answers,
     ``increase`` the tokens served since period start keyed by the span (s) to that start,
-    ``overrides`` the raw answers of user queries keyed by ("rate" | "queue", query), and
+    ``overrides`` the raw answers of user queries keyed by ("rate" | "queue" | "arrival",
+    query), and
     ``fits`` the fit history per ``performance.query``. ``itl`` (mean inter-token latency,
     s) and ``itl_rate`` (tokens/s) are the per-pod latency history of the service model,
     grouped like the default answers; empty when not read or when the read failed.
@@ -107,6 +113,8 @@ class UrlAnswers:
     fits: dict[str, FitHistory] = field(default_factory=dict)
     itl: dict[WorkloadRef, TargetSeries] = field(default_factory=dict)
     itl_rate: dict[WorkloadRef, TargetSeries] = field(default_factory=dict)
+    #: mean inter-token latency (s) per pod over the rate window: what requests see now
+    recent_itl: Grouped = field(default_factory=dict)
     #: OpenCost's node prices per resource (gpu | cpu | ram; currency/h per unit) for the
     #: pods of targets priced by OpenCost, grouped like the default answers; None when no
     #: due target is, a failure when the query failed
@@ -181,7 +189,7 @@ def period_span_seconds(budget: api.BudgetSpec, at_unix: float) -> int:
 
 
 def override_queries(specs: Iterable[api.TokenBudgetSpec]) -> list[tuple[str, str]]:
-    """The distinct user queries, as sorted ("rate" | "queue", query) pairs."""
+    """The distinct user queries, as sorted ("rate" | "queue" | "arrival", query) pairs."""
     overrides: set[tuple[str, str]] = set()
     for s in specs:
         for t in s.targets:
@@ -189,6 +197,8 @@ def override_queries(specs: Iterable[api.TokenBudgetSpec]) -> list[tuple[str, st
                 overrides.add(("rate", t.metrics.token_rate_query))
             if t.metrics.queue_query:
                 overrides.add(("queue", t.metrics.queue_query))
+            if t.metrics.arrival_rate_query:
+                overrides.add(("arrival", t.metrics.arrival_rate_query))
     return sorted(overrides)
 
 
@@ -246,7 +256,8 @@ class PrometheusReads:
         put them with the others; a query not asked this cycle (the spec was edited
         meanwhile) reads Empty."""
         for t in spec.targets:
-            for key in (("rate", t.metrics.token_rate_query), ("queue", t.metrics.queue_query)):
+            for key in (("rate", t.metrics.token_rate_query), ("queue", t.metrics.queue_query),
+                        ("arrival", t.metrics.arrival_rate_query)):
                 if key[1] and key not in answers.overrides:
                     task = answers.pending.get(key)
                     answers.overrides[key] = (
@@ -355,7 +366,8 @@ class PrometheusReads:
         pending = {
             (kind, q): asyncio.create_task(self._user_answer(
                 url, _QUERY_FIELD[kind], q,
-                user_reader.range(q, start, at, step, timeout=user_timeout) if kind == "rate"
+                user_reader.range(q, start, at, step, timeout=user_timeout)
+                if kind in _RANGE_KINDS
                 else user_reader.instant(q, at, timeout=user_timeout),
                 user_timeout))
             for kind, q in override_queries(specs)
@@ -364,6 +376,8 @@ class PrometheusReads:
         own = [
             ("token rate", promql.token_rate_query(ns, self._settings.rate_window, engines)),
             ("queue", promql.queue_query(ns, engines)),
+            ("recent latency", promql.inter_token_latency_query(
+                ns, self._settings.rate_window, engines)),
             *(("tokens in period", promql.tokens_increase_query(span, ns, engines))
               for span in span_list),
         ]
@@ -391,8 +405,9 @@ class PrometheusReads:
             window=window,
             rate=group_answer(out[0], refs),
             queue=group_answer(out[1], refs),
+            recent_itl=group_answer(out[2], refs),
             increase={span: group_answer(answer, refs)
-                      for span, answer in zip(span_list, out[2:2 + len(span_list)],
+                      for span, answer in zip(span_list, out[3:3 + len(span_list)],
                                               strict=True)},
             overrides={},
             prices=group_prices(out[-1], priced) if priced else None,

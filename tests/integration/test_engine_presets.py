@@ -283,5 +283,6 @@ async def test_targets_of_several_engines_cost_no_more_queries_than_one_engine(
             counts.append((first, queries(metrics) - first))
         finally:
             reads.close()
-    # the first cycle also reads the latency history (two range queries)
-    assert counts == [(5, 3), (5, 3)]
+    # token rate, queue, recent latency, tokens in period; the first cycle also reads the
+    # latency history (two range queries)
+    assert counts == [(6, 4), (6, 4)]

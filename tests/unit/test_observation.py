@@ -310,3 +310,41 @@ def test_latency_samples_capped_by_default() -> None:
     both = TargetSeries({POD_A: points, POD_B: points})
     got = latency_samples(both, both)
     assert len(got) == 2000
+
+
+# ----------------------------------------------- arrivals at a gateway, latency seen now
+
+GATEWAY = 'sum(rate(gateway_tokens_total{model="llama"}[1m]))'
+
+
+def test_a_gateway_arrival_query_is_summed_over_its_series_within_the_window() -> None:
+    got = answers(rate=[pod(POD_A, (60, 1000.0))],
+                  overrides={("arrival", GATEWAY): [
+                      Series({"route": "a"}, ((AT - 900, 50.0), (AT - 60, 700.0))),
+                      Series({"route": "b"}, ((AT - 60, 800.0), (AT - 30, NAN)))]})
+    llama = observe(got, [target("llama", metrics={"arrivalRateQuery": GATEWAY})]
+                    ).targets["llama"]
+    assert llama.arrival_rate_samples == samples((60, 1500.0))  # 900 s ago: outside 600 s
+    assert llama.metrics_error is None
+
+
+@pytest.mark.parametrize("answer", [TIMEOUT, []], ids=["failed", "empty"])
+def test_a_failed_arrival_query_leaves_the_served_estimate_never_a_hold(answer: Answer) -> None:
+    got = answers(rate=[pod(POD_A, (60, 1000.0))], overrides={("arrival", GATEWAY): answer})
+    llama = observe(got, [target("llama", metrics={"arrivalRateQuery": GATEWAY})]
+                    ).targets["llama"]
+    assert llama.arrival_rate_samples == ()
+    assert llama.metrics_error is None and llama.token_rate_samples
+
+
+def test_the_latency_seen_now_is_the_mean_of_the_pods_newest_values() -> None:
+    got = answers(rate=[pod(POD_A, (60, 1000.0))])
+    recent = group_answer([pod(POD_A, (5, 0.04)), pod(POD_B, (5, 0.08)),
+                           pod(MISTRAL_POD, (5, 0.5))], [LLAMA, MISTRAL])
+    llama = observe(UrlAnswers(**{**got.__dict__, "recent_itl": recent})).targets["llama"]
+    assert llama.recent_itl_seconds == pytest.approx(0.06)
+    quiet = group_answer([pod(POD_A, (5, NAN))], [LLAMA, MISTRAL])  # no request: 0/0
+    assert observe(UrlAnswers(**{**got.__dict__, "recent_itl": quiet})
+                   ).targets["llama"].recent_itl_seconds is None
+    assert observe(UrlAnswers(**{**got.__dict__, "recent_itl": TIMEOUT})
+                   ).targets["llama"].recent_itl_seconds is None

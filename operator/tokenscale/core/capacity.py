@@ -23,8 +23,12 @@ arrival counter two corrections recover what the served rate hides:
 residual standard deviation ``σ`` (:func:`trend_spread`) is how far the rate strays from the
 forecast within the window. The planner provisions ``z × σ`` above the demand, with ``z`` the
 normal quantile of the target's ``slo.attainment`` (2.33 for 99 %): smooth traffic gets a thin
-margin, bursty traffic a wide one. ``headroom`` is an optional user floor under it:
-``max(demand × (1 + headroom), demand + z × σ)``.
+margin, bursty traffic a wide one. A level shift (a step, a restarted Prometheus' partial
+readings) widens the spread too, until it leaves the forecast window: the planner is careful for
+that long after a sudden change (measured cheaper overall than a fixed headroom; spreads over
+shorter windows or robust to shifts gave back most of the gain on the smooth ServeGen days).
+``headroom`` is an optional user floor under it: ``max(demand × (1 + headroom), demand + z ×
+σ)``.
 
 Queued requests add ``queue × tokensPerRequest / drainSeconds`` tokens/s, with
 ``tokensPerRequest`` from the observation or :data:`DEFAULT_TOKENS_PER_REQUEST`, and
