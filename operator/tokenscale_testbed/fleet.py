@@ -123,6 +123,9 @@ class ModelConfig:
     engine: EngineModel | None = None
     #: the serving engine whose /metrics format the pods speak: vllm | sglang | tgi
     server: str = "vllm"
+    #: the service level its requests are counted against (TTFT s, mean ITL s)
+    slo_ttft_seconds: float = 2.0
+    slo_itl_seconds: float = 0.05
 
     def __post_init__(self) -> None:
         if self.server not in SERVERS:
@@ -188,6 +191,14 @@ class ModelState:
     demand_rate: float = 0.0  # tokens/s offered in the last step
     served_total: float = 0.0
     offered_total: float = 0.0
+    #: a gateway in front of the model admits at most this many tokens/s (None: all), the
+    #: rate the operator publishes in status.targets[].admission; the rest is shed
+    admission: float | None = None
+    shed_total: float = 0.0  # tokens turned away at admission
+    #: requests completed, and those within the SLO (TTFT and ITL); shed ones count as
+    #: requests that missed it
+    requests_total: float = 0.0
+    requests_within_slo: float = 0.0
     #: (unix time, served_total) about once a second: the ground truth of tokens served
     served_log: collections.deque[tuple[float, float]] = field(
         default_factory=lambda: collections.deque(maxlen=SERVED_LOG_LENGTH))
@@ -247,6 +258,11 @@ def step(state: ModelState, t: float, dt_real: float) -> None:
     ready = state.ready
     backlog_before = state.backlog
     offered = max(0.0, cfg.demand(t)) * dt_real
+    if state.admission is not None:
+        shed = max(0.0, offered - max(0.0, state.admission) * dt_real)
+        offered -= shed
+        state.shed_total += shed
+        state.requests_total += shed / cfg.tokens_per_request
     capacity = len(ready) * cfg.tokens_per_replica_per_second * dt_real
     served = min(state.backlog + offered, capacity)
     state.backlog = state.backlog + offered - served
@@ -283,6 +299,9 @@ def _observe_latency(state: ModelState, ready: Sequence[Pod], served: float, uti
     ttft = wait + prompt / engine.prefill_tokens_per_s + itl
     e2e = ttft + max(output - 1.0, 0.0) * itl
     completed = served / len(ready) / cfg.tokens_per_request
+    state.requests_total += completed * len(ready)
+    if ttft <= cfg.slo_ttft_seconds and itl <= cfg.slo_itl_seconds:
+        state.requests_within_slo += completed * len(ready)
     for pod in ready:
         pod.kv_usage = kv_usage
         if completed > 0:

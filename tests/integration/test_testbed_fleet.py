@@ -100,6 +100,27 @@ def test_fifo_queue_serves_at_most_capacity_and_drains_the_backlog() -> None:
     assert pod.requests == pytest.approx(6.0)
 
 
+def test_a_gateway_sheds_above_the_admission_rate_and_requests_are_counted_against_the_slo(
+) -> None:
+    """Demand 5,000 tok/s on one 3,000 tok/s pod: unlimited, a backlog builds and every
+    request waits past the TTFT bound; admitting 2,400 tok/s sheds the rest, serves the
+    admitted ones within the SLO and counts the shed ones as misses."""
+    flooded, gated = ModelState(model(5000)), ModelState(model(5000))
+    gated.admission = 2400.0
+    for state in (flooded, gated):
+        state.desired = 1
+        state.pods = [Pod("llama-8b-a-b", 0.0, 0.0)]
+        for second in range(1, 11):
+            step(state, t=float(second), dt_real=1.0)
+    assert flooded.shed_total == 0 and flooded.backlog == pytest.approx(20000)
+    assert gated.shed_total == pytest.approx(26000) and gated.backlog == 0
+    assert gated.served_total == pytest.approx(24000)
+    # 1,000 tokens per request: 24 admitted within the SLO, 26 shed
+    assert gated.requests_total == pytest.approx(50)
+    assert gated.requests_within_slo == pytest.approx(24)
+    assert flooded.requests_within_slo < gated.requests_within_slo
+
+
 def test_metrics_exposition_in_both_spellings() -> None:
     state = ModelState(model(1000))
     state.pods = [Pod("llama-8b-x-y", 0.0, 0.0, ready=True, generation_tokens=12.5)]

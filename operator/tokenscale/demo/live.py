@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from tokenscale.demo import budgets as budgets_mod
 from tokenscale.demo.plan import DemoPlan
@@ -13,7 +14,7 @@ from tokenscale.demo.record import Recorder
 from tokenscale.demo.session import Session, StopSignal, rel
 from tokenscale.demo.stack import DemoError, Stack
 from tokenscale.demo.view import CLEAR, Header, progress_line, render
-from tokenscale_testbed.fleet import Fleet
+from tokenscale_testbed.fleet import Fleet, ModelState
 
 
 def make_header(session: Session, stack: Stack, plan: DemoPlan) -> Header:
@@ -68,9 +69,26 @@ def take_sample(session: Session, stack: Stack, rec: Recorder, header: Header,
     header.warning = operator_warning(stack, rec, elapsed)
     if header.warning and warn:
         session.say(f"WARNING: {header.warning}")
-    rates = {s.config.name: (s.demand_rate, s.served_rate, s.backlog)
-             for s in (fleet.states if fleet else [])}
-    rec.add(round(elapsed, 2), time.time(), snap, rates)
+    states = fleet.states if fleet else []
+    admit_at_gateway(states, snap)
+    rates = {s.config.name: (s.demand_rate, s.served_rate, s.backlog) for s in states}
+    service = {s.config.name: (s.requests_within_slo, s.requests_total,
+                               s.shed_total / s.offered_total if s.offered_total > 0 else 0.0)
+               for s in states}
+    rec.add(round(elapsed, 2), time.time(), snap, rates, service)
+
+
+def admit_at_gateway(states: list[ModelState], snap: dict[str, Any]) -> None:
+    """The demo's gateway: each model admits the token rate its TokenBudget publishes in
+    status.targets[].admission (target name = workload name), all of it when none is."""
+    admitted: dict[str, float] = {}
+    for budget in snap["tokenbudgets"]:
+        for target in (budget.get("status") or {}).get("targets") or []:
+            rate = (target.get("admission") or {}).get("tokensPerSecond")
+            if rate is not None:
+                admitted[str(target.get("name"))] = float(rate)
+    for state in states:
+        state.admission = admitted.get(state.config.name)
 
 
 def live_loop(session: Session, stack: Stack, plan: DemoPlan, rec: Recorder, header: Header,

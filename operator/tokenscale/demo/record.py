@@ -46,6 +46,10 @@ class TargetTrack:
     #: the operator's service model ("Spec 3,192" / "Fitted 2,870") and admitted tokens/s
     service: str = ""
     admission: float | None = None
+    #: requests within the SLO / all (shed ones included) since the start, and the share of
+    #: the offered tokens shed at the gateway (None: not known)
+    attainment: float | None = None
+    shed_share: float = 0.0
 
 
 @dataclass
@@ -235,9 +239,12 @@ class Recorder:
         })
 
     def add(self, t: float, wall: float, snap: dict[str, Any],
-            fleet_rates: dict[str, tuple[float, float, float]]) -> None:
+            fleet_rates: dict[str, tuple[float, float, float]],
+            service: dict[str, tuple[float, float, float]] | None = None) -> None:
         """One sample at ``t`` real seconds since the start (``wall``: unix time);
-        ``fleet_rates[name] = (demand, served, backlog)`` in tokens/s, tokens/s, tokens."""
+        ``fleet_rates[name] = (demand, served, backlog)`` in tokens/s, tokens/s, tokens;
+        ``service[name] = (requests within the SLO, requests, shed share of the tokens)``
+        since the start."""
         workloads = {o["metadata"]["name"]: o for o in
                      [*snap["deployments"], *snap["statefulsets"]]}
         statuses = {o["metadata"]["name"]: o.get("status") or {} for o in snap["tokenbudgets"]}
@@ -282,6 +289,9 @@ class Recorder:
                                   if model.get("capacityWithinSlo") is not None else "")
                 admitted = (st.get("admission") or {}).get("tokensPerSecond")
                 target.admission = float(admitted) if admitted is not None else None
+                within, requests, shed = (service or {}).get(name, (0.0, 0.0, 0.0))
+                target.attainment = within / requests if requests > 0 else None
+                target.shed_share = shed
 
     # ------------------------------------------------------------------ summary
 
@@ -325,6 +335,7 @@ class Recorder:
                     "maxReplicasSeen": max(t.replicas) if t.replicas else None,
                     "replicaChanges": len(changes) - 1 if changes else 0,
                     "reason": t.reason, "message": t.message,
+                    "sloAttainment": t.attainment, "shedShare": t.shed_share,
                     "replicas": changes,
                 })
             out.append(entry)

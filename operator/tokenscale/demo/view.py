@@ -90,8 +90,12 @@ def _target_line(t: TargetTrack) -> str:
     if desired is not None and desired != t.replicas[-1]:
         reps += f" -> {desired}"
     extra = f"  capacity/replica {t.service}" if t.service else ""
+    if t.attainment is not None:
+        extra += f"  SLO {100 * t.attainment:.1f}%"
     if t.admission is not None:
         extra += f"  admit {_num(t.admission)} tok/s"
+    if t.shed_share > 0:
+        extra += f" (shed {100 * t.shed_share:.0f}%)"
     return (f"    {t.name:<16}{t.kind:<12}{reps:<11}{_num(t.demand[-1]):>9}"
             f"{_num(t.served[-1]):>9}{_num(t.observed[-1]):>10}{_num(t.backlog):>9}  "
             f"{t.reason or '-'}{extra}")
