@@ -121,11 +121,11 @@ async def test_price_per_replica_from_opencost_node_prices(prometheus: Prometheu
         answers = (await reads.read(entries, time.time()))[prometheus.url]
     finally:
         reads.close()
-    # one more query than without OpenCost targets (3 + 2 latency history), for 3 budgets
+    # one more query than without OpenCost targets (4 + 2 latency history), for 3 budgets
     asked = sum(metrics.registry.get_sample_value("tokenscale_prometheus_queries_total",
                                                   {"kind": k}) or 0.0
                 for k in ("instant", "range"))
-    assert asked == 6
+    assert asked == 7
     prices = replica_prices(spec, NS, answers, WORKLOADS)
 
     # two pods on two nodes: the mean of their nodes' prices for 1 GPU, 8 CPU, 32 GiB
