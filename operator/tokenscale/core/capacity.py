@@ -71,7 +71,7 @@ import math
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from statistics import NormalDist
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from tokenscale.api import PlanningSpec, Reason, TargetSpec
 from tokenscale.core.types import RecommendationEntry, TargetObservation
@@ -96,7 +96,7 @@ class Demand(NamedTuple):
     margin: float = 0.0  # z x the samples' spread around their trend, tokens/s
     growth: float = 0.0  # the queue's growth since the last cycle, tokens/s
     censored: bool = False  # the served rate is at the admission rate: demand is above it
-    source: str = "served"  # "arrivals" (a gateway's counter) or "served"
+    source: Literal["served", "arrivals"] = "served"  # arrivals: a gateway's counter
 
 
 class Previous(NamedTuple):
