@@ -11,6 +11,7 @@ rate window) so a test of seconds has many steps; the queries are the operator's
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,8 @@ import pytest
 
 from tokenscale import api, prometheus_reads
 from tokenscale.adapters.kube import Workload
+from tokenscale.core.planner import plan
+from tokenscale.core.types import Memory, Observation
 from tokenscale.metrics import OperatorMetrics
 from tokenscale.observation import build_observation
 from tokenscale.prometheus_reads import PrometheusReads
@@ -54,6 +57,27 @@ def budget() -> BudgetEntry:
     spec = api.parse_spec({"budget": {"period": "Day", "maxCost": 1000},
                            "targets": [target(n) for n in UTILISATION]})
     return BudgetEntry(namespace=NS, name="fleet", body={}, spec=spec)
+
+
+async def _observe(settings: OperatorSettings, entry: BudgetEntry,
+                   workloads: dict[tuple[str, str], Workload]) -> Observation:
+    """One cycle's reads and observation, with a new reader."""
+    assert entry.spec is not None
+    reads = PrometheusReads(settings, OperatorMetrics())
+    try:
+        answers = (await reads.read([entry], time.time()))[settings.prometheus_url]
+    finally:
+        reads.close()
+    return build_observation(entry.spec, NS, answers, workloads, [], 120.0)
+
+
+async def _recent(settings: OperatorSettings, entry: BudgetEntry,
+                  workloads: dict[tuple[str, str], Workload]) -> dict[str, float] | None:
+    """Each model's latency seen now, once both are known."""
+    seen = await _observe(settings, entry, workloads)
+    got = {n: seen.targets[n].recent_itl_seconds for n in UTILISATION}
+    return {n: v for n, v in got.items() if v is not None} if all(
+        v is not None for v in got.values()) else None
 
 
 def queries(metrics: OperatorMetrics) -> float:
@@ -114,6 +138,17 @@ async def test_latency_pairs_from_the_fleet_rise_with_the_per_pod_load(
 
         pairs = await async_wait_for(converged, 60, interval=0.5,
                                      message="(tokens/s, ITL) pairs matching the engine model")
+        # the latency requests see now, from the cycle's own batched instant query: busy's
+        # 0.16 s is above the 50 ms SLO, so the planner adds a replica at once
+        now_read = await async_wait_for(lambda: _recent(settings, entry, workloads), 30,
+                                        interval=0.5, message="the latency seen now")
+        assert now_read["busy"] == pytest.approx(itl["busy"], rel=0.1)
+        assert now_read["half"] == pytest.approx(itl["half"], rel=0.1)
+        seen_now = await _observe(settings, entry, workloads)
+        decided = plan(spec, seen_now, Memory(), datetime.now(UTC)).decisions
+        assert decided["busy"].reason == "SloBreach", decided["busy"].message
+        assert decided["busy"].replicas >= REPLICAS + 1
+        assert decided["half"].reason != "SloBreach"
         half, busy = (pairs[n][-NEWEST:] for n in UTILISATION)
         # more load per pod, higher mean inter-token latency, pair by pair
         assert min(r for r, _ in busy) > 1.5 * max(r for r, _ in half)
