@@ -183,3 +183,21 @@ def test_base_is_valid_for_both() -> None:
            "metadata": {"name": "x"}, "spec": _base()}
     assert schema_errors(SCHEMA, obj) == []
     api.parse_spec(_base())
+
+
+def test_tokens_per_replica_per_second_is_optional_for_both() -> None:
+    """Planner v2 fits the capacity within the SLO from the latency histograms: a target
+    may leave it out (the schema and the models agree); a bad value is still refused."""
+    spec = _base()
+    for target in spec["targets"]:
+        target.pop("tokensPerReplicaPerSecond", None)
+    obj = {"apiVersion": "tokenscale.dev/v1alpha1", "kind": "TokenBudget",
+           "metadata": {"name": "x"}, "spec": spec}
+    assert schema_errors(SCHEMA, obj) == []
+    parsed = api.parse_spec(spec)
+    assert all(t.tokens_per_replica_per_second is None and t.capacity == 0.0
+               for t in parsed.targets)
+    spec["targets"][0]["tokensPerReplicaPerSecond"] = 0
+    assert schema_errors(SCHEMA, obj)
+    with pytest.raises(api.SpecError, match="tokensPerReplicaPerSecond"):
+        api.parse_spec(spec)
