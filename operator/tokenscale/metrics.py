@@ -70,6 +70,11 @@ class OperatorMetrics:
         self.budgets = Gauge(
             "tokenscale_tokenbudgets", "TokenBudgets served (valid and invalid).", registry=r
         )
+        self.budgets_yielded = Gauge(
+            "tokenscale_tokenbudgets_yielded",
+            "TokenBudgets of this shard still served by an older shard of another shard "
+            "configuration (while the shard count changes).", registry=r,
+        )
         self.prometheus_queries = Counter(
             "tokenscale_prometheus_queries", "Queries sent to Prometheus.", ("kind",), registry=r
         )

@@ -49,6 +49,7 @@ from tokenscale.registry import BudgetEntry, BudgetRegistry
 from tokenscale.reporting import Reporter
 from tokenscale.scaling import apply_plan
 from tokenscale.settings import OperatorSettings
+from tokenscale.sharding import Handoff
 from tokenscale.status import (
     build_status,
     invalid_status,
@@ -71,7 +72,10 @@ class Planner(Protocol):
 
 
 class ActivityGate(Protocol):
-    """Decides whether this operator replica may act (see :mod:`.adapters.peering`)."""
+    """Decides whether this operator replica may act (see :mod:`.adapters.peering`), and
+    which namespaces it leaves to older shards of another configuration (``handoff``)."""
+
+    handoff: Handoff
 
     async def check(self) -> bool: ...
 
@@ -114,7 +118,8 @@ class Reconciler:
         self._planner = planner
         self._clock = wall_clock
         self.prometheus = PrometheusReads(settings, metrics)
-        self.registry = BudgetRegistry(metrics, wall_clock, self.operator_problems)
+        self.registry = BudgetRegistry(metrics, wall_clock, self.operator_problems,
+                                       owns=settings.shard_spec.owns)
         self.reporter = Reporter(settings, kube, metrics, self.registry.forget)
         self.last_loop = time.monotonic()
         self.cycles = 0
@@ -142,7 +147,8 @@ class Reconciler:
 
     async def report_invalid(self, entry: BudgetEntry) -> None:
         """Write phase Invalid and SpecValid=False (with every problem) for a bad spec."""
-        if entry.spec is not None or entry.reported_invalid_key == entry.spec_key:
+        if (entry.spec is not None or entry.reported_invalid_key == entry.spec_key
+                or entry.yielded):
             return
         now = datetime.fromtimestamp(self._clock(), UTC)
         old = api.parse_status(entry.written)
@@ -169,6 +175,7 @@ class Reconciler:
                 if due:
                     try:
                         if await self.may_act():
+                            due = await self._take_over(due, now)
                             for entry in due:
                                 entry.in_flight = True
                             task = asyncio.create_task(
@@ -220,7 +227,32 @@ class Reconciler:
         self._acting = acting
         return acting
 
-    async def _refresh_from_api(self) -> None:
+    async def _take_over(self, due: list[BudgetEntry], now: float) -> list[BudgetEntry]:
+        """The ``due`` budgets this shard serves now: those an older shard of another
+        configuration still owns (:class:`tokenscale.sharding.Handoff`) are skipped this
+        tick; those it has just released are read again first (that shard wrote their
+        status meanwhile)."""
+        if self.gate is None:
+            return due
+        handoff = self.gate.handoff
+        served, released = [], []
+        for entry in due:
+            if handoff.yields(entry.namespace):
+                entry.yielded = True
+                entry.schedule_after(now)
+                continue
+            if entry.yielded:
+                released.append(entry)
+                entry.yielded = False
+            served.append(entry)
+        if released:
+            log.info("taking over %d TokenBudgets from a shard of another configuration",
+                     len(released))
+            await self._refresh_from_api(released)
+        self.metrics.budgets_yielded.set(sum(e.yielded for e in self.entries.values()))
+        return [e for e in served if (e.namespace, e.name) in self.entries]
+
+    async def _refresh_from_api(self, entries: list[BudgetEntry] | None = None) -> None:
         async def refresh(entry: BudgetEntry) -> None:
             try:
                 body = await self.kube.get_budget(entry.namespace, entry.name)
@@ -243,7 +275,8 @@ class Reconciler:
             async with limit:
                 await refresh(entry)
 
-        await asyncio.gather(*(bounded(e) for e in list(self.entries.values())))
+        chosen = list(self.entries.values()) if entries is None else entries
+        await asyncio.gather(*(bounded(e) for e in chosen))
 
     async def run_cycle(self, due: list[BudgetEntry], at_unix: float) -> None:
         """Observe once for all ``due`` budgets at ``at_unix`` (unix s), then plan, act and

@@ -44,6 +44,7 @@ class BudgetEntry:
     next_due: float = 0.0  # unix time (s) of the next planning
     reported_invalid_key: str | None = None
     in_flight: bool = False  # a cycle is planning it (never due twice at once)
+    yielded: bool = False  # left to an older shard of another configuration (handoff)
 
     @property
     def generation(self) -> int | None:
@@ -64,22 +65,27 @@ class BudgetEntry:
 
 class BudgetRegistry:
     """The watched TokenBudgets by (namespace, name); ``changed`` is set when one needs an
-    earlier planning than the loop is waiting for (a new or edited valid spec)."""
+    earlier planning than the loop is waiting for (a new or edited valid spec). ``owns``
+    (namespace -> bool) keeps only this shard's budgets; the others' events are ignored."""
 
     def __init__(
         self, metrics: OperatorMetrics, wall_clock: Callable[[], float],
         operator_problems: Callable[[api.TokenBudgetSpec], list[str]] | None = None,
+        owns: Callable[[str], bool] | None = None,
     ):
         self.entries: dict[tuple[str, str], BudgetEntry] = {}
         self.changed = asyncio.Event()
         self._metrics = metrics
         self._clock = wall_clock
         self._operator_problems = operator_problems
+        self._owns = owns
 
     def on_event(self, event_type: str | None, body: dict[str, Any]) -> BudgetEntry | None:
         """Record a watch event; returns the entry if its spec changed (to validate)."""
         meta = body.get("metadata") or {}
         key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        if self._owns is not None and not self._owns(key[0]):
+            return None  # another shard's (tokenscale.sharding)
         if event_type == "DELETED":
             self.forget(*key)
             return None

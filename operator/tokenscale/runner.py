@@ -1,9 +1,11 @@
 """`tokenscale run`: the kopf operator with its loop, /metrics and health endpoints.
 
 kopf settings used (see :func:`kopf_settings`): standalone unless ``TOKENSCALE_PEERING_NAME``
-is set; no finalizers and no progress annotations (only an event handler is registered);
-kopf's own handler-failure Events at WARNING and above; watch server timeout 300 s with a
-client timeout just above it; API request timeout from the settings.
+is set (with ``TOKENSCALE_SHARDS`` > 1, each shard peers under its own object,
+:mod:`tokenscale.sharding`); no finalizers and no progress annotations (only an event
+handler is registered); kopf's own handler-failure Events at WARNING and above; watch
+server timeout 300 s with a client timeout just above it; API request timeout from the
+settings.
 """
 
 from __future__ import annotations
@@ -48,9 +50,9 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     ks.watching.connect_timeout = 10
     ks.networking.request_timeout = settings.api_timeout_seconds * 3
     ks.networking.connect_timeout = 10
-    ks.peering.standalone = settings.peering_name is None
-    if settings.peering_name is not None:
-        ks.peering.name = settings.peering_name
+    ks.peering.standalone = settings.effective_peering_name is None
+    if settings.effective_peering_name is not None:
+        ks.peering.name = settings.effective_peering_name
     ks.peering.mandatory = False
     ks.peering.lifetime = settings.peering_lifetime_seconds
     return ks
@@ -147,9 +149,11 @@ async def operate(
     priority = settings.peering_priority
     if priority is None:
         priority = random.randint(1, 2**31 - 1)
-    if settings.peering_name is not None:
-        gate = PeeringGate(client, settings.peering_name, identity, priority,
-                           settings.api_timeout_seconds)
+    peering_name = settings.effective_peering_name
+    if settings.peering_name is not None and peering_name is not None:
+        gate = PeeringGate(client, peering_name, identity, priority,
+                           settings.api_timeout_seconds, base=settings.peering_name,
+                           shard=settings.shard_spec)
     offset = settings.clock_offset_seconds
     reconciler = Reconciler(settings, kube, metrics, gate=gate,
                             wall_clock=lambda: time.time() + offset)
@@ -167,16 +171,17 @@ async def operate(
         with contextlib.suppress(asyncio.CancelledError):
             await loop_task
 
-    log.info("tokenscale operator starting (namespaces: %s, prometheus: %s)",
-             ",".join(settings.namespaces) or "all", settings.prometheus_url)
+    log.info("tokenscale operator starting (namespaces: %s, shard %d of %d, peering: %s, "
+             "prometheus: %s)", ",".join(settings.namespaces) or "all", settings.shard,
+             settings.shards, peering_name or "standalone", settings.prometheus_url)
     try:
         await kopf.operator(
             registry=registry,
             settings=kopf_settings(settings),
             clusterwide=not settings.namespaces,
             namespaces=settings.namespaces,
-            standalone=settings.peering_name is None,
-            peering_name=settings.peering_name,
+            standalone=peering_name is None,
+            peering_name=peering_name,
             priority=priority,
             identity=Identity(identity),
             stop_flag=stop,

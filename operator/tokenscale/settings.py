@@ -9,10 +9,11 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tokenscale.allowlist import parse_entry
+from tokenscale.sharding import Shard, shard_peering_name
 
 _PROMQL_DURATION = re.compile(r"^[0-9]+(ms|s|m|h)$")
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -62,13 +63,25 @@ class OperatorSettings(BaseSettings):
         default_factory=list,
         description="Namespaces to serve; empty serves the whole cluster.",
     )
+    shards: int = Field(
+        1, ge=1, le=4096,
+        description="How many shards serve the cluster's TokenBudgets (1: this operator "
+        "serves all). Each shard is its own `tokenscale run` deployment with the same value "
+        "here and its own TOKENSCALE_SHARD; a budget belongs to shard "
+        "sha256(namespace) mod TOKENSCALE_SHARDS (tokenscale.sharding).",
+    )
+    shard: int = Field(
+        0, ge=0, le=4095, description="This operator's shard, 0 .. TOKENSCALE_SHARDS - 1."
+    )
     metrics_port: int = Field(8080, ge=0, le=65535, description="Port of /metrics (0: off).")
     health_port: int = Field(8081, ge=0, le=65535, description="Port of /healthz (0: off).")
     bind_address: str = Field("0.0.0.0", description="Address the HTTP endpoints listen on.")
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     peering_name: str | None = Field(
-        None, description="kopf peering object name; unset runs standalone (one replica)."
+        None, description="kopf peering object name; unset runs standalone (one replica). "
+        "With TOKENSCALE_SHARDS > 1 each shard uses <name>-shard-<i>-of-<n> "
+        "(effective_peering_name).",
     )
     peering_priority: int | None = Field(
         None, ge=0, le=2**31 - 1,
@@ -104,6 +117,25 @@ class OperatorSettings(BaseSettings):
         "while Prometheus is still asked in its own time. For rehearsing a period end or a "
         "DST change (and for the tests); 0 in production.",
     )
+
+    @model_validator(mode="after")
+    def _shard_in_range(self) -> OperatorSettings:
+        if self.shard >= self.shards:
+            raise ValueError(f"TOKENSCALE_SHARD={self.shard} is not below "
+                             f"TOKENSCALE_SHARDS={self.shards}")
+        return self
+
+    @property
+    def shard_spec(self) -> Shard:
+        """This operator's share of the budgets."""
+        return Shard(self.shard, self.shards)
+
+    @property
+    def effective_peering_name(self) -> str | None:
+        """The kopf peering object of this operator's shard (None: standalone)."""
+        if self.peering_name is None:
+            return None
+        return shard_peering_name(self.peering_name, self.shard, self.shards)
 
     @field_validator("namespaces", "prometheus_allowed_urls", mode="before")
     @classmethod
