@@ -126,3 +126,37 @@ def test_a_tokenbudget_cannot_name_a_target_in_another_namespace() -> None:
         "scaleTargetRef": {"name": "victim", "namespace": "kube-system"}}]}
     with pytest.raises(api.SpecError, match=r"scaleTargetRef\.namespace"):
         api.parse_spec(raw)
+
+
+def test_sharded_overlay_runs_one_peered_deployment_per_shard() -> None:
+    """manifests/sharded: per shard i of n a Deployment with TOKENSCALE_SHARD=i, the same
+    TOKENSCALE_SHARDS and peering name, its own selector, and the peering object the
+    operator derives (tokenscale.sharding); the unsharded Deployment is gone."""
+    from tokenscale.settings import OperatorSettings
+
+    out = subprocess.run([kubectl(), "kustomize", str(ROOT / "manifests" / "sharded")],
+                         check=True, capture_output=True, text=True).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    for doc in docs:
+        if doc["kind"] != "ClusterKopfPeering":  # a CRD's kind: no schema in the library
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        else:
+            assert "namespace" not in doc["metadata"]  # cluster-scoped
+    deployments = [d for d in docs if d["kind"] == "Deployment"]
+    peerings = {d["metadata"]["name"] for d in docs if d["kind"] == "ClusterKopfPeering"}
+    envs = [{e["name"]: e.get("value") for e in d["spec"]["template"]["spec"]["containers"][0]
+             ["env"]} for d in deployments]
+    settings = [OperatorSettings(shards=e["TOKENSCALE_SHARDS"], shard=e["TOKENSCALE_SHARD"],
+                                 peering_name=e["TOKENSCALE_PEERING_NAME"]) for e in envs]
+    count = settings[0].shards
+    assert count > 1 and {s.shards for s in settings} == {count}
+    assert sorted(s.shard for s in settings) == list(range(count))
+    assert peerings == {s.effective_peering_name for s in settings}
+    selectors = [json_key(d["spec"]["selector"]["matchLabels"]) for d in deployments]
+    assert len(set(selectors)) == count  # no shard's ReplicaSets adopt another's pods
+    assert all(d["spec"]["replicas"] >= 2 for d in deployments)  # a standby per shard
+    assert all(d["metadata"]["namespace"] == "tokenscale-system" for d in deployments)
+
+
+def json_key(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))

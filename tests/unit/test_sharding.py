@@ -113,3 +113,10 @@ def test_settings_of_a_shard() -> None:
     assert OperatorSettings(shards=4, shard=1).effective_peering_name is None
     with pytest.raises(ValidationError):
         OperatorSettings(shards=4, shard=4)
+
+
+def test_the_shard_command_names_each_namespaces_shard(capsys: pytest.CaptureFixture[str]) -> None:
+    from tokenscale.cli import main
+
+    assert main(["shard", "inference", "team-0000", "--shards", "4"]) == 0
+    assert capsys.readouterr().out == "inference\t1\nteam-0000\t0\n"
