@@ -1,6 +1,6 @@
 """Operator scale benchmark: N TokenBudgets (two targets each) on one `tokenscale run`.
 
-    python benchmarks/scale.py --budgets 1000 [--intervals 4] --json OUT.json
+    python benchmarks/scale.py --budgets 1000 [--intervals 4] [--shards N] --json OUT.json
 
 What runs (all on 127.0.0.1):
 
@@ -13,7 +13,9 @@ What runs (all on 127.0.0.1):
   (``promtool tsdb create-blocks-from openmetrics``) with a full forecast window of history
   so range queries have their steady-state size from the start;
 * the operator, ``python -m tokenscale.cli run``, as its own process (optionally under
-  ``py-spy record`` for the measured window, ``--profile``).
+  ``py-spy record`` for the measured window, ``--profile``); with ``--shards N``, N of them,
+  each with ``TOKENSCALE_SHARDS=N`` and its own ``TOKENSCALE_SHARD`` (standalone: the
+  benchmark measures the shards' work, not their standbys).
 
 Measured over ``--intervals`` planning intervals once every budget has a status and one more
 cycle has passed (window from just before a tick to just before the K-th tick after it):
@@ -29,6 +31,13 @@ cycle has passed (window from just before a tick to just before the K-th tick af
   ``--step-targets`` targets, 30% into the window; time from the step to the replicas change
   seen by the emulator (median; every value in ``scale_lags``). It includes Prometheus'
   scrape interval, the operator's rate window and the wait for the next planning tick.
+
+With shards, each figure above is also reported per shard (``per_shard``: ``cycle_seconds``,
+``prometheus_queries_per_cycle``, ``prometheus_errors_per_cycle``, ``cpu_cores``,
+``peak_rss_mb``, ``budgets``, ``cycles``), and the top-level keys combine them: the slowest
+shard's ``cycle_seconds``, the most ``prometheus_queries_per_cycle`` of a shard, the sum of
+``prometheus_errors_per_cycle`` and of ``cpu_cores``, the largest ``peak_rss_mb``; API
+requests and status patches per cycle are totals over the shards per planning interval.
 
 The test rig's own CPU (emulator, exporter, Prometheus) is reported apart (``rig_cpu_cores``).
 
@@ -55,7 +64,7 @@ from scale_rig import (  # noqa: E402
     Rig,
     start_emulator,
     start_exporter,
-    start_operator,
+    start_operators,
     start_prometheus,
     teardown,
     wait_first_statuses,
@@ -87,10 +96,10 @@ def _run(rig: Rig) -> dict[str, Any]:
     blocks = start_exporter(rig, origin, now)
     prom = start_prometheus(rig, blocks)
     kubeconfig = start_emulator(rig, origin, now)
-    op = start_operator(rig, kubeconfig, prom)
+    ops = start_operators(rig, kubeconfig, prom)
     first_status = wait_first_statuses(rig, origin, now)
     rig.say(f"all {cfg.budgets} TokenBudgets have a status {first_status:.1f}s after start")
-    fig = figures(measure_window(rig, op), op)
+    fig = figures(measure_window(rig, ops), ops)
     return result(cfg, fig, first_status, time.monotonic() - started)
 
 
@@ -107,17 +116,20 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, Path | None]:
     p.add_argument("--forecast-window", type=int, default=600,
                    help="spec.planning.forecastWindowSeconds (s)")
     p.add_argument("--step-targets", type=int, default=10, help="targets given a load step")
+    p.add_argument("--shards", type=int, default=1,
+                   help="operator processes, each serving one shard (TOKENSCALE_SHARDS)")
     p.add_argument("--profile", type=Path, help="py-spy raw (collapsed) profile of the window")
     p.add_argument("--keep", type=Path, help="copy the work dir (logs) here")
     p.add_argument("--json", type=Path, help="write the result here")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
-    if a.budgets < 1 or a.intervals < 1 or a.interval_seconds < 5:
-        p.error("--budgets >= 1, --intervals >= 1, --interval-seconds >= 5")
+    if a.budgets < 1 or a.intervals < 1 or a.interval_seconds < 5 or a.shards < 1:
+        p.error("--budgets >= 1, --intervals >= 1, --interval-seconds >= 5, --shards >= 1")
     cfg = Config(budgets=a.budgets, intervals=a.intervals, interval_seconds=a.interval_seconds,
                  budgets_per_namespace=a.budgets_per_namespace,
                  scrape_interval=a.scrape_interval, rate_window=a.rate_window,
                  forecast_window_seconds=a.forecast_window, step_targets=a.step_targets,
+                 shards=a.shards,
                  profile=a.profile, keep=a.keep, quiet=a.quiet)
     return cfg, a.json
 

@@ -101,27 +101,28 @@ def classify(counts: Counter[tuple[str, str]]) -> dict[str, int]:
 
 @dataclass
 class Snapshot:
-    """Counters at one instant: unix time ``at``, operator metrics, CPU seconds of the
-    operator and of each rig process, requests the emulator served by (method, path)."""
+    """Counters at one instant: unix time ``at``, each shard's operator metrics and CPU
+    seconds, CPU seconds of each rig process, requests the emulator served by (method, path).
+    """
 
     at: float
-    metrics: dict[str, float]
-    op_cpu: float
+    metrics: list[dict[str, float]]
+    op_cpu: list[float]
     rig_cpu: dict[str, float]
     requests: Counter[tuple[str, str]]
 
 
-def snapshot(rig: Rig, op: psutil.Process, metrics_first: bool) -> Snapshot:
-    """A :class:`Snapshot`; the /metrics scrape (which costs the operator CPU) is taken
+def snapshot(rig: Rig, ops: list[psutil.Process], metrics_first: bool) -> Snapshot:
+    """A :class:`Snapshot`; the /metrics scrapes (which cost the operators CPU) are taken
     before the CPU readings at the window's start and after them at its end."""
-    metrics = operator_metrics(rig.metrics_port) if metrics_first else {}
-    op_cpu = cpu_seconds(op)
+    metrics = [operator_metrics(port) for port in rig.metrics_ports] if metrics_first else []
+    op_cpu = [cpu_seconds(op) for op in ops]
     rig_cpu = {name: cpu_seconds(p) for name, p in rig.rig_processes().items()}
     requests: Counter[tuple[str, str]] = Counter(rig.api.call(lambda s: dict(s.counts))
                                                  if rig.api else {})
     at = time.time()
     if not metrics_first:
-        metrics = operator_metrics(rig.metrics_port)
+        metrics = [operator_metrics(port) for port in rig.metrics_ports]
     return Snapshot(at, metrics, op_cpu, rig_cpu, requests)
 
 
@@ -235,7 +236,7 @@ class Window:
     steps: list[tuple[str, str]]  # the stepped (namespace, deployment)
 
 
-def measure_window(rig: Rig, op: psutil.Process) -> Window:
+def measure_window(rig: Rig, ops: list[psutil.Process]) -> Window:
     """From just before a tick (one full cycle after now) to just before the K-th tick after
     it, with the load step 30% into the window and py-spy (``--profile``) over the rest."""
     cfg = rig.cfg
@@ -243,7 +244,7 @@ def measure_window(rig: Rig, op: psutil.Process) -> Window:
     lead = min(1.0, 0.05 * interval)
     begin = next_tick(time.time() + interval, interval) - lead
     sleep_until(begin)
-    s0 = snapshot(rig, op, metrics_first=True)
+    s0 = snapshot(rig, ops, metrics_first=True)
     sampled = sampled_budgets(cfg)
     status0 = rig.call(lambda s: sample_statuses(s, sampled), timeout=60)
     end = begin + cfg.intervals * interval
@@ -254,11 +255,11 @@ def measure_window(rig: Rig, op: psutil.Process) -> Window:
     step_load(rig, steps, watcher.step_at, STEP_TOKENS)
     watcher.start()
     if cfg.profile is not None:
-        start_profiler(rig, op.pid, end - time.time(), cfg.profile)
+        start_profiler(rig, ops[0].pid, end - time.time(), cfg.profile)
     rig.say(f"measuring {cfg.intervals} intervals of {interval:g}s; load step on "
             f"{len(steps)} targets")
     sleep_until(end)
-    s1 = snapshot(rig, op, metrics_first=False)
+    s1 = snapshot(rig, ops, metrics_first=False)
     events = rig.call(lambda s: events_by_reason(s, s0.at), timeout=60)
     status1 = rig.call(lambda s: sample_statuses(s, sampled), timeout=60)
     changes = significant_changes(status0, status1)
@@ -273,9 +274,26 @@ def measure_window(rig: Rig, op: psutil.Process) -> Window:
 
 
 @dataclass
+class ShardFigures:
+    """One shard's figures over the window: per its own cycles, CPU in cores, MB."""
+
+    budgets: float
+    cycles: float
+    cycle_seconds: float
+    prometheus_queries_per_cycle: float
+    prometheus_errors_per_cycle: float
+    status_patches_per_cycle: float
+    status_skipped_per_cycle: float
+    cpu_cores: float
+    peak_rss_mb: float
+    rss_mb_end: float
+
+
+@dataclass
 class Figures:
     """The window's figures, unrounded: per-cycle means over ``cycles`` (at least 1 in the
-    divisor), CPU in cores (CPU s / wall s), memory in MB, lags in s."""
+    divisor), CPU in cores (CPU s / wall s), memory in MB, lags in s. With shards the
+    top-level figures combine ``per_shard`` (see ``scale.py``)."""
 
     cycles: float
     wall_seconds: float
@@ -294,35 +312,58 @@ class Figures:
     rig_cpu_cores: dict[str, float]
     events: dict[str, int]  # Events posted in the window, by reason
     status_changes: Counter[str]  # significant changes of sampled statuses, by path
+    per_shard: list[ShardFigures]
 
 
-def figures(w: Window, op: psutil.Process) -> Figures:
-    """Differences of the window's two snapshots, per cycle or per wall second; the
-    operator's memory now."""
-    m0, m1 = w.start.metrics, w.end.metrics
+def shard_figures(m0: dict[str, float], m1: dict[str, float], cpu: float, wall: float,
+                  op: psutil.Process) -> ShardFigures:
+    """One shard's figures from its two metric snapshots and CPU seconds in the window."""
 
     def delta(prefix: str) -> float:
         return metric_sum(m1, prefix) - metric_sum(m0, prefix)
 
-    wall = w.end.at - w.start.at
     cycles = delta("tokenscale_cycles_total")
+    per = max(cycles, 1.0)
+    return ShardFigures(
+        budgets=metric_sum(m1, "tokenscale_tokenbudgets{"),
+        cycles=cycles,
+        cycle_seconds=delta("tokenscale_cycle_duration_seconds_sum") / per,
+        prometheus_queries_per_cycle=delta("tokenscale_prometheus_queries_total") / per,
+        prometheus_errors_per_cycle=delta("tokenscale_prometheus_errors_total") / per,
+        status_patches_per_cycle=delta("tokenscale_status_patches_total{outcome=sent") / per,
+        status_skipped_per_cycle=delta("tokenscale_status_patches_total{outcome=skipped")
+        / per,
+        cpu_cores=cpu / wall,
+        peak_rss_mb=peak_rss_mb(op.pid),
+        rss_mb_end=op.memory_info().rss / 2**20,
+    )
+
+
+def figures(w: Window, ops: list[psutil.Process]) -> Figures:
+    """Differences of the window's two snapshots, per cycle or per wall second, per shard and
+    combined; the operators' memory now."""
+    wall = w.end.at - w.start.at
+    shards = [shard_figures(m0, m1, c1 - c0, wall, op) for m0, m1, c0, c1, op in zip(
+        w.start.metrics, w.end.metrics, w.start.op_cpu, w.end.op_cpu, ops, strict=True)]
+    cycles = statistics.mean(s.cycles for s in shards)  # planning intervals, as one shard
     per = max(cycles, 1.0)
     by_kind_0, by_kind_1 = classify(w.start.requests), classify(w.end.requests)
     lags = sorted(w.lags.values())
     return Figures(
         cycles=cycles,
         wall_seconds=wall,
-        cycle_seconds=delta("tokenscale_cycle_duration_seconds_sum") / per,
-        prometheus_queries_per_cycle=delta("tokenscale_prometheus_queries_total") / per,
-        prometheus_errors_per_cycle=delta("tokenscale_prometheus_errors_total") / per,
+        cycle_seconds=max(s.cycle_seconds for s in shards),
+        prometheus_queries_per_cycle=max(s.prometheus_queries_per_cycle for s in shards),
+        prometheus_errors_per_cycle=sum(s.prometheus_errors_per_cycle for s in shards),
         api_requests_per_cycle_by_kind={k: (by_kind_1[k] - by_kind_0[k]) / per
                                         for k in by_kind_1},
-        status_patches_per_cycle=delta("tokenscale_status_patches_total{outcome=sent") / per,
-        status_skipped_per_cycle=delta("tokenscale_status_patches_total{outcome=skipped")
+        status_patches_per_cycle=sum(s.status_patches_per_cycle * s.cycles for s in shards)
         / per,
-        cpu_cores=(w.end.op_cpu - w.start.op_cpu) / wall,
-        peak_rss_mb=peak_rss_mb(op.pid),
-        rss_mb_end=op.memory_info().rss / 2**20,
+        status_skipped_per_cycle=sum(s.status_skipped_per_cycle * s.cycles for s in shards)
+        / per,
+        cpu_cores=sum(s.cpu_cores for s in shards),
+        peak_rss_mb=max(s.peak_rss_mb for s in shards),
+        rss_mb_end=max(s.rss_mb_end for s in shards),
         scale_lag_seconds=statistics.median(lags) if lags else None,
         scale_lags=lags,
         scale_lag_missing=len(w.steps) - len(lags),
@@ -330,5 +371,5 @@ def figures(w: Window, op: psutil.Process) -> Figures:
                        for k in w.end.rig_cpu},
         events=w.events,
         status_changes=w.status_changes,
+        per_shard=shards,
     )
-

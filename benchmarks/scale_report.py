@@ -48,11 +48,24 @@ def result(cfg: Config, fig: Figures, first_status: float, total: float) -> dict
         "budgets_per_namespace": cfg.budgets_per_namespace,
         "total_seconds": round(total, 1),
         "prometheus_errors_per_cycle": round(fig.prometheus_errors_per_cycle, 2),
+        "shards": cfg.shards,
+        "per_shard": [{
+            "budgets": int(s.budgets),
+            "cycles": s.cycles,
+            "cycle_seconds": round(s.cycle_seconds, 3),
+            "prometheus_queries_per_cycle": round(s.prometheus_queries_per_cycle, 2),
+            "prometheus_errors_per_cycle": round(s.prometheus_errors_per_cycle, 2),
+            "status_patches_per_cycle": round(s.status_patches_per_cycle, 1),
+            "cpu_cores": round(s.cpu_cores, 4),
+            "peak_rss_mb": round(s.peak_rss_mb, 1),
+            "rss_mb_end": round(s.rss_mb_end, 1),
+        } for s in fig.per_shard],
     }
 
 
 COLUMNS = [
     ("budgets", "TokenBudgets", "{:,}"),
+    ("shards", "shards", "{}"),
     ("cycle_seconds", "cycle s", "{:.2f}"),
     ("prometheus_queries_per_cycle", "Prom queries/cycle", "{:g}"),
     ("api_requests_per_cycle", "API requests/cycle", "{:,.0f}"),
@@ -86,4 +99,5 @@ def print_result(res: dict[str, Any]) -> None:
     """The table, then the details that do not fit in it as one JSON line (stdout)."""
     print(table([res]))
     print(json.dumps({k: res[k] for k in ("api_requests_per_cycle_by_kind", "rig_cpu_cores",
-                                           "scale_lags", "first_status_seconds")}))
+                                           "scale_lags", "first_status_seconds",
+                                           "prometheus_errors_per_cycle", "per_shard")}))

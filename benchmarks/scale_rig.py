@@ -98,9 +98,9 @@ class Rig:
     api: ApiServerThread | None = None
     prom: PrometheusServer | None = None
     exporter: subprocess.Popen[bytes] | None = None
-    operator: subprocess.Popen[bytes] | None = None
+    operators: list[subprocess.Popen[bytes]] = field(default_factory=list)  # one per shard
     profiler: subprocess.Popen[bytes] | None = None
-    metrics_port: int = 0
+    metrics_ports: list[int] = field(default_factory=list)  # one per shard
     exporter_port: int = 0
     log: list[str] = field(default_factory=list)
 
@@ -156,10 +156,11 @@ def start_exporter(rig: Rig, origin: float, now: float) -> Path:
 
 
 def start_prometheus(rig: Rig, blocks: Path) -> PrometheusServer:
-    """Prometheus, prefilled with ``blocks``, scraping the exporter and the operator."""
-    rig.metrics_port = free_port()
+    """Prometheus, prefilled with ``blocks``, scraping the exporter and the operators."""
+    rig.metrics_ports = [free_port() for _ in range(rig.cfg.shards)]
     rig.prom = PrefilledPrometheus(
-        blocks, targets=[f"127.0.0.1:{rig.exporter_port}", f"127.0.0.1:{rig.metrics_port}"],
+        blocks, targets=[f"127.0.0.1:{rig.exporter_port}",
+                         *(f"127.0.0.1:{port}" for port in rig.metrics_ports)],
         scrape_interval=rig.cfg.scrape_interval)
     rig.prom.start()
     prom = rig.prom
@@ -183,19 +184,25 @@ def start_emulator(rig: Rig, origin: float, now: float) -> Path:
     return write_kubeconfig(rig.work / "kubeconfig", rig.api.url)
 
 
-def start_operator(rig: Rig, kubeconfig: Path, prom: PrometheusServer) -> psutil.Process:
-    """``python -m tokenscale.cli run`` against the emulator and Prometheus."""
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig),
-           "TOKENSCALE_PROMETHEUS_URL": prom.url,
-           "TOKENSCALE_METRICS_PORT": str(rig.metrics_port),
-           "TOKENSCALE_HEALTH_PORT": str(free_port()),
-           "TOKENSCALE_BIND_ADDRESS": "127.0.0.1",
-           "TOKENSCALE_LOG_FORMAT": "text", "TOKENSCALE_LOG_LEVEL": "INFO",
-           "TOKENSCALE_RATE_WINDOW": rig.cfg.rate_window}
-    rig.operator = subprocess.Popen([sys.executable, "-m", "tokenscale.cli", "run"], env=env,
-                                    stdout=subprocess.DEVNULL,
-                                    stderr=(rig.work / "operator.log").open("wb"))
-    return psutil.Process(rig.operator.pid)
+def start_operators(rig: Rig, kubeconfig: Path, prom: PrometheusServer) -> list[psutil.Process]:
+    """One ``python -m tokenscale.cli run`` per shard (``TOKENSCALE_SHARDS``/``_SHARD``;
+    standalone, no peering) against the emulator and Prometheus."""
+    out = []
+    for shard, port in enumerate(rig.metrics_ports):
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig),
+               "TOKENSCALE_PROMETHEUS_URL": prom.url,
+               "TOKENSCALE_METRICS_PORT": str(port),
+               "TOKENSCALE_HEALTH_PORT": str(free_port()),
+               "TOKENSCALE_BIND_ADDRESS": "127.0.0.1",
+               "TOKENSCALE_LOG_FORMAT": "text", "TOKENSCALE_LOG_LEVEL": "INFO",
+               "TOKENSCALE_RATE_WINDOW": rig.cfg.rate_window,
+               "TOKENSCALE_SHARDS": str(rig.cfg.shards), "TOKENSCALE_SHARD": str(shard)}
+        log = rig.work / ("operator.log" if rig.cfg.shards == 1 else f"operator-{shard}.log")
+        proc = subprocess.Popen([sys.executable, "-m", "tokenscale.cli", "run"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+        rig.operators.append(proc)
+        out.append(psutil.Process(proc.pid))
+    return out
 
 
 def statuses(server: ApiServer, after: str) -> int:
@@ -208,13 +215,14 @@ def wait_first_statuses(rig: Rig, origin: float, now: float) -> float:
     """Wait until the operator has reported on every TokenBudget (newer than the status
     :func:`populate` wrote at ``now``); returns the seconds that took."""
     cfg = rig.cfg
-    oplog = rig.work / "operator.log"
     t0 = time.monotonic()
     created = str(running_status(origin, now)["lastReconcileTime"])
 
     def all_reported() -> bool:
-        if rig.operator is not None and rig.operator.poll() is not None:
-            raise RuntimeError(f"the operator exited: {tail(oplog)}")
+        for shard, proc in enumerate(rig.operators):
+            if proc.poll() is not None:
+                log = rig.work / ("operator.log" if cfg.shards == 1 else f"operator-{shard}.log")
+                raise RuntimeError(f"operator {shard} exited: {tail(log)}")
         return bool(rig.api and rig.api.call(lambda s: statuses(s, created), timeout=60)
                     >= cfg.budgets)
 
@@ -242,7 +250,7 @@ def start_profiler(rig: Rig, pid: int, seconds: float, out: Path) -> None:
 
 def teardown(rig: Rig) -> None:
     """Stop the processes (all at once), Prometheus and the emulator."""
-    procs = [p for p in (rig.profiler, rig.operator, rig.exporter)
+    procs = [p for p in (rig.profiler, *rig.operators, rig.exporter)
              if p is not None and p.poll() is None]
     for proc in procs:  # all at once: the operator's graceful stop takes a few seconds
         proc.terminate()

@@ -37,6 +37,7 @@ class Config:
     rate_window: str = "1m"
     forecast_window_seconds: int = 600
     step_targets: int = 10
+    shards: int = 1
     profile: Path | None = None
     keep: Path | None = None
     quiet: bool = False

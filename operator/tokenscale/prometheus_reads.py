@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -205,8 +205,10 @@ def override_queries(specs: Iterable[api.TokenBudgetSpec]) -> list[tuple[str, st
 class PrometheusReads:
     """The Prometheus side of each cycle: one reader per (URL, timeout), the fit cache."""
 
-    def __init__(self, settings: OperatorSettings, metrics: OperatorMetrics):
+    def __init__(self, settings: OperatorSettings, metrics: OperatorMetrics,
+                 served_namespaces: Callable[[], Iterable[str]] | None = None):
         self._settings = settings
+        self._served_namespaces = served_namespaces
         self._metrics = metrics
         self.allowlist = PrometheusAllowlist(settings.prometheus_url,
                                              settings.prometheus_allowed_urls)
@@ -225,6 +227,14 @@ class PrometheusReads:
         #: (url, engines) -> (unix time read, mean ITL series, token rate series)
         self._latency_cache: dict[tuple[str, tuple[str, ...]],
                                   tuple[float, list[Series], list[Series]]] = {}
+
+    def namespaces(self) -> list[str]:
+        """The namespaces the batched queries are restricted to (``namespace=~``; empty: all):
+        ``TOKENSCALE_NAMESPACES``; a shard (``TOKENSCALE_SHARDS`` > 1) adds no more than the
+        namespaces of the budgets it serves, so its answers cover its own pods only."""
+        if self._settings.shards <= 1 or self._served_namespaces is None:
+            return list(self._settings.namespaces)
+        return sorted(set(self._served_namespaces())) or list(self._settings.namespaces)
 
     def url_for(self, spec: api.TokenBudgetSpec) -> str:
         """The Prometheus a budget reads (its own, else the operator's default), in the
@@ -360,7 +370,7 @@ class PrometheusReads:
         step = max(1.0, math.ceil(window / RANGE_POINTS))
         at = datetime.fromtimestamp(at_unix, UTC)
         start = at - timedelta(seconds=window)
-        ns = self._settings.namespaces
+        ns = self.namespaces()
         span_list = sorted({period_span_seconds(s.budget, at_unix) for s in specs})
         user_reader, user_timeout = self._user_reader(url), self._user_timeout(specs)
         pending = {
@@ -448,7 +458,7 @@ class PrometheusReads:
             self._user_answer(url, "performance.query", query, self._user_reader(url).range(
                 query, start, end, FIT_STEP_SECONDS, timeout=timeout), timeout),
             self._attempt(reader.range(
-                promql.token_rate_query(self._settings.namespaces, "5m", engines),
+                promql.token_rate_query(self.namespaces(), "5m", engines),
                 start, end, FIT_STEP_SECONDS)),
         )
         if isinstance(rates, MetricFailure):
@@ -472,7 +482,7 @@ class PrometheusReads:
         if cached is None or at - cached[0] >= FIT_REFRESH_SECONDS:
             end = datetime.fromtimestamp(at, UTC)
             start = end - timedelta(seconds=LATENCY_HISTORY_SECONDS)
-            ns = self._settings.namespaces
+            ns = self.namespaces()
             itl, rates = await asyncio.gather(
                 self._attempt(reader.range(
                     promql.inter_token_latency_query(ns, LATENCY_RATE_WINDOW, engines),

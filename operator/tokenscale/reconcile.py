@@ -117,7 +117,8 @@ class Reconciler:
         self.metrics = metrics
         self._planner = planner
         self._clock = wall_clock
-        self.prometheus = PrometheusReads(settings, metrics)
+        self.prometheus = PrometheusReads(
+            settings, metrics, served_namespaces=lambda: (ns for ns, _ in self.entries))
         self.registry = BudgetRegistry(metrics, wall_clock, self.operator_problems,
                                        owns=settings.shard_spec.owns)
         self.reporter = Reporter(settings, kube, metrics, self.registry.forget)

@@ -69,6 +69,8 @@ class _NotJson(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(b"<html>not prometheus</html>")
 
+    do_POST = do_GET  # the operator POSTs its own queries as forms, as Prometheus allows
+
     def log_message(self, *args: object) -> None:
         pass
 

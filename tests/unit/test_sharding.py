@@ -120,3 +120,20 @@ def test_the_shard_command_names_each_namespaces_shard(capsys: pytest.CaptureFix
 
     assert main(["shard", "inference", "team-0000", "--shards", "4"]) == 0
     assert capsys.readouterr().out == "inference\t1\nteam-0000\t0\n"
+
+
+def test_a_shards_batched_queries_cover_only_the_namespaces_it_serves() -> None:
+    from tokenscale.adapters import promql
+    from tokenscale.metrics import OperatorMetrics
+    from tokenscale.prometheus_reads import PrometheusReads
+
+    served = ["team-b", "team-a", "team-b"]
+    shard = PrometheusReads(OperatorSettings(shards=2, shard=1), OperatorMetrics(),
+                            served_namespaces=lambda: served)
+    assert shard.namespaces() == ["team-a", "team-b"]
+    assert 'namespace=~"team\\\\-a|team\\\\-b"' in promql.queue_query(shard.namespaces())
+    single = PrometheusReads(OperatorSettings(namespaces="x,y"), OperatorMetrics(),
+                             served_namespaces=lambda: served)
+    assert single.namespaces() == ["x", "y"]  # unsharded: the setting (empty: everything)
+    shard.close()
+    single.close()

@@ -195,10 +195,8 @@ class PrometheusReader:
         try:
             if self.limits is not None:
                 result = self._bounded_request(kind, query, params, seconds, self.limits)
-            elif kind == "instant":
-                result = self._client.custom_query(query, params=params, timeout=seconds)
             else:
-                result = self._range_request(query, params, seconds)
+                result = self._form_request(kind, query, params, seconds)
         except requests.JSONDecodeError as exc:  # also a RequestException: check first
             raise MetricFailure("BadResponse", f"not JSON: {exc}"[:500]) from None
         except requests.TooManyRedirects as exc:  # max_redirects = 0
@@ -223,13 +221,17 @@ class PrometheusReader:
                       for s in series]
         return series
 
-    def _range_request(self, query: str, params: dict[str, str], seconds: float) -> Any:
-        # custom_query_range wants datetimes and a step string; the raw call keeps float
-        # precision and the same error handling as custom_query.
+    def _form_request(
+        self, kind: str, query: str, params: dict[str, str], seconds: float
+    ) -> Any:
+        # POSTed as a form (Prometheus' API accepts both): a shard's batched queries carry a
+        # namespace matcher with hundreds of names, too long for some proxies' URL limits.
+        # The raw call keeps float precision and custom_query's error handling.
+        endpoint = "query" if kind == "instant" else "query_range"
         response = self._client._session.request(
-            method="GET",
-            url=f"{self.url}/api/v1/query_range",
-            params={"query": query, **params},
+            method="POST",
+            url=f"{self.url}/api/v1/{endpoint}",
+            data={"query": query, **params},
             timeout=seconds,
         )
         if response.status_code != 200:
