@@ -1,9 +1,10 @@
-"""One cycle's Kubernetes reads, one set of LISTs per namespace for all due budgets.
+"""One cycle's Kubernetes reads of workloads and autoscalers, per namespace of the due budgets.
 
-Per namespace: one LIST per workload kind the due budgets scale (Deployments, StatefulSets
-only if used) and one LIST of other autoscalers (HPAs and KEDA ScaledObjects). A failed LIST
-is kept as its :class:`KubeError`, so the budgets of that namespace can say why they were not
-planned.
+From the watch-based cache (:class:`tokenscale.adapters.informer.WorkloadCache`, no request)
+where its informers have synced; else one set of LISTs per namespace: one LIST per workload
+kind the due budgets scale (Deployments, StatefulSets only if used) and one LIST of other
+autoscalers (HPAs and KEDA ScaledObjects). A failed LIST is kept as its :class:`KubeError`,
+so the budgets of that namespace can say why they were not planned.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from tokenscale.adapters.informer import WorkloadCache
 from tokenscale.adapters.kube import Autoscaler, KubeAdapter, KubeError, Workload
 from tokenscale.registry import BudgetEntry
 
@@ -53,8 +55,19 @@ async def read_namespace(kube: KubeAdapter, namespace: str, kinds: set[str]) -> 
     return NamespaceState(workloads, autoscalers)
 
 
-async def read_namespaces(kube: KubeAdapter, due: list[BudgetEntry]) -> dict[str, NamespaceState]:
-    """The state of every namespace with a ``due`` budget, read concurrently."""
+async def read_namespaces(
+    kube: KubeAdapter, due: list[BudgetEntry], cache: WorkloadCache | None = None
+) -> dict[str, NamespaceState]:
+    """The state of every namespace with a ``due`` budget: from ``cache`` where it can
+    answer, the others LISTed concurrently."""
     kinds = kinds_by_namespace(due)
-    states = await asyncio.gather(*(read_namespace(kube, ns, k) for ns, k in kinds.items()))
-    return dict(zip(kinds, states, strict=True))
+    out: dict[str, NamespaceState] = {}
+    if cache is not None:
+        for ns, k in kinds.items():
+            cached = cache.read(ns, k)
+            if cached is not None:
+                out[ns] = NamespaceState(*cached)
+    rest = [ns for ns in kinds if ns not in out]
+    states = await asyncio.gather(*(read_namespace(kube, ns, kinds[ns]) for ns in rest))
+    out.update(zip(rest, states, strict=True))
+    return out

@@ -7,9 +7,9 @@ keep its registry current (:meth:`Reconciler.on_event`, :mod:`tokenscale.registr
 one *cycle*:
 
 1. observe, once for all due budgets: Prometheus batched per URL
-   (:mod:`tokenscale.prometheus_reads`) and Kubernetes LISTs per namespace
-   (:mod:`tokenscale.namespace_reads`); then per budget, once the answers to its own user
-   queries are in (each by its own deadline), the pure
+   (:mod:`tokenscale.prometheus_reads`) and the workloads per namespace from the
+   informers' cache, else LISTs (:mod:`tokenscale.namespace_reads`); then per budget, once
+   the answers to its own user queries are in (each by its own deadline), the pure
    :func:`tokenscale.observation.build_observation`;
 2. plan, per budget: the pure planner (:func:`tokenscale.core.planner.plan`);
 3. act: replicas patched through the scale subresource (Active mode only, never on
@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from tokenscale import api
+from tokenscale.adapters.informer import WorkloadCache
 from tokenscale.adapters.kube import KubeAdapter, KubeError
 from tokenscale.core.types import Memory, Observation, Plan
 from tokenscale.metrics import OperatorMetrics
@@ -109,9 +110,11 @@ class Reconciler:
         planner: Planner | None = None,
         wall_clock: Callable[[], float] = time.time,
         gate: ActivityGate | None = None,
+        workloads: WorkloadCache | None = None,
     ):
         self.settings = settings
         self.gate = gate
+        self.workloads = workloads  # None: LISTs per namespace and cycle
         self._acting = gate is None  # with a gate: refresh from the API when it opens
         self.kube = kube
         self.metrics = metrics
@@ -287,7 +290,7 @@ class Reconciler:
         for entry in due:
             entry.schedule_after(at_unix)
         answers = await self.prometheus.read(due, at_unix)
-        namespaces = await read_namespaces(self.kube, due)
+        namespaces = await read_namespaces(self.kube, due, self.workloads)
         limit = asyncio.Semaphore(self.settings.concurrency)
 
         async def one(entry: BudgetEntry) -> None:

@@ -25,6 +25,7 @@ from aiohttp import web
 from kopf._core.engines.peering import Identity  # kopf exports no public name for it
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from tokenscale.adapters.informer import WorkloadCache
 from tokenscale.adapters.kube import KubeAdapter, load_client
 from tokenscale.adapters.peering import PeeringGate
 from tokenscale.handlers import register
@@ -155,8 +156,12 @@ async def operate(
                            settings.api_timeout_seconds, base=settings.peering_name,
                            shard=settings.shard_spec)
     offset = settings.clock_offset_seconds
+    shard = settings.shard_spec
+    cache = (WorkloadCache(client, settings.namespaces, shard.owns,
+                           settings.api_timeout_seconds).start()
+             if settings.workload_watch else None)
     reconciler = Reconciler(settings, kube, metrics, gate=gate,
-                            wall_clock=lambda: time.time() + offset)
+                            wall_clock=lambda: time.time() + offset, workloads=cache)
     registry = kopf.OperatorRegistry()
     register(registry, reconciler)
     endpoints = Endpoints(settings, metrics, reconciler, ready)
@@ -193,6 +198,8 @@ async def operate(
         with contextlib.suppress(asyncio.CancelledError):
             await loop_task
         await endpoints.stop()
+        if cache is not None:
+            cache.stop()
         reconciler.close()
         kube.close()
 

@@ -73,6 +73,13 @@ class OperatorSettings(BaseSettings):
     shard: int = Field(
         0, ge=0, le=4095, description="This operator's shard, 0 .. TOKENSCALE_SHARDS - 1."
     )
+    workload_watch: bool = Field(
+        True,
+        description="Read workloads (Deployments, StatefulSets) and autoscalers (HPAs, KEDA "
+        "ScaledObjects) from watches (an informer cache: no request per cycle) instead of "
+        "LISTs per namespace and cycle. Needs list and watch on them: cluster-wide, or in "
+        "each namespace of TOKENSCALE_NAMESPACES (four watches per namespace).",
+    )
     metrics_port: int = Field(8080, ge=0, le=65535, description="Port of /metrics (0: off).")
     health_port: int = Field(8081, ge=0, le=65535, description="Port of /healthz (0: off).")
     bind_address: str = Field("0.0.0.0", description="Address the HTTP endpoints listen on.")

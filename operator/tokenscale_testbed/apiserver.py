@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import collections
 import contextlib
 import json
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -284,10 +285,10 @@ class ApiServer:
             items = store.select(target, query)
             if _wants_table(request):
                 return web.json_response(table(rtype, items, query, store.rv))
+            items, meta = _page(items, query, str(store.rv))
             return web.json_response({
                 "kind": rtype.list_kind, "apiVersion": rtype.group_version,
-                "metadata": {"resourceVersion": str(store.rv)},
-                "items": [served(rtype, o) for o in items]})
+                "metadata": meta, "items": [served(rtype, o) for o in items]})
         if method == "POST":
             body = await _body(request)
             created = store.create(target, body, "dryRun" in query)
@@ -438,6 +439,37 @@ class ApiServerThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _page(items: list[Obj], query: Mapping[str, str], rv: str) -> tuple[list[Obj], Obj]:
+    """One page of a LIST (``limit``, ``continue``) in key order (namespace, name), and the
+    list's metadata: the resourceVersion of the first page and, if more follow, the
+    ``continue`` token of the next. Unlike etcd, later pages are not a snapshot of the first
+    page's version: a change between pages shows up there *and* in a watch from that version
+    (a client that applies both ends up right). Without ``limit``/``continue``: every item in
+    store order."""
+    raw_limit, token = query.get("limit"), query.get("continue")
+    if not raw_limit and not token:
+        return items, {"resourceVersion": rv}
+    try:
+        limit = int(raw_limit or 0)
+        after: list[str] = []
+        if token:
+            decoded = json.loads(base64.urlsafe_b64decode(token.encode()))
+            rv, after = str(decoded["rv"]), [str(k) for k in decoded["after"]]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ApiError(400, f"invalid limit or continue token: {e}") from e
+
+    def key(o: Obj) -> list[str]:
+        return [str(o["metadata"].get("namespace") or ""), str(o["metadata"]["name"])]
+
+    rest = sorted((o for o in items if key(o) > after), key=key)
+    meta: Obj = {"resourceVersion": rv}
+    if 0 < limit < len(rest):
+        rest = rest[:limit]
+        meta["continue"] = base64.urlsafe_b64encode(
+            json.dumps({"rv": rv, "after": key(rest[-1])}).encode()).decode()
+    return rest, meta
 
 
 def write_kubeconfig(path: str | Path, url: str, namespace: str = "default") -> Path:

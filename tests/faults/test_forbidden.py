@@ -36,7 +36,7 @@ def test_forbidden_workload_list_is_reported_and_scales_nothing(
     create(apiserver, "tokenscale.dev/v1alpha1", "tokenbudgets",
            budget(NS, "chat", [target("llama")], prometheus_url=url))
     apiserver.call(lambda s: s.inject_fault(
-        "GET", f"/apis/apps/v1/namespaces/{NS}/deployments$", 403, times=10_000,
+        "GET", f"/apis/apps/v1/(namespaces/{NS}/)?deployments$", 403, times=10_000,
         message='deployments.apps is forbidden: User "system:serviceaccount:tokenscale-system'
                 ':tokenscale" cannot list resource "deployments"'))
     with operators(OperatorProcess(kubeconfig, url)) as (op,):

@@ -74,8 +74,8 @@ ALLOWED = {
     ("tokenscale.dev", "tokenbudgets/status"): {"get", "patch"},
     ("apps", "deployments/scale"): {"get", "patch"},
     ("apps", "statefulsets/scale"): {"get", "patch"},
-    ("apps", "deployments"): {"list"},  # replica counts of a namespace in one call
-    ("apps", "statefulsets"): {"list"},
+    ("apps", "deployments"): {"list", "watch"},  # replica counts: an informer cache
+    ("apps", "statefulsets"): {"list", "watch"},
     ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch"},
     ("keda.sh", "scaledobjects"): {"get", "list", "watch"},
     ("", "events"): {"create", "patch"},

@@ -134,6 +134,29 @@ class Autoscaler:
         return f"{self.kind} {self.name}"
 
 
+def workload_of(kind: str, item: dict[str, Any]) -> Workload:
+    """The replica counts of a Deployment or StatefulSet object (``kind``) and what one
+    replica requests."""
+    spec = item.get("spec") or {}
+    replicas = spec.get("replicas")
+    return Workload(
+        kind=kind,
+        name=str((item.get("metadata") or {}).get("name", "")),
+        replicas=int(replicas) if replicas is not None else 1,
+        ready_replicas=int((item.get("status") or {}).get("readyReplicas") or 0),
+        requests=replica_requests(spec.get("template")),
+    )
+
+
+def autoscaler_of(kind: str, item: dict[str, Any]) -> Autoscaler:
+    """An HPA or KEDA ScaledObject (``kind``) and the workload it scales (a ScaledObject's
+    default kind is Deployment)."""
+    ref = (item.get("spec") or {}).get("scaleTargetRef") or {}
+    default_kind = "Deployment" if kind == "ScaledObject" else ""
+    return Autoscaler(kind, str((item.get("metadata") or {}).get("name", "")),
+                      str(ref.get("kind") or default_kind), str(ref.get("name", "")))
+
+
 def load_client(
     timeout_seconds: float = 10.0, kubeconfig: str | None = None
 ) -> kubernetes.client.ApiClient:
@@ -232,21 +255,8 @@ class KubeAdapter:
             else self._apps.list_namespaced_stateful_set
         )
         answer = await self._call(fn, namespace)
-        out = {}
-        for item in answer.get("items") or []:
-            meta = item.get("metadata") or {}
-            spec = item.get("spec") or {}
-            status = item.get("status") or {}
-            name = str(meta.get("name", ""))
-            replicas = spec.get("replicas")
-            out[name] = Workload(
-                kind=kind,
-                name=name,
-                replicas=int(replicas) if replicas is not None else 1,
-                ready_replicas=int(status.get("readyReplicas") or 0),
-                requests=replica_requests(spec.get("template")),
-            )
-        return out
+        listed = [workload_of(kind, item) for item in answer.get("items") or []]
+        return {w.name: w for w in listed}
 
     async def read_scale(self, namespace: str, kind: str, name: str) -> int:
         """spec.replicas from the workload's scale subresource (autoscaling/v1 Scale)."""
@@ -287,14 +297,7 @@ class KubeAdapter:
             if exc.status != 404:
                 raise
             hpas = {}
-        for item in hpas.get("items") or []:
-            ref = (item.get("spec") or {}).get("scaleTargetRef") or {}
-            found.append(Autoscaler(
-                "HorizontalPodAutoscaler",
-                str((item.get("metadata") or {}).get("name", "")),
-                str(ref.get("kind", "")),
-                str(ref.get("name", "")),
-            ))
+        found.extend(autoscaler_of("HorizontalPodAutoscaler", i) for i in hpas.get("items") or [])
         if time.monotonic() >= self._keda_absent_until:
             try:
                 scaled = await self._call(
@@ -306,14 +309,7 @@ class KubeAdapter:
                     raise
                 self._keda_absent_until = time.monotonic() + self._keda_recheck
                 scaled = {}
-            for item in scaled.get("items") or []:
-                ref = (item.get("spec") or {}).get("scaleTargetRef") or {}
-                found.append(Autoscaler(
-                    "ScaledObject",
-                    str((item.get("metadata") or {}).get("name", "")),
-                    str(ref.get("kind") or "Deployment"),
-                    str(ref.get("name", "")),
-                ))
+            found.extend(autoscaler_of("ScaledObject", i) for i in scaled.get("items") or [])
         return found
 
     # ------------------------------------------------------------------ TokenBudgets
