@@ -6,9 +6,10 @@ due target takes its price from OpenCost, one more instant query joins the node 
 the pods (:func:`tokenscale.adapters.promql.node_prices_query`).
 
 Per Prometheus URL and cycle: one range query of the token rate (tokens/s; window = the
-longest ``forecastWindowSeconds`` among the due budgets), one instant query of the queue
-(waiting requests), one instant query of the mean inter-token latency per pod over the rate
-window (what requests see now: above the SLO it is the planner's urgent signal), one
+longest ``forecastWindowSeconds`` among the due budgets; only the points since the last
+cycle are asked, the rest is kept, :mod:`tokenscale.range_cache`), one instant query of the
+queue (waiting requests), one instant query of the mean inter-token latency per pod over the
+rate window (what requests see now: above the SLO it is the planner's urgent signal), one
 ``increase()`` of tokens per distinct period start (budgets on the same
 calendar period share it), and one query per distinct user override. The count does not grow
 with the number of budgets. The model-fit history of each ``performance.query`` is cached and
@@ -56,6 +57,7 @@ from tokenscale.allowlist import SETTING as ALLOWLIST_SETTING
 from tokenscale.allowlist import PrometheusAllowlist
 from tokenscale.core.budget import period_bounds
 from tokenscale.metrics import OperatorMetrics
+from tokenscale.range_cache import RangeCache
 from tokenscale.registry import BudgetEntry
 from tokenscale.settings import OperatorSettings
 
@@ -224,6 +226,8 @@ class PrometheusReads:
         self._fit_tasks: dict[tuple[str, str], asyncio.Task[FitHistory]] = {}
         #: (url, quality query) -> (unix time read, quality series, token rate series)
         self._fit_cache: dict[tuple[str, str], tuple[float, list[Series], list[Series]]] = {}
+        #: url -> the token rate over the last window (each cycle reads only what is new)
+        self._rate_history: dict[str, RangeCache] = {}
         #: (url, engines) -> (unix time read, mean ITL series, token rate series)
         self._latency_cache: dict[tuple[str, tuple[str, ...]],
                                   tuple[float, list[Series], list[Series]]] = {}
@@ -391,8 +395,10 @@ class PrometheusReads:
             *(("tokens in period", promql.tokens_increase_query(span, ns, engines))
               for span in span_list),
         ]
-        jobs = [self._attempt(reader.range(q, start, at, step) if i == 0
-                              else reader.instant(q, at))
+        history = self._rate_history.setdefault(url, RangeCache())
+        rate_start = history.start_for(own[0][1], step, window, at_unix)
+        jobs = [self._attempt(reader.range(q, datetime.fromtimestamp(rate_start, UTC), at, step)
+                              if i == 0 else reader.instant(q, at))
                 for i, (_, q) in enumerate(own)]
         priced = {e.ref(t) for e in entries if e.spec is not None for t in e.spec.targets
                   if t.cost_source == "OpenCost"}
@@ -401,6 +407,8 @@ class PrometheusReads:
             jobs.append(self._attempt(reader.instant(own[-1][1], at)))
         fits, pending_fits = self._fit_history(url, reader, specs, at_unix, user_timeout)
         out = await asyncio.gather(*jobs)
+        if isinstance(out[0], list):  # the news since the last cycle, with the cached rest
+            out[0] = history.merge(own[0][1], step, window, rate_start, at_unix, out[0])
         for (what, query), answer in zip(own, out, strict=True):
             self._note(url, what, query, answer)
         itl, itl_rate = await self._latency_history(url, reader, at_unix, engines)

@@ -28,6 +28,7 @@ from tokenscale.adapters.prometheus import (
     sum_by_time,
 )
 from tokenscale.adapters.promql import WorkloadRef
+from tokenscale.range_cache import RangeCache, label_key
 from tokenscale_testbed.prometheus import PrometheusServer, free_port
 
 pytestmark = pytest.mark.integration
@@ -250,3 +251,37 @@ async def test_queries_run_concurrently_without_blocking_the_loop(
     at = datetime.now(UTC)
     results = await asyncio.gather(*(reader.instant("up", at) for _ in range(4)))
     assert all(r for r in results) and queries == ["instant"] * 4
+
+
+async def test_the_rate_history_read_in_steps_equals_a_full_read(
+    prometheus: PrometheusServer,
+) -> None:
+    """RangeCache: a window read once, then only its news (from the newest point less two
+    steps), holds the same points as the whole window read again."""
+    reader = PrometheusReader(prometheus.url, 5)
+    query, step, window = promql.token_rate_query([NS], "5s"), 2.0, 12.0
+    first = float(int(time.time()) // 2 * 2 - 8)  # on the step grid, ingested
+    later = first + 6
+    cache = RangeCache()
+    assert cache.start_for(query, step, window, first) == first - window  # nothing cached
+    cache.merge(query, step, window, first - window, first, await reader.range(
+        query, _utc(first - window), _utc(first), step))
+    start = cache.start_for(query, step, window, later)
+    assert start == first - 2 * step  # only the news, two steps back
+    news = await reader.range(query, _utc(start), _utc(later), step)
+    assert max(len(s.samples) for s in news) <= 6  # not the window's 7 points
+    merged = {label_key(s.labels): s.samples for s in cache.merge(
+        query, step, window, start, later, news)}
+    full = {label_key(s.labels): s.samples for s in await reader.range(
+        query, _utc(later - window), _utc(later), step)}
+    assert merged.keys() == full.keys() and len(full) == len(PODS)
+    for key, samples in full.items():
+        assert [t for t, _ in merged[key]] == [t for t, _ in samples]
+        assert [v for _, v in merged[key]] == pytest.approx([v for _, v in samples])
+    # Another query (e.g. the shard's namespaces changed) reads the whole window again.
+    assert cache.start_for(promql.token_rate_query([], "5s"), step, window, later + 2) == (
+        later + 2 - window)
+
+
+def _utc(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
