@@ -17,7 +17,7 @@ What runs (all on 127.0.0.1):
   each with ``TOKENSCALE_SHARDS=N`` and its own ``TOKENSCALE_SHARD`` (standalone: the
   benchmark measures the shards' work, not their standbys).
 
-Measured over ``--intervals`` planning intervals once every budget has a status and one more
+Measured over ``--intervals`` planning intervals once every budget was planned and one more
 cycle has passed (window from just before a tick to just before the K-th tick after it):
 
 * ``cycle_seconds``: mean of the operator's tokenscale_cycle_duration_seconds in the window
@@ -98,7 +98,7 @@ def _run(rig: Rig) -> dict[str, Any]:
     kubeconfig = start_emulator(rig, origin, now)
     ops = start_operators(rig, kubeconfig, prom)
     first_status = wait_first_statuses(rig, origin, now)
-    rig.say(f"all {cfg.budgets} TokenBudgets have a status {first_status:.1f}s after start")
+    rig.say(f"all {cfg.budgets} TokenBudgets planned once {first_status:.1f}s after start")
     fig = figures(measure_window(rig, ops), ops)
     return result(cfg, fig, first_status, time.monotonic() - started)
 

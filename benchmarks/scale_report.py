@@ -13,7 +13,7 @@ from scale_workload import Config, namespaces
 def result(cfg: Config, fig: Figures, first_status: float, total: float) -> dict[str, Any]:
     """The result dict, rounded for reading (keys documented in ``scale.py``).
 
-    ``first_status``: s from the operator's start until every budget had a status;
+    ``first_status``: s from the operators' start until every budget was planned once;
     ``total``: s the whole run took.
     """
     by_kind = fig.api_requests_per_cycle_by_kind

@@ -22,7 +22,6 @@ from typing import Any
 import psutil
 
 from scale_workload import (
-    TB,
     Config,
     history_blocks,
     history_seconds,
@@ -31,7 +30,6 @@ from scale_workload import (
     pod_name,
     pods,
     populate,
-    running_status,
 )
 from synthetic_vllm import SyntheticFleet
 from tokenscale.crd import crd
@@ -205,29 +203,33 @@ def start_operators(rig: Rig, kubeconfig: Path, prom: PrometheusServer) -> list[
     return out
 
 
-def statuses(server: ApiServer, after: str) -> int:
-    """How many TokenBudgets have a lastReconcileTime later than ``after`` (RFC 3339)."""
-    return sum(1 for o in server.list_objects(TB, "tokenbudgets")
-               if str((o.get("status") or {}).get("lastReconcileTime") or "") > after)
+def planned(rig: Rig) -> float:
+    """Budgets planned so far, over all shards (tokenscale_reconcile_duration_seconds_count)."""
+    total = 0.0
+    for port in rig.metrics_ports:
+        with contextlib.suppress(OSError):
+            for line in http_get(f"http://127.0.0.1:{port}/metrics", timeout=10).splitlines():
+                if line.startswith("tokenscale_reconcile_duration_seconds_count"):
+                    total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def wait_first_statuses(rig: Rig, origin: float, now: float) -> float:
-    """Wait until the operator has reported on every TokenBudget (newer than the status
-    :func:`populate` wrote at ``now``); returns the seconds that took."""
+    """Wait until the operators have planned every TokenBudget once (a status is written
+    where it changed: the statuses :func:`populate` wrote at ``now`` are recent, so an
+    unchanged one is only rewritten at its heartbeat); returns the seconds that took."""
     cfg = rig.cfg
     t0 = time.monotonic()
-    created = str(running_status(origin, now)["lastReconcileTime"])
 
-    def all_reported() -> bool:
+    def all_planned() -> bool:
         for shard, proc in enumerate(rig.operators):
             if proc.poll() is not None:
                 log = rig.work / ("operator.log" if cfg.shards == 1 else f"operator-{shard}.log")
                 raise RuntimeError(f"operator {shard} exited: {tail(log)}")
-        return bool(rig.api and rig.api.call(lambda s: statuses(s, created), timeout=60)
-                    >= cfg.budgets)
+        return planned(rig) >= cfg.budgets
 
-    wait_for(all_reported, timeout=max(120.0, 6 * cfg.interval_seconds + cfg.budgets * 0.05),
-             interval=0.5, message="every TokenBudget to get a status")
+    wait_for(all_planned, timeout=max(120.0, 6 * cfg.interval_seconds + cfg.budgets * 0.05),
+             interval=0.5, message="every TokenBudget to be planned")
     return time.monotonic() - t0
 
 

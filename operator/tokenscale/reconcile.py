@@ -47,7 +47,7 @@ from tokenscale.observation import (
 )
 from tokenscale.prometheus_reads import PrometheusReads, UrlAnswers
 from tokenscale.registry import BudgetEntry, BudgetRegistry
-from tokenscale.reporting import Reporter
+from tokenscale.reporting import Reporter, adopt_status_age
 from tokenscale.scaling import apply_plan
 from tokenscale.settings import OperatorSettings
 from tokenscale.sharding import Handoff
@@ -364,6 +364,7 @@ class Reconciler:
             metrics=metrics_status(spec, observation),
             prices=prices,
         )
+        adopt_status_age(entry, at)  # a start or takeover rewrites only what changed
         await self.reporter.write_status(entry, api.dump(status))
         await self.reporter.condition_events(entry, changes, at)
         self.reporter.export_metrics(entry, priced, plan, observation)

@@ -21,7 +21,7 @@ from tokenscale.core.types import Observation, Plan
 from tokenscale.metrics import OperatorMetrics
 from tokenscale.registry import BudgetEntry
 from tokenscale.settings import OperatorSettings
-from tokenscale.status import ConditionChange, merge_patch, needs_patch
+from tokenscale.status import ConditionChange, merge_patch, needs_patch, parse_time
 
 log = logging.getLogger("tokenscale")
 
@@ -34,6 +34,21 @@ def heartbeat_seconds(settings: OperatorSettings, namespace: str, name: str) -> 
     """
     spread = zlib.crc32(f"{namespace}/{name}".encode()) / 2**32  # [0, 1)
     return settings.status_heartbeat_seconds * (1.0 + 0.25 * spread)
+
+
+def adopt_status_age(entry: BudgetEntry, at: datetime) -> None:
+    """Count a status read from the API (after a start or a takeover) as written when its
+    ``lastReconcileTime`` says, not as never written: an unchanged status is then rewritten
+    at its heartbeat, not by every budget in the first cycle (a restarted shard of 2,500
+    budgets wrote 2,500 statuses at once). A missing or future time leaves it unwritten."""
+    if entry.last_patch is not None or not isinstance(entry.written, dict):
+        return
+    stamp = parse_time(str(entry.written.get("lastReconcileTime") or ""))
+    if stamp is None:
+        return
+    age = (at - stamp).total_seconds()
+    if age >= 0:
+        entry.last_patch = time.monotonic() - age
 
 
 def abnormal_status(condition_type: str) -> str:

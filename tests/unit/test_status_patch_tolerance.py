@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tokenscale.status import differs, needs_patch
 
 
@@ -53,3 +55,28 @@ def test_heartbeats_of_many_budgets_are_spread_not_synchronised() -> None:
     assert heartbeat_seconds(settings, "ns-0", "tb-0") == beats[0]  # stable across calls
     # in any 30 s slice of the spread, at most about half of the budgets come due together
     assert max(sum(lo <= b < lo + 30 for b in beats) for lo in range(300, 375, 5)) < 600
+
+
+def test_a_status_read_after_a_start_counts_as_written_at_its_reconcile_time() -> None:
+    """After a start or takeover, an unchanged status is rewritten at its heartbeat, not by
+    every budget in the first cycle."""
+    import time
+    from datetime import UTC, datetime
+
+    from tokenscale.registry import BudgetEntry
+    from tokenscale.reporting import adopt_status_age
+
+    at = datetime(2026, 3, 1, 12, 1, 40, tzinfo=UTC)
+    recent = BudgetEntry("ns", "b", {}, written={"lastReconcileTime": "2026-03-01T12:00:00Z"})
+    adopt_status_age(recent, at)
+    assert recent.last_patch is not None
+    assert time.monotonic() - recent.last_patch == pytest.approx(100, abs=1)
+    future = BudgetEntry("ns", "b", {}, written={"lastReconcileTime": "2026-03-01T12:05:00Z"})
+    unknown = BudgetEntry("ns", "b", {}, written={})
+    fresh = BudgetEntry("ns", "b", {})
+    for entry in (future, unknown, fresh):
+        adopt_status_age(entry, at)
+        assert entry.last_patch is None  # written in the first cycle, as before
+    recent.last_patch = 5.0
+    adopt_status_age(recent, at)
+    assert recent.last_patch == 5.0  # this operator's own writes are not replaced
