@@ -13,7 +13,9 @@ keeps its points before the new read's start and takes the new read's points fro
 a series missing from the new read keeps its old points until they leave the window (as a
 full read would show a pod that stopped reporting). A different query (another namespace
 set, another rate window), step or a longer window, a cycle older than the cached one, or a
-gap longer than the window reads the whole window again. Pure: no I/O, no clock.
+gap longer than the window reads the whole window again; so does the read after a failed or
+an entirely empty one (a restarted Prometheus with an empty TSDB, a metric that is gone:
+the planner sees what Prometheus holds, not what it held). Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
@@ -59,6 +61,13 @@ class RangeCache:
         """Put the answer of a read from ``start`` to ``at`` in the cache; returns the series
         over the window ``[at - window, at]`` (oldest sample first)."""
         full = start <= at - window
+        if not answer:  # nothing at all (the metric gone, an emptied Prometheus): as a full
+            self.clear()  # read would most likely say; the next read is a full one
+            return []
+        fresh = {label_key(s.labels): s for s in answer}
+        if len(fresh) < len(answer):  # the same labels twice: no real Prometheus says that;
+            self.clear()  # pass it on as it came (the grouping names it MultipleSeries)
+            return answer
         if full and self.end is not None and at < self.end:
             return answer  # a slow cycle's full read, older than the cache: keep the cache
         if full or query != self.query or step != self.step:
@@ -66,7 +75,6 @@ class RangeCache:
         self.query, self.step, self.window, self.end = query, step, window, at
         lower = at - window
         merged: dict[LabelKey, Series] = {}
-        fresh = {label_key(s.labels): s for s in answer}
         for key, old in self.series.items():
             if key not in fresh:
                 kept = tuple(p for p in old.samples if p[0] >= lower)

@@ -180,6 +180,8 @@ class Reconciler:
                     try:
                         if await self.may_act():
                             due = await self._take_over(due, now)
+                            if not due:  # all left to another shard configuration
+                                continue
                             for entry in due:
                                 entry.in_flight = True
                             task = asyncio.create_task(

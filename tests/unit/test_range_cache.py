@@ -48,3 +48,17 @@ def test_when_the_whole_window_is_read_again() -> None:
     assert cache.end == 1000
     cache.clear()
     assert cache.start_for(Q, STEP, WINDOW, 1030) == 970
+
+
+def test_an_empty_answer_is_empty_and_the_next_read_is_full() -> None:
+    cache = RangeCache()
+    cache.merge(Q, STEP, WINDOW, 940, 1000, [_series("a", range(940, 1001, 10), 1.0)])
+    assert cache.merge(Q, STEP, WINDOW, 980, 1030, []) == []
+    assert cache.start_for(Q, STEP, WINDOW, 1060) == 1000
+
+
+def test_an_answer_with_the_same_labels_twice_passes_uncached() -> None:
+    cache = RangeCache()
+    twice = [_series("a", range(940, 1001, 10), 1.0), _series("a", range(940, 1001, 10), 2.0)]
+    assert cache.merge(Q, STEP, WINDOW, 940, 1000, twice) == twice
+    assert cache.end is None
