@@ -287,6 +287,7 @@ class ShardFigures:
     cpu_cores: float
     peak_rss_mb: float
     rss_mb_end: float
+    prometheus_errors_by_kind: dict[str, float]
 
 
 @dataclass
@@ -336,6 +337,9 @@ def shard_figures(m0: dict[str, float], m1: dict[str, float], cpu: float, wall: 
         cpu_cores=cpu / wall,
         peak_rss_mb=peak_rss_mb(op.pid),
         rss_mb_end=op.memory_info().rss / 2**20,
+        prometheus_errors_by_kind={
+            k.split("kind=", 1)[1].rstrip("}"): v - m0.get(k, 0.0) for k, v in m1.items()
+            if k.startswith("tokenscale_prometheus_errors_total{") and v > m0.get(k, 0.0)},
     )
 
 

@@ -59,6 +59,7 @@ def result(cfg: Config, fig: Figures, first_status: float, total: float) -> dict
             "cpu_cores": round(s.cpu_cores, 4),
             "peak_rss_mb": round(s.peak_rss_mb, 1),
             "rss_mb_end": round(s.rss_mb_end, 1),
+            "prometheus_errors_by_kind": s.prometheus_errors_by_kind,
         } for s in fig.per_shard],
     }
 

@@ -123,7 +123,8 @@ class Reconciler:
         self.prometheus = PrometheusReads(
             settings, metrics, served_namespaces=lambda: (ns for ns, _ in self.entries))
         self.registry = BudgetRegistry(metrics, wall_clock, self.operator_problems,
-                                       owns=settings.shard_spec.owns)
+                                       owns=settings.shard_spec.owns,
+                                       phase=settings.shard / settings.shards)
         self.reporter = Reporter(settings, kube, metrics, self.registry.forget)
         self.last_loop = time.monotonic()
         self.cycles = 0

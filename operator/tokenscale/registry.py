@@ -23,9 +23,11 @@ from tokenscale.core.types import Memory
 from tokenscale.metrics import OperatorMetrics
 
 
-def next_tick(now: float, interval: float) -> float:
-    """The first multiple of ``interval`` (s) after ``now`` (unix s)."""
-    return (math.floor(now / interval) + 1) * interval
+def next_tick(now: float, interval: float, phase: float = 0.0) -> float:
+    """The first multiple of ``interval`` (s) after ``now`` (unix s), shifted by ``phase``
+    (a fraction of the interval, rounded to whole seconds)."""
+    offset = float(round(phase * interval))
+    return (math.floor((now - offset) / interval) + 1) * interval + offset
 
 
 @dataclass
@@ -45,6 +47,7 @@ class BudgetEntry:
     reported_invalid_key: str | None = None
     in_flight: bool = False  # a cycle is planning it (never due twice at once)
     yielded: bool = False  # left to an older shard of another configuration (handoff)
+    phase: float = 0.0  # this operator's ticks: a fraction of the interval past its multiples
 
     @property
     def generation(self) -> int | None:
@@ -60,18 +63,21 @@ class BudgetEntry:
     def schedule_after(self, now: float) -> None:
         """Due again at the first tick of its interval after ``now`` (unix s)."""
         assert self.spec is not None
-        self.next_due = next_tick(now, self.spec.planning.interval_seconds)
+        self.next_due = next_tick(now, self.spec.planning.interval_seconds, self.phase)
 
 
 class BudgetRegistry:
     """The watched TokenBudgets by (namespace, name); ``changed`` is set when one needs an
     earlier planning than the loop is waiting for (a new or edited valid spec). ``owns``
-    (namespace -> bool) keeps only this shard's budgets; the others' events are ignored."""
+    (namespace -> bool) keeps only this shard's budgets; the others' events are ignored.
+    ``phase`` shifts this operator's ticks by a fraction of each interval (shard i of n:
+    i/n), so shards do not all query Prometheus at the same second."""
 
     def __init__(
         self, metrics: OperatorMetrics, wall_clock: Callable[[], float],
         operator_problems: Callable[[api.TokenBudgetSpec], list[str]] | None = None,
         owns: Callable[[str], bool] | None = None,
+        phase: float = 0.0,
     ):
         self.entries: dict[tuple[str, str], BudgetEntry] = {}
         self.changed = asyncio.Event()
@@ -79,6 +85,7 @@ class BudgetRegistry:
         self._clock = wall_clock
         self._operator_problems = operator_problems
         self._owns = owns
+        self._phase = phase
 
     def on_event(self, event_type: str | None, body: dict[str, Any]) -> BudgetEntry | None:
         """Record a watch event; returns the entry if its spec changed (to validate)."""
@@ -91,7 +98,7 @@ class BudgetRegistry:
             return None
         entry = self.entries.get(key)
         if entry is None:
-            entry = BudgetEntry(namespace=key[0], name=key[1], body=body)
+            entry = BudgetEntry(namespace=key[0], name=key[1], body=body, phase=self._phase)
             self.entries[key] = entry
             self._metrics.budgets.set(len(self.entries))
         entry.body = body

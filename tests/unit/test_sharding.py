@@ -137,3 +137,12 @@ def test_a_shards_batched_queries_cover_only_the_namespaces_it_serves() -> None:
     assert single.namespaces() == ["x", "y"]  # unsharded: the setting (empty: everything)
     shard.close()
     single.close()
+
+
+def test_shards_tick_at_their_own_phase_of_the_interval() -> None:
+    from tokenscale.registry import next_tick
+
+    assert next_tick(1000.0, 30) == 1020.0
+    assert next_tick(1000.0, 30, phase=0.25) == 1028.0  # ticks at 998, 1028: 7.5 s -> 8 s
+    assert next_tick(1008.0, 30, phase=0.5) == 1035.0
+    assert next_tick(1035.0, 30, phase=0.5) == 1065.0  # strictly after now
