@@ -409,8 +409,8 @@ class PrometheusReads:
         out = await asyncio.gather(*jobs)
         if isinstance(out[0], list):  # the news since the last cycle, with the cached rest
             out[0] = history.merge(own[0][1], step, window, rate_start, at_unix, out[0])
-        else:
-            history.clear()  # after a failure, the whole window again
+        elif out[0].kind == "Unreachable":  # maybe a new server with other data; a slow or
+            history.clear()  # failing one keeps it (the next read catches up on the gap)
         for (what, query), answer in zip(own, out, strict=True):
             self._note(url, what, query, answer)
         itl, itl_rate = await self._latency_history(url, reader, at_unix, engines)

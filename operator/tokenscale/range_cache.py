@@ -13,9 +13,12 @@ keeps its points before the new read's start and takes the new read's points fro
 a series missing from the new read keeps its old points until they leave the window (as a
 full read would show a pod that stopped reporting). A different query (another namespace
 set, another rate window), step or a longer window, a cycle older than the cached one, or a
-gap longer than the window reads the whole window again; so does the read after a failed or
-an entirely empty one (a restarted Prometheus with an empty TSDB, a metric that is gone:
-the planner sees what Prometheus holds, not what it held). Pure: no I/O, no clock.
+gap longer than the window reads the whole window again; so does the read after an entirely
+empty one or an unreachable server (a restarted Prometheus with an empty TSDB, a metric that
+is gone: the planner sees what Prometheus holds, not what it held). A Prometheus that times
+out or errs keeps the cache: under load, asking it for the whole window again after every
+timeout made the next read time out too (10,000 budgets, BENCHMARKS.md). Pure: no I/O, no
+clock.
 """
 
 from __future__ import annotations
