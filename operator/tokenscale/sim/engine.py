@@ -547,6 +547,16 @@ def _admitted_run(arrivals: FloatArray, paid: IntArray, target: SimTarget,
     return TargetRun(paid=paid, ready=ready, queue=q, shed=arrivals - admitted)
 
 
+def _shaved_run(w: _World, i: int, wanted: IntArray, share: float, per_replica: float
+                ) -> TargetRun:
+    """Target ``i`` on ``share`` of the foresight schedule ``wanted`` (at least minReplicas and
+    one), behind a gateway that sheds what those replicas cannot serve at ``per_replica``."""
+    t = w.targets[i]
+    ready = np.maximum(np.floor(wanted * share).astype(np.int64), max(t.min_replicas, 1))
+    return _admitted_run(w.arrivals[i], requests_for_ready(ready, t.cold_start_s, w.price), t,
+                         per_replica)
+
+
 def _budget_oracle(w: _World, engine: EngineModel, bt: Backtest) -> dict[str, TargetRun] | None:
     """Under a cost budget: perfect foresight that never overruns it. Each foresight
     schedule of the oracle family is shaved to the largest share of its replicas (at least
@@ -565,12 +575,8 @@ def _budget_oracle(w: _World, engine: EngineModel, bt: Backtest) -> dict[str, Ta
                                           t.min_replicas, t.max_replicas)
                           for i, t in enumerate(w.targets)]
                 for share in BUDGET_SHARES:
-                    runs = {}
-                    for i, (n, t) in enumerate(zip(w.names, w.targets, strict=True)):
-                        ready = np.maximum(np.floor(wanted[i] * share).astype(np.int64),
-                                           max(t.min_replicas, 1))
-                        paid = requests_for_ready(ready, t.cold_start_s, w.price)
-                        runs[n] = _admitted_run(w.arrivals[i], paid, t, per_replica)
+                    runs = {n: _shaved_run(w, i, wanted[i], share, per_replica)
+                            for i, n in enumerate(w.names)}
                     if float(np.max(bt.period_costs(runs) - limit)) <= 1e-6:
                         goodput = bt.policy_summary(runs)["goodput_tokens"]
                         if best is None or goodput > best[0]:
@@ -597,11 +603,7 @@ def _budget_oracle_same_split(w: _World, engine: EngineModel, bt: Backtest,
                     wanted = foresight_ready(w.arrivals[i], per_replica, smooth, hold,
                                              t.min_replicas, t.max_replicas)
                     for share in BUDGET_SHARES:
-                        ready = np.maximum(np.floor(wanted * share).astype(np.int64),
-                                           max(t.min_replicas, 1))
-                        run = _admitted_run(w.arrivals[i],
-                                            requests_for_ready(ready, t.cold_start_s, w.price),
-                                            t, per_replica)
+                        run = _shaved_run(w, i, wanted, share, per_replica)
                         if float(np.max(bt.period_costs({n: run}) - limit)) <= 1e-6:
                             goodput = bt.target_summary(run, i).get("goodput_tokens", 0.0)
                             if best is None or goodput > best[0]:

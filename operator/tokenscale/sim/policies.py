@@ -176,8 +176,6 @@ class TokenscaleController:
         self._last_scrape = 0  # scrapes up to this time (s) are in _samples
         #: per target (mean ITL s, TTFT s) at the latest scrape; empty: not seen yet
         self.recent: list[tuple[float, float]] = []
-        #: feed the latency seen now to the planner (its SLO-breach rule)
-        self.breach_signal = True
 
     def _record_latency(self, group: Group, scrapes: IntArray, rates: FloatArray) -> None:
         """What the engine's ITL histogram shows at each scrape: the load per ready replica
@@ -199,8 +197,9 @@ class TokenscaleController:
             itl = np.where(queue > 0, engine.itl_max_s, engine.itl(util)).mean(axis=1)
             # what the requests see now: the mean ITL and the queue's wait (TTFT) at the scrape
             with np.errstate(divide="ignore", invalid="ignore"):
-                wait = np.where(ready[:, -1] > 0, queue[:, -1] / (ready[:, -1] * cap_per_replica),
-                                np.inf)
+                wait = np.where(queue[:, -1] <= 0, 0.0,
+                                np.where(ready[:, -1] > 0,
+                                         queue[:, -1] / (ready[:, -1] * cap_per_replica), np.inf))
             self.recent = [(float(i), float(w + i)) for i, w in zip(itl, wait, strict=True)]
             mean_ready = ready.mean(axis=1)
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -267,10 +266,8 @@ class TokenscaleController:
                 tokens_per_request=tpr if tpr > 0 else None,
                 latency_samples=tuple(self._latency[row]),
                 arrival_rate_samples=tuple(self._arrivals[row]),
-                recent_itl_seconds=(self.recent[row][0] if self.recent and self.breach_signal
-                                    else None),
-                recent_ttft_seconds=(self.recent[row][1] if self.recent and self.breach_signal
-                                     else None),
+                recent_itl_seconds=self.recent[row][0] if self.recent else None,
+                recent_ttft_seconds=self.recent[row][1] if self.recent else None,
             )
         result = plan(self.spec, Observation(targets, tokens_in_period), self.memory, now)
         self.memory = result.memory
