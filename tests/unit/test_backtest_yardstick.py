@@ -119,3 +119,33 @@ def test_under_a_binding_budget_the_oracle_within_it_never_overruns_and_sheds() 
     assert oracle["budget_overrun"] == 0.0 and tokenscale["budget_overrun"] <= 0.01
     assert 0 < oracle["shed_share"] < 1 and tokenscale["shed_share"] > 0
     assert oracle["goodput_tokens"] > 0
+
+
+def test_the_same_split_oracle_keeps_each_target_within_what_tokenscale_spent_on_it() -> None:
+    """Two targets under one binding budget: the oracle held to tokenscale's split never
+    spends more on a target in an hour than tokenscale did, and reports its goodput."""
+    from test_backtest_sim import constant_trace
+
+    from tokenscale.api import parse_spec
+    from tokenscale.backtest.report import to_json
+    from tokenscale.sim.engine import Settings, run_backtest
+
+    def target(name: str, price: float, weight: float) -> dict[str, object]:
+        return {"name": name, "scaleTargetRef": {"name": name}, "minReplicas": 1,
+                "maxReplicas": 20, "tokensPerReplicaPerSecond": 3000,
+                "costPerReplicaHour": price, "coldStartSeconds": 20, "weight": weight}
+
+    spec = parse_spec({"budget": {"period": "Hour", "maxCost": 21.6},
+                       "planning": {"intervalSeconds": 30, "targetUtilization": 0.8},
+                       "targets": [target("a", 3.6, 1), target("b", 7.2, 2)]})
+    bt = run_backtest(spec, {"a": constant_trace(15000.0, 3600),
+                             "b": constant_trace(15000.0, 3600)},
+                      Settings(progress=False, warmup_s=120))
+    split = bt.budget_oracle_same_split
+    assert split is not None and set(split) == {"a", "b"}
+    for name in ("a", "b"):
+        spent = bt.period_costs({name: bt.runs["tokenscale"][name]})
+        assert (bt.period_costs({name: split[name]}) <= spent + 1e-6).all()
+    doc = to_json(bt)
+    assert doc["goodput_vs_budget_oracle_same_split"] > 0
+    assert doc["budget_oracle_same_split"]["budget_overrun"] == 0.0
