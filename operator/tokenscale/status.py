@@ -88,6 +88,9 @@ def memory_from_status(status: api.TokenBudgetStatus) -> Memory:
               if t.queue_length is not None and math.isfinite(t.queue_length)}
     admissions = {t.name: t.admission.tokens_per_second for t in status.targets
                   if t.admission is not None and math.isfinite(t.admission.tokens_per_second)}
+    prices = {t.name: t.price.cost_per_replica_hour for t in status.targets
+              if t.price is not None and math.isfinite(t.price.cost_per_replica_hour)
+              and t.price.cost_per_replica_hour > 0}
     return Memory(
         period_start=parse_time(status.period.start) if status.period else None,
         spend_cost=status.spend.cost if status.spend else 0.0,
@@ -99,6 +102,7 @@ def memory_from_status(status: api.TokenBudgetStatus) -> Memory:
         demand_profiles=profiles,
         queues=queues,
         admissions=admissions,
+        prices=prices,
     )
 
 

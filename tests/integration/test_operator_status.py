@@ -78,7 +78,10 @@ def crd_status_schema() -> dict[str, object]:
 
 def test_memory_survives_the_round_trip_through_status() -> None:
     plan, observation = a_plan()
-    status, _ = build_status(plan, observation, api.TokenBudgetStatus(), NOW, 3)
+    plan = replace(plan, decisions={"llama": replace(plan.decisions["llama"],
+                                                     admission_tokens_per_second=2000.0)})
+    prices = {"llama": api.PriceStatus(source="OpenCost", cost_per_replica_hour=3.9)}
+    status, _ = build_status(plan, observation, api.TokenBudgetStatus(), NOW, 3, prices=prices)
     wire = api.dump(status)
     assert validate(wire, crd_status_schema()) == []
     restored = memory_from_status(api.parse_status(wire))
@@ -90,6 +93,11 @@ def test_memory_survives_the_round_trip_through_status() -> None:
         plan.memory.recommendations, key=lambda r: r.time)
     assert restored.metrics_unavailable_since == plan.memory.metrics_unavailable_since
     assert restored.last_scale_time == plan.memory.last_scale_time
+    # what the next cycle compares with: the queue (its growth), the admission in force
+    # (censoring) and the price the time since is charged at
+    assert restored.queues == {"llama": 3.0}
+    assert restored.admissions == {"llama": 2000.0}
+    assert restored.prices == {"llama": 3.9}
 
 
 def test_status_reports_numbers_for_the_printer_columns_and_drops_non_finite() -> None:

@@ -159,3 +159,17 @@ def test_recommendations_stay_bounded() -> None:
     result = plan(s, world(a=seen(5000, 1000)), running(recommendations=many), NOW)
     assert len(result.memory.recommendations) <= MAX_RECOMMENDATIONS
     assert result.memory.recommendations[-1].time == NOW
+
+
+def test_the_time_since_the_last_cycle_is_charged_at_the_price_it_ran_at() -> None:
+    """A price read this cycle (OpenCost, or an edited spec) applies from now on: the hour
+    before ran 4 replicas at 2/h, so it costs 8, not 4 at today's 1/h; and the memory keeps
+    today's price for the next interval."""
+    before = NOW - timedelta(hours=1)
+    memory = running(last_accounted=before, spend_cost=10.0, prices={"llama": 2.0})
+    result = plan(spec(), world(llama=seen(4, 3000)), memory, NOW)
+    assert result.spend.cost == pytest.approx(10.0 + 8.0)
+    assert result.memory.prices == {"llama": 1.0}
+    unknown = plan(spec(), world(llama=seen(4, 3000)),
+                   running(last_accounted=before, spend_cost=10.0), NOW)
+    assert unknown.spend.cost == pytest.approx(10.0 + 4.0)  # no memory: today's price

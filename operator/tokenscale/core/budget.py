@@ -244,6 +244,10 @@ class Usage(NamedTuple):
     base_cost_rate: float  # currency/h at the current replicas, before the price multiplier
     token_rate: float  # observed tokens/s of the targets with usable metrics
     tokens_in_period: float | None  # Prometheus increase() since period start, None if unknown
+    #: currency/h the time since the last cycle is charged at: the current replicas at the
+    #: prices they ran at (a price read from OpenCost this cycle applies from now on); None:
+    #: ``base_cost_rate``
+    accrued_cost_rate: float | None = None
 
 
 class Accounts(NamedTuple):
@@ -277,7 +281,8 @@ def account(spec: TokenBudgetSpec, memory: Memory, usage: Usage, now: datetime) 
     """
     budget = spec.budget
     period_start, period_end = period_bounds(budget, now)
-    spent, previous = _accrue_spend(spec, memory, usage.base_cost_rate, period_start, now)
+    rate = usage.base_cost_rate if usage.accrued_cost_rate is None else usage.accrued_cost_rate
+    spent, previous = _accrue_spend(spec, memory, rate, period_start, now)
     tokens = _count_tokens(memory, usage, period_start, now)
     cost_exhausted = is_exhausted(budget.max_cost, spent)
     token_exhausted = is_exhausted(budget.max_tokens, tokens)

@@ -4,7 +4,8 @@ Pure: everything arrives as arguments, nothing is read from the clock, network o
 :func:`plan` runs the steps of DESIGN.md "The decision", each in its module:
 
 1. **Accounting** (:mod:`~tokenscale.core.budget`). The cost of the *current* replicas of all
-   targets (× costPerReplicaHour × price multiplier) is integrated from ``memory.last_accounted``
+   targets (× the costPerReplicaHour each was planned with at the last cycle, ``memory.prices``,
+   else today's × price multiplier) is integrated from ``memory.last_accounted``
    to ``now``, split at period boundaries (and price-window edges). The first cycle
    (``last_accounted`` unset) accounts nothing. At rollover the spend restarts at 0 plus the part
    of the interval inside the new period; the closed period's final cost is reported in
@@ -114,7 +115,7 @@ def plan(spec: TokenBudgetSpec, observation: Observation, memory: Memory,
     fits = {s.target.name: _used_fit(s.target, _service_fit(s)) for s in classified}
     # 2. Service model: a good fit replaces the spec's capacity within the SLO.
     seen = [_served_by_model(s, fits[s.target.name]) for s in classified]
-    usage = _usage(seen, observation.tokens_in_period)
+    usage = _usage(seen, observation.tokens_in_period, memory.prices)
     # 1. Accounting: spend and tokens of the period, exhaustion, affordable rates.
     accounts = account(spec, memory, usage, now)
     outage = outage_clock(spec.fallback, memory.metrics_unavailable_since,
@@ -227,15 +228,20 @@ def _served_by_model(seen: Seen, fit: ServiceFit | None) -> Seen:
         update={"tokens_per_replica_per_second": fit.capacity_within_slo}))
 
 
-def _usage(seen: list[Seen], tokens_in_period: float | None) -> Usage:
-    """Cost rate of the current replicas (before the multiplier) and observed tokens/s."""
+def _usage(seen: list[Seen], tokens_in_period: float | None,
+           prices: dict[str, float]) -> Usage:
+    """Cost rate of the current replicas (before the multiplier) at today's prices and at the
+    prices of the last cycle (what the time since is charged at), and observed tokens/s."""
     base_rate = 0.0
+    accrued_rate = 0.0
     token_rate = 0.0
     for s in seen:
         if s.kind == "Control":
             token_rate += max(0.0, s.obs.token_rate_samples[-1][1])
-        base_rate += s.current * s.target.cost_per_replica_hour
-    return Usage(base_rate, token_rate, tokens_in_period)
+        price = s.target.cost_per_replica_hour
+        base_rate += s.current * price
+        accrued_rate += s.current * prices.get(s.target.name, price)
+    return Usage(base_rate, token_rate, tokens_in_period, accrued_rate)
 
 
 def _propose(seen: Seen, cycle: _Cycle) -> Proposal:
@@ -356,4 +362,6 @@ def _next_memory(cycle: _Cycle, memory: Memory, allocation: Allocation,
         queues={n: d.queue_length for n, d in decisions.items() if d.queue_length is not None},
         admissions={n: d.admission_tokens_per_second for n, d in decisions.items()
                     if d.admission_tokens_per_second is not None},
+        prices={o.proposal.seen.target.name: o.proposal.seen.target.cost_per_replica_hour
+                for o in outcomes},
     )

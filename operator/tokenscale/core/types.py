@@ -134,6 +134,9 @@ class Memory:
     #: per target: the admission rate (tokens/s) published at ``last_accounted``; a served
     #: rate at that limit hides the demand above it (censored)
     admissions: dict[str, float] = field(default_factory=dict)
+    #: per target: the price per replica-hour (currency/h, before the multiplier) it was
+    #: planned with at ``last_accounted``: the time since is charged at it
+    prices: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
