@@ -11,15 +11,14 @@ rate, the queue and the mean inter-token latency each target should read are kno
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
+from exposition import exposition, serving
 from tokenscale import api, prometheus_reads
 from tokenscale.adapters.kube import Workload
 from tokenscale.core.planner import plan
@@ -148,38 +147,23 @@ PODS: list[tuple[str, str, Exposition, str, float, float, float, float]] = [
 ]
 
 
-class _Exporter(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        elapsed = time.time() - START
-        lines: list[str] = []
-        for _, _, exposition, pod, prompt, gen, waiting, itl in PODS:
-            lines += exposition(pod, prompt, gen, waiting, itl, elapsed)
-        body = ("\n".join(lines) + "\n").encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+def _all_engines() -> list[str]:
+    elapsed = time.time() - START
+    lines: list[str] = []
+    for _, _, engine_exposition, pod, prompt, gen, waiting, itl in PODS:
+        lines += engine_exposition(pod, prompt, gen, waiting, itl, elapsed)
+    return lines
 
 
 @pytest.fixture(scope="module")
 def prometheus() -> Iterator[PrometheusServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Exporter)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        with PrometheusServer(targets=[f"127.0.0.1:{server.server_address[1]}"],
-                              scrape_interval=1.0) as prom:
-            # rate() over 5 s is exact once the whole window holds samples
-            full = ('min(count_over_time({__name__=~"tgi_request_input_length_sum|'
-                    'sglang:prompt_tokens_total|vllm_prompt_tokens_total"}[12s])) >= 11')
-            prom.wait_for_series(full, timeout=40)
-            yield prom
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(exposition(_all_engines)) as address, \
+            PrometheusServer(targets=[address], scrape_interval=1.0) as prom:
+        # rate() over 5 s is exact once the whole window holds samples
+        full = ('min(count_over_time({__name__=~"tgi_request_input_length_sum|'
+                'sglang:prompt_tokens_total|vllm_prompt_tokens_total"}[12s])) >= 11')
+        prom.wait_for_series(full, timeout=40)
+        yield prom
 
 
 def target(name: str, engine: str) -> dict[str, Any]:

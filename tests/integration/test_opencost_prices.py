@@ -10,15 +10,14 @@ with the reason, when the series are missing.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
+from exposition import exposition, serving
 from tokenscale import api
 from tokenscale.adapters.kube import ReplicaRequests, Workload
 from tokenscale.core.planner import plan
@@ -41,50 +40,35 @@ PODS = {"llama-8b-7d9f8c6b5-x2k4p": "gpu-a100-1", "llama-8b-7d9f8c6b5-q9w8e": "g
         "stranded-6c7d8f9b5-bcdfg": "cpu-only", "other-5f6d7c8b9-hjklm": "gpu-a100-1"}
 
 
-class _Exporter(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        lines = ["# HELP node_gpu_hourly_cost node_gpu_hourly_cost hourly cost for each gpu "
-                 "on this node", "# TYPE node_gpu_hourly_cost gauge"]
-        for node, (gpu, _, _) in NODES.items():
-            labels = (f'arch="amd64",instance="{node}",instance_type="p4d.24xlarge",'
-                      f'node="{node}",provider_id="aws:///us-east-1a/i-0{len(node)}",'
-                      'region="us-east-1"')
-            if gpu is not None:
-                lines.append(f"node_gpu_hourly_cost{{{labels}}} {gpu}")
-        for metric, index in (("node_cpu_hourly_cost", 1), ("node_ram_hourly_cost", 2)):
-            lines += [f"# TYPE {metric} gauge"]
-            for node, prices in NODES.items():
-                labels = f'instance="{node}",instance_type="p4d.24xlarge",node="{node}"'
-                lines.append(f"{metric}{{{labels}}} {prices[index]}")
-        lines += ["# HELP kube_pod_info Information about pod.", "# TYPE kube_pod_info gauge"]
-        for pod, node in PODS.items():
-            lines.append(f'kube_pod_info{{namespace="{NS}",pod="{pod}",node="{node}",'
-                         f'host_ip="10.0.0.1",pod_ip="10.1.0.2",created_by_kind="ReplicaSet",'
-                         f'uid="u-{pod}"}} 1')
-        body = ("\n".join(lines) + "\n").encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+def _opencost() -> list[str]:
+    lines = ["# HELP node_gpu_hourly_cost node_gpu_hourly_cost hourly cost for each gpu "
+             "on this node", "# TYPE node_gpu_hourly_cost gauge"]
+    for node, (gpu, _, _) in NODES.items():
+        labels = (f'arch="amd64",instance="{node}",instance_type="p4d.24xlarge",'
+                  f'node="{node}",provider_id="aws:///us-east-1a/i-0{len(node)}",'
+                  'region="us-east-1"')
+        if gpu is not None:
+            lines.append(f"node_gpu_hourly_cost{{{labels}}} {gpu}")
+    for metric, index in (("node_cpu_hourly_cost", 1), ("node_ram_hourly_cost", 2)):
+        lines += [f"# TYPE {metric} gauge"]
+        for node, prices in NODES.items():
+            labels = f'instance="{node}",instance_type="p4d.24xlarge",node="{node}"'
+            lines.append(f"{metric}{{{labels}}} {prices[index]}")
+    lines += ["# HELP kube_pod_info Information about pod.", "# TYPE kube_pod_info gauge"]
+    for pod, node in PODS.items():
+        lines.append(f'kube_pod_info{{namespace="{NS}",pod="{pod}",node="{node}",'
+                     f'host_ip="10.0.0.1",pod_ip="10.1.0.2",created_by_kind="ReplicaSet",'
+                     f'uid="u-{pod}"}} 1')
+    return lines
 
 
 @pytest.fixture(scope="module")
 def prometheus() -> Iterator[PrometheusServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Exporter)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        with PrometheusServer(targets=[f"127.0.0.1:{server.server_address[1]}"],
-                              scrape_interval=1.0) as prom:
-            prom.wait_for_series("kube_pod_info", timeout=30)
-            prom.wait_for_series("node_ram_hourly_cost", timeout=30)
-            yield prom
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(exposition(_opencost)) as address, \
+            PrometheusServer(targets=[address], scrape_interval=1.0) as prom:
+        prom.wait_for_series("kube_pod_info", timeout=30)
+        prom.wait_for_series("node_ram_hourly_cost", timeout=30)
+        yield prom
 
 
 def target(name: str, source: str, price: float = 9.0) -> dict[str, Any]:

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
+from exposition import exposition, serving
 from tokenscale.adapters import promql
 from tokenscale.adapters.prometheus import (
     MetricFailure,
@@ -44,23 +44,15 @@ PODS = [
 START = time.time()
 
 
-class _Exporter(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        elapsed = time.time() - START
-        lines = []
-        for prefix, pod, prompt, gen, waiting in PODS:
-            labels = f'namespace="{NS}",pod="{pod}",model_name="m"'
-            lines.append(f"{prefix}prompt_tokens_total{{{labels}}} {prompt * elapsed}")
-            lines.append(f"{prefix}generation_tokens_total{{{labels}}} {gen * elapsed}")
-            lines.append(f"{prefix}num_requests_waiting{{{labels}}} {waiting}")
-        body = ("\n".join(lines) + "\n").encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+def _exposition() -> list[str]:
+    elapsed = time.time() - START
+    lines = []
+    for prefix, pod, prompt, gen, waiting in PODS:
+        labels = f'namespace="{NS}",pod="{pod}",model_name="m"'
+        lines.append(f"{prefix}prompt_tokens_total{{{labels}}} {prompt * elapsed}")
+        lines.append(f"{prefix}generation_tokens_total{{{labels}}} {gen * elapsed}")
+        lines.append(f"{prefix}num_requests_waiting{{{labels}}} {waiting}")
+    return lines
 
 
 class _NotJson(BaseHTTPRequestHandler):
@@ -76,28 +68,15 @@ class _NotJson(BaseHTTPRequestHandler):
         pass
 
 
-def _serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 @pytest.fixture(scope="module")
 def prometheus() -> Iterator[PrometheusServer]:
-    exporter = _serve(_Exporter)
-    address = next(exporter)
-    with PrometheusServer(targets=[address], scrape_interval=1.0) as prom:
+    with serving(exposition(_exposition)) as address, \
+            PrometheusServer(targets=[address], scrape_interval=1.0) as prom:
         prom.wait_for_series('{__name__=~"vllm[:_]generation_tokens_total"}', timeout=30)
         # rate() over 5s is exact only once the whole window holds samples (~12 s of data)
         full = 'min(count_over_time({__name__=~"vllm[:_]prompt_tokens_total"}[12s])) >= 11'
         prom.wait_for_series(full, timeout=40)
         yield prom
-    exporter.close()
 
 
 LLAMA8 = WorkloadRef(NS, "Deployment", "llama-8b")
@@ -232,15 +211,11 @@ async def test_silent_server_is_a_timeout() -> None:
 
 
 async def test_non_json_answer_is_a_bad_response() -> None:
-    server = _serve(_NotJson)
-    address = next(server)
-    try:
+    with serving(_NotJson) as address:
         reader = PrometheusReader(f"http://{address}", 2)
         with pytest.raises(MetricFailure) as info:
             await reader.instant("up", datetime.now(UTC))
         assert info.value.kind == "BadResponse"
-    finally:
-        server.close()
 
 
 async def test_queries_run_concurrently_without_blocking_the_loop(

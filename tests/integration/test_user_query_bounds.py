@@ -4,15 +4,15 @@ that redirects, one that answers too much, one that trickles its answer."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import ClassVar
 
 import pytest
 
+from exposition import serving
 from tokenscale.adapters.prometheus import AnswerLimits, MetricFailure, PrometheusReader
 from tokenscale_testbed.prometheus import PrometheusServer
 
@@ -56,12 +56,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(_Handler) as address:
+        yield f"http://{address}"
 
 
 async def _kind(reader: PrometheusReader, query: str = "up") -> str:
