@@ -162,18 +162,15 @@ def to_json(bt: Backtest, extra: dict[str, Any] | None = None) -> dict[str, Any]
     }
     if bt.family:
         doc.update(yardstick(bt, ts))
-        if bt.budget_oracle is not None:
-            bo = _round(bt.policy_summary(bt.budget_oracle))
-            doc["budget_oracle"] = bo
-            doc["goodput_vs_budget_oracle"] = (
-                round(ts["goodput_tokens"] / bo["goodput_tokens"], 6)
-                if bo.get("goodput_tokens") else None)
-        if bt.budget_oracle_same_split is not None:
-            split = _round(bt.policy_summary(bt.budget_oracle_same_split))
-            doc["budget_oracle_same_split"] = split
-            doc["goodput_vs_budget_oracle_same_split"] = (
-                round(ts["goodput_tokens"] / split["goodput_tokens"], 6)
-                if split.get("goodput_tokens") else None)
+        for key, oracle_runs in (("budget_oracle", bt.budget_oracle),
+                                 ("budget_oracle_same_split",
+                                  bt.budget_oracle_same_split)):
+            if oracle_runs is not None:
+                oracle = _round(bt.policy_summary(oracle_runs))
+                doc[key] = oracle
+                doc[f"goodput_vs_{key}"] = (
+                    round(ts["goodput_tokens"] / oracle["goodput_tokens"], 6)
+                    if oracle.get("goodput_tokens") else None)
         doc["service_models"] = bt.service_models
         engine = bt.settings.engine
         assert engine is not None
