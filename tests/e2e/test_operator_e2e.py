@@ -14,7 +14,8 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,25 +57,36 @@ DEMAND = {
 }
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """Emulator + fleet (one model per test) + Prometheus scraping the fleet every second."""
-    tmp = tmp_path_factory.mktemp("e2e")
+@contextmanager
+def fleet_stack(tmp: Path, demands: Mapping[str, Callable[[float], float]], replicas: int
+                ) -> Iterator[dict[str, Any]]:
+    """Emulator + fleet (a model per entry of ``demands``, each a Deployment of ``replicas``,
+    CAPACITY tokens/s per replica, 2 s cold start) + Prometheus scraping the fleet every
+    second, once it holds a series of every model."""
     with ApiServerThread(crds=[crd()], namespaces=["default", NS]) as api:
         kubeconfig = write_kubeconfig(tmp / "kubeconfig", api.url)
         kubectl = Kubectl(kubeconfig, cache_dir=tmp / "kubectl-cache")
-        for name in DEMAND:
-            kubectl.apply_text(deployment(name, 1))
+        for name in demands:
+            kubectl.apply_text(deployment(name, replicas))
         models = [
             ModelConfig(namespace=NS, name=name, tokens_per_replica_per_second=CAPACITY,
                         cold_start_seconds=2.0, demand=demand)
-            for name, demand in DEMAND.items()
+            for name, demand in demands.items()
         ]
         with FleetThread(api.url, models, tick_seconds=0.2) as fleet, \
                 PrometheusServer(targets=[fleet.metrics_target], scrape_interval=1.0) as prom:
-            prom.wait_for_series('vllm:generation_tokens_total{pod=~"step-.*"}', timeout=60)
+            for name in demands:
+                prom.wait_for_series(f'vllm:generation_tokens_total{{pod=~"{name}-.*"}}',
+                                     timeout=60)
             yield {"api": api, "kubeconfig": kubeconfig, "kubectl": kubectl,
                    "prometheus": prom, "fleet": fleet, "tmp": tmp}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """The fleet stack with one model per test, each starting at one replica."""
+    with fleet_stack(tmp_path_factory.mktemp("e2e"), DEMAND, replicas=1) as built:
+        yield built
 
 
 def deployment(name: str, replicas: int) -> str:

@@ -18,17 +18,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_operator_e2e import CAPACITY, INTERVAL, NS, Level, Operator
+from test_operator_e2e import CAPACITY, INTERVAL, NS, Level, Operator, fleet_stack
 
-import objects
 import testclock
 from tokenscale.api import parse_spec
-from tokenscale.crd import crd
 from tokenscale.status import parse_time
-from tokenscale_testbed.apiserver import ApiServerThread, write_kubeconfig
-from tokenscale_testbed.fleet import FleetThread, ModelConfig
-from tokenscale_testbed.kubectl import Kubectl
-from tokenscale_testbed.prometheus import PrometheusServer
 from tokenscale_testbed.truth import relative_error, truth_cost
 from tokenscale_testbed.waiting import wait_for
 
@@ -70,21 +64,9 @@ BUDGETS = {
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """Emulator + fleet (a model per budget) + Prometheus scraping every second."""
-    tmp = tmp_path_factory.mktemp("truth")
-    with ApiServerThread(crds=[crd()], namespaces=["default", NS]) as api:
-        kubeconfig = write_kubeconfig(tmp / "kubeconfig", api.url)
-        kubectl = Kubectl(kubeconfig, cache_dir=tmp / "kubectl-cache")
-        for name in DEMAND:
-            kubectl.apply_text(objects.manifest(objects.deployment(NS, name, 3)))
-        models = [ModelConfig(namespace=NS, name=name, tokens_per_replica_per_second=CAPACITY,
-                              cold_start_seconds=2.0, demand=demand)
-                  for name, demand in DEMAND.items()]
-        with FleetThread(api.url, models, tick_seconds=0.2) as fleet, \
-                PrometheusServer(targets=[fleet.metrics_target], scrape_interval=1.0) as prom:
-            prom.wait_for_series('vllm:generation_tokens_total{pod=~"edge-.*"}', timeout=60)
-            yield {"api": api, "kubeconfig": kubeconfig, "kubectl": kubectl,
-                   "prometheus": prom, "fleet": fleet, "tmp": tmp}
+    """The e2e fleet stack with a model per budget, each starting at three replicas."""
+    with fleet_stack(tmp_path_factory.mktemp("truth"), DEMAND, replicas=3) as built:
+        yield built
 
 
 def status(stack: dict[str, Any], name: str) -> dict[str, Any]:
