@@ -82,6 +82,11 @@ class OperatorMetrics:
             "tokenscale_prometheus_errors", "Failed Prometheus queries by failure kind.",
             ("kind",), registry=r,
         )
+        self.prometheus_bridged = Counter(
+            "tokenscale_prometheus_bridged",
+            "Failed reads of a batched query answered by its last good answer (one failed "
+            "read in a row is bridged), by query.", ("query",), registry=r,
+        )
         self.scale_actions = Counter(
             "tokenscale_scale_actions", "Replica changes patched, by decision reason.",
             ("reason",), registry=r,

@@ -56,6 +56,8 @@ from tokenscale.adapters.promql import WorkloadRef
 from tokenscale.allowlist import SETTING as ALLOWLIST_SETTING
 from tokenscale.allowlist import PrometheusAllowlist
 from tokenscale.core.budget import period_bounds
+from tokenscale.increase_cache import FULL_READ_SECONDS, IncreaseCache
+from tokenscale.last_good import LastGood
 from tokenscale.metrics import OperatorMetrics
 from tokenscale.range_cache import RangeCache
 from tokenscale.registry import BudgetEntry
@@ -228,6 +230,10 @@ class PrometheusReads:
         self._fit_cache: dict[tuple[str, str], tuple[float, list[Series], list[Series]]] = {}
         #: url -> the token rate over the last window (each cycle reads only what is new)
         self._rate_history: dict[str, RangeCache] = {}
+        #: (url, period start) -> the tokens per pod since that start (read: the news)
+        self._period_tokens: dict[tuple[str, float], IncreaseCache] = {}
+        #: url -> each batched query's last good answer (bridges one failed read)
+        self._last_good: dict[str, LastGood] = {}
         #: (url, engines) -> (unix time read, mean ITL series, token rate series)
         self._latency_cache: dict[tuple[str, tuple[str, ...]],
                                   tuple[float, list[Series], list[Series]]] = {}
@@ -387,13 +393,20 @@ class PrometheusReads:
             for kind, q in override_queries(specs)
         }
         engines = engines_in_use(specs)
+        starts = sorted({at_unix - span for span in span_list})
+        increase_query = promql.tokens_increase_query(1, ns, engines)  # the caches' key
+        self._forget_period_tokens(at_unix)
+        tokens = [self._period_tokens.setdefault((url, since), IncreaseCache())
+                  for since in starts]
+        reads = [cache.read_for(increase_query, since, at_unix)
+                 for cache, since in zip(tokens, starts, strict=True)]
         own = [
             ("token rate", promql.token_rate_query(ns, self._settings.rate_window, engines)),
             ("queue", promql.queue_query(ns, engines)),
             ("recent latency", promql.inter_token_latency_query(
                 ns, self._settings.rate_window, engines)),
-            *(("tokens in period", promql.tokens_increase_query(span, ns, engines))
-              for span in span_list),
+            *(("tokens in period", promql.tokens_increase_query(read.span, ns, engines))
+              for read in reads),
         ]
         history = self._rate_history.setdefault(url, RangeCache())
         rate_start = history.start_for(own[0][1], step, window, at_unix)
@@ -411,8 +424,18 @@ class PrometheusReads:
             out[0] = history.merge(own[0][1], step, window, rate_start, at_unix, out[0])
         elif out[0].kind == "Unreachable":  # maybe a new server with other data; a slow or
             history.clear()  # failing one keeps it (the next read catches up on the gap)
+        for i, (cache, since, read) in enumerate(zip(tokens, starts, reads, strict=True)):
+            answer = out[3 + i]
+            if isinstance(answer, list):  # the period's tokens: kept total + the news
+                out[3 + i] = cache.merge(increase_query, since, at_unix, read, answer)
+            else:  # the failed interval is covered by the next (full) read
+                cache.clear()
         for (what, query), answer in zip(own, out, strict=True):
             self._note(url, what, query, answer)
+        keys = ["token rate", "queue", "recent latency",
+                *(f"tokens in period since {since:.0f}" for since in starts),
+                *(["node prices"] if priced else [])]
+        out = self._bridge(url, keys, out)
         itl, itl_rate = await self._latency_history(url, reader, at_unix, engines)
         refs = target_engines(entries)
         return UrlAnswers(
@@ -426,12 +449,32 @@ class PrometheusReads:
             rate=group_answer(out[0], refs),
             queue=group_answer(out[1], refs),
             recent_itl=group_answer(out[2], refs),
-            increase={span: group_answer(answer, refs)
-                      for span, answer in zip(span_list, out[3:3 + len(span_list)],
-                                              strict=True)},
+            increase={int(at_unix - since): group_answer(answer, refs)
+                      for since, answer in zip(starts, out[3:3 + len(starts)], strict=True)},
             overrides={},
             prices=group_prices(out[-1], priced) if priced else None,
         )
+
+    def _forget_period_tokens(self, at_unix: float) -> None:
+        """Drop the period totals no cycle has read for a full-read period (a period that
+        ended, a budget deleted or edited to another period) and those cleared."""
+        for key, cache in list(self._period_tokens.items()):
+            if cache.end is None or at_unix - cache.end > FULL_READ_SECONDS:
+                del self._period_tokens[key]
+
+    def _bridge(self, url: str, keys: list[str], answers: list[list[Series] | MetricFailure]
+                ) -> list[list[Series] | MetricFailure]:
+        """The answers with one failed read in a row of each query bridged by its last
+        good answer (:mod:`tokenscale.last_good`), counted by query."""
+        last = self._last_good.setdefault(url, LastGood())
+        out = []
+        for key, answer in zip(keys, answers, strict=True):
+            kept, bridged = last.answer(key, answer)
+            if bridged:
+                self._metrics.prometheus_bridged.labels(key.split(" since ")[0]).inc()
+            out.append(kept)
+        last.keep_only(set(keys))
+        return out
 
     def _fit_history(
         self, url: str, reader: PrometheusReader, specs: list[api.TokenBudgetSpec], at: float,

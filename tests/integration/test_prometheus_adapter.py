@@ -23,11 +23,13 @@ from tokenscale.adapters import promql
 from tokenscale.adapters.prometheus import (
     MetricFailure,
     PrometheusReader,
+    Series,
     check_samples,
     group_by_target,
     sum_by_time,
 )
 from tokenscale.adapters.promql import WorkloadRef
+from tokenscale.increase_cache import IncreaseCache, Read
 from tokenscale.range_cache import RangeCache, label_key
 from tokenscale_testbed.prometheus import PrometheusServer, free_port
 
@@ -260,3 +262,33 @@ async def test_the_rate_history_read_in_steps_equals_a_full_read(
 
 def _utc(t: float) -> datetime:
     return datetime.fromtimestamp(t, UTC)
+
+
+async def test_the_period_tokens_read_in_steps_equal_a_full_read(
+    prometheus: PrometheusServer,
+) -> None:
+    """IncreaseCache: the tokens since the period's start read once in full, then only the
+    increase since the last read added on, equal a full read of the same instant."""
+    reader = PrometheusReader(prometheus.url, 5)
+    period_start = float(int(START))  # the counters start here
+    first = float(int(time.time()) - 8)  # ingested
+    later = first + 6
+    query = promql.tokens_increase_query(1, [NS])  # the cache's key
+
+    async def read(span: int, at: float) -> list[Series]:
+        return await reader.instant(promql.tokens_increase_query(span, [NS]), _utc(at))
+
+    cache = IncreaseCache()
+    full = cache.read_for(query, period_start, first)
+    assert full.full and full.span == int(first - period_start)
+    cache.merge(query, period_start, first, full, await read(full.span, first))
+    news = cache.read_for(query, period_start, later)
+    assert news == Read(6, False, first)
+    stepped = {label_key(s.labels): s.samples[-1][1] for s in cache.merge(
+        query, period_start, later, news, await read(news.span, later))}
+    whole = {label_key(s.labels): s.samples[-1][1]
+             for s in await read(int(later - period_start), later)}
+    assert stepped.keys() == whole.keys() and len(whole) == len(PODS)
+    print("stepped / full:", sorted(round(stepped[k] / v, 4) for k, v in whole.items()))
+    for key, tokens in whole.items():
+        assert stepped[key] == pytest.approx(tokens, rel=0.05), key
