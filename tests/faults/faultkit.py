@@ -62,6 +62,7 @@ class Channel:
     pods: int = 2
     mode: str = "ok"
     queries: int = 0
+    fail_next: int = 0  # answer this many of the next requests with HTTP 500, then ``mode``
 
     def pod_names(self) -> list[str]:
         return [f"{self.deployment}-5d8f7c6b9a-{chr(ord('a') + i) * 5}"
@@ -151,6 +152,10 @@ class FaultyPrometheus:
                                                    or time.time()))
         if ch.mode == "slow":
             await asyncio.sleep(self.slow_seconds)
+        if ch.fail_next > 0:
+            ch.fail_next -= 1
+            return web.json_response({"status": "error", "errorType": "internal",
+                                      "error": "injected failure"}, status=500)
         if ch.mode == "http500":
             return web.json_response({"status": "error", "errorType": "internal",
                                       "error": "injected failure"}, status=500)

@@ -91,3 +91,45 @@ def test_each_bad_answer_is_named_and_never_scales_down(
                      message=f"recovery of m-{mode}")
             assert replica_history(apiserver, NS, f"m-{mode}") == [4], mode
         assert op.alive
+
+
+def test_one_failed_read_is_bridged_and_the_second_in_a_row_is_reported(
+    apiserver: ApiServerThread, kubeconfig: Path, faulty_prometheus: FaultyPrometheus
+) -> None:
+    """A shard's batched queries answer for all its budgets: one timeout of a loaded
+    Prometheus must not flip every budget's MetricsAvailable (a status write and an Event
+    each, twice). One failed read is bridged by the last good answer; two in a row are an
+    outage, reported as before."""
+    prom = faulty_prometheus
+    ch = Channel(NS, "llama", rate=4000.0)
+    url = prom.add("shared", ch)
+    create(apiserver, "apps/v1", "deployments", deployment(NS, "llama", 4))
+    create(apiserver, "tokenscale.dev/v1alpha1", "tokenbudgets",
+           budget(NS, "chat", [target("llama")], prometheus_url=url,
+                  fallback={"afterSeconds": 0, "replicas": None}))
+
+    def metrics() -> dict[str, str]:
+        return condition(status_of(apiserver, NS, "chat"), "MetricsAvailable")
+
+    with operators(OperatorProcess(kubeconfig, url)) as (op,):
+        wait_for(lambda: metrics().get("status") == "True", timeout=30,
+                 message="healthy metrics")
+        wait_cycles(apiserver, NS, "chat", cycles=2)  # past the first cycle's extra reads
+        fresh_since = metrics()["lastTransitionTime"]
+        # Just after a cycle wrote its status: the next cycle's four queries (token rate,
+        # queue, recent latency, tokens in period) fail, the one after answers.
+        ch.fail_next = 4
+        wait_for(lambda: ch.fail_next == 0, timeout=30, message="one cycle's reads failed")
+        wait_cycles(apiserver, NS, "chat", cycles=2)
+        assert metrics()["status"] == "True" and metrics()["lastTransitionTime"] == fresh_since
+        for query in ("token rate", "queue", "recent latency", "tokens in period"):
+            assert op.metric("tokenscale_prometheus_bridged_total", query=query) == 1, query
+        assert op.metric("tokenscale_prometheus_errors_total", kind="HTTPError") >= 4
+
+        # Two cycles in a row fail: an outage, reported (and the replicas held).
+        ch.fail_next = 8
+        wait_for(lambda: metrics().get("status") == "False"
+                 and "llama: HTTPError" in metrics().get("message", ""), timeout=30,
+                 message="MetricsAvailable=False on the second failed read in a row")
+        wait_for(lambda: metrics().get("status") == "True", timeout=30, message="recovery")
+        assert replica_history(apiserver, NS, "llama") == [4]
