@@ -28,8 +28,10 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
 
     @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL, registry=registry)
     async def tokenbudget_event(
-        *, type: str | None, body: kopf.Body, **_: Any
+        *, type: str | None, body: kopf.Body, namespace: str | None, **_: Any
     ) -> None:
+        if not reconciler.serves(namespace or ""):
+            return  # another shard's: not even copied
         entry = reconciler.on_event(type, _plain(body))
         if entry is not None and entry.spec is None:
             await reconciler.report_invalid(entry)

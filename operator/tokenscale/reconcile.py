@@ -142,6 +142,10 @@ class Reconciler:
         problem = self.prometheus.allowlist.problem(spec.prometheus.url)
         return [problem] if problem else []
 
+    def serves(self, namespace: str) -> bool:
+        """Whether this operator's shard serves the TokenBudgets of ``namespace``."""
+        return self.settings.shard_spec.owns(namespace)
+
     def on_event(self, event_type: str | None, body: dict[str, Any]) -> BudgetEntry | None:
         """Record a watch event; returns the entry if its spec changed (to validate)."""
         return self.registry.on_event(event_type, body)

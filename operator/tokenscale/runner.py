@@ -25,6 +25,7 @@ from aiohttp import web
 from kopf._core.engines.peering import Identity  # kopf exports no public name for it
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from tokenscale.adapters.informer import PAGE_SIZE as LIST_PAGE_SIZE
 from tokenscale.adapters.informer import WorkloadCache
 from tokenscale.adapters.kube import KubeAdapter, load_client
 from tokenscale.adapters.peering import PeeringGate
@@ -49,6 +50,9 @@ def kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     ks.watching.server_timeout = 300
     ks.watching.client_timeout = 330
     ks.watching.connect_timeout = 10
+    # the first LIST in pages: at 10,000 TokenBudgets an unpaged answer (every status
+    # included) was every shard's peak of memory
+    ks.watching.chunk_size = LIST_PAGE_SIZE
     ks.networking.request_timeout = settings.api_timeout_seconds * 3
     ks.networking.connect_timeout = 10
     ks.peering.standalone = settings.effective_peering_name is None
