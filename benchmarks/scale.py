@@ -119,6 +119,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, Path | None]:
     p.add_argument("--shards", type=int, default=1,
                    help="operator processes, each serving one shard (TOKENSCALE_SHARDS)")
     p.add_argument("--profile", type=Path, help="py-spy raw (collapsed) profile of the window")
+    p.add_argument("--memory-profile", type=Path,
+                   help="tracemalloc snapshot of every operator at the window's end into this "
+                        "directory (slows the operators; read with memory_summary.py)")
     p.add_argument("--keep", type=Path, help="copy the work dir (logs) here")
     p.add_argument("--json", type=Path, help="write the result here")
     p.add_argument("--quiet", action="store_true")
@@ -130,7 +133,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, Path | None]:
                  scrape_interval=a.scrape_interval, rate_window=a.rate_window,
                  forecast_window_seconds=a.forecast_window, step_targets=a.step_targets,
                  shards=a.shards,
-                 profile=a.profile, keep=a.keep, quiet=a.quiet)
+                 profile=a.profile, memory_profile=a.memory_profile, keep=a.keep,
+                 quiet=a.quiet)
     return cfg, a.json
 
 

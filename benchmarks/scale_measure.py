@@ -12,6 +12,7 @@ import contextlib
 import copy
 import math
 import re
+import signal
 import statistics
 import subprocess
 import threading
@@ -34,6 +35,7 @@ from scale_workload import (
 )
 from tokenscale.status import differs, significant
 from tokenscale_testbed.apiserver import ApiServer
+from tokenscale_testbed.waiting import wait_for
 
 # ------------------------------------------------------------------------- probes
 
@@ -260,6 +262,12 @@ def measure_window(rig: Rig, ops: list[psutil.Process]) -> Window:
             f"{len(steps)} targets")
     sleep_until(end)
     s1 = snapshot(rig, ops, metrics_first=False)
+    if cfg.memory_profile is not None:  # each operator writes its tracemalloc snapshot
+        for op in ops:
+            op.send_signal(signal.SIGUSR2)
+        snaps = [cfg.memory_profile / f"{op.pid}.snap" for op in ops]
+        wait_for(lambda: all(p.exists() for p in snaps),
+                 timeout=300, interval=1.0, message="the operators' memory snapshots")
     events = rig.call(lambda s: events_by_reason(s, s0.at), timeout=60)
     status1 = rig.call(lambda s: sample_statuses(s, sampled), timeout=60)
     changes = significant_changes(status0, status1)

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -195,11 +196,22 @@ def start_operators(rig: Rig, kubeconfig: Path, prom: PrometheusServer) -> list[
                "TOKENSCALE_LOG_FORMAT": "text", "TOKENSCALE_LOG_LEVEL": "INFO",
                "TOKENSCALE_RATE_WINDOW": rig.cfg.rate_window,
                "TOKENSCALE_SHARDS": str(rig.cfg.shards), "TOKENSCALE_SHARD": str(shard)}
+        if rig.cfg.memory_profile is not None:  # benchmarks/memprobe: SIGUSR2 -> snapshot
+            rig.cfg.memory_profile.mkdir(parents=True, exist_ok=True)
+            env.update({"TOKENSCALE_MEMPROBE_DIR": str(rig.cfg.memory_profile.resolve()),
+                        "PYTHONPATH": os.pathsep.join(
+                            [str(Path(__file__).parent / "memprobe"),
+                             *filter(None, [os.environ.get("PYTHONPATH")])])})
         log = rig.work / ("operator.log" if rig.cfg.shards == 1 else f"operator-{shard}.log")
         proc = subprocess.Popen([sys.executable, "-m", "tokenscale.cli", "run"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=log.open("wb"))
         rig.operators.append(proc)
         out.append(psutil.Process(proc.pid))
+    if rig.cfg.memory_profile is not None:  # trace from when each serves its metrics
+        for proc, port in zip(rig.operators, rig.metrics_ports, strict=True):
+            wait_for(lambda p=port: alive(f"http://127.0.0.1:{p}/metrics"),  # type: ignore[misc]
+                     timeout=120, message="an operator's metrics endpoint")
+            proc.send_signal(signal.SIGUSR1)
     return out
 
 

@@ -39,6 +39,7 @@ class Config:
     step_targets: int = 10
     shards: int = 1
     profile: Path | None = None
+    memory_profile: Path | None = None  # tracemalloc snapshots of every operator
     keep: Path | None = None
     quiet: bool = False
 

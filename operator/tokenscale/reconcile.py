@@ -46,7 +46,7 @@ from tokenscale.observation import (
     replica_prices,
 )
 from tokenscale.prometheus_reads import PrometheusReads, UrlAnswers
-from tokenscale.registry import BudgetEntry, BudgetRegistry
+from tokenscale.registry import BudgetEntry, BudgetRegistry, kept_body
 from tokenscale.reporting import Reporter, adopt_status_age
 from tokenscale.scaling import apply_plan
 from tokenscale.settings import OperatorSettings
@@ -275,7 +275,7 @@ class Reconciler:
                                 entry.name, exc)
                 return
             status = body.get("status")
-            entry.body = body
+            entry.body = kept_body(body)
             entry.written = status if isinstance(status, dict) else None
             entry.memory = None  # restored from that status by the next reconcile
             entry.last_patch = None

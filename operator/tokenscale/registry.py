@@ -30,6 +30,19 @@ def next_tick(now: float, interval: float, phase: float = 0.0) -> float:
     return (math.floor((now - offset) / interval) + 1) * interval + offset
 
 
+#: The metadata an entry keeps of its TokenBudget's body (status and Events need no more).
+KEPT_METADATA = ("name", "namespace", "uid", "generation", "resourceVersion")
+
+
+def kept_body(body: dict[str, Any]) -> dict[str, Any]:
+    """The part of a TokenBudget body an entry keeps: its identifying metadata. The spec is
+    kept parsed, the status as ``written``; a full body (with its status, and in a real
+    cluster managedFields and kubectl's last-applied copy of the spec) per budget was most
+    of a shard's memory at 10,000 budgets."""
+    meta = body.get("metadata") or {}
+    return {"metadata": {k: meta[k] for k in KEPT_METADATA if k in meta}}
+
+
 @dataclass
 class BudgetEntry:
     """What the operator holds about one TokenBudget between cycles."""
@@ -98,10 +111,11 @@ class BudgetRegistry:
             return None
         entry = self.entries.get(key)
         if entry is None:
-            entry = BudgetEntry(namespace=key[0], name=key[1], body=body, phase=self._phase)
+            entry = BudgetEntry(namespace=key[0], name=key[1], body=kept_body(body),
+                                phase=self._phase)
             self.entries[key] = entry
             self._metrics.budgets.set(len(self.entries))
-        entry.body = body
+        entry.body = kept_body(body)
         if entry.written is None and isinstance(body.get("status"), dict):
             entry.written = body["status"]
         spec_key = json.dumps(body.get("spec"), sort_keys=True, default=str)
