@@ -33,6 +33,7 @@ from scale_workload import (
     sampled_budgets,
     step_deployments,
 )
+from tokenscale.sharding import shard_of
 from tokenscale.status import differs, significant
 from tokenscale_testbed.apiserver import ApiServer
 from tokenscale_testbed.waiting import wait_for
@@ -196,10 +197,11 @@ def sleep_until(t: float) -> None:
 
 class LagWatcher:
     """Polls the stepped Deployments every 0.1 s from a thread; ``lags`` holds, per
-    (namespace, deployment), the seconds from ``step_at`` (unix s) to the first replica
+    (namespace, deployment), the seconds from its ``step_at`` (unix s) to the first replica
     count other than 1."""
 
-    def __init__(self, rig: Rig, steps: list[tuple[str, str]], step_at: float) -> None:
+    def __init__(self, rig: Rig, steps: list[tuple[str, str]],
+                 step_at: dict[tuple[str, str], float]) -> None:
         self.rig, self.steps, self.step_at = rig, steps, step_at
         self.lags: dict[tuple[str, str], float] = {}
         self._done = threading.Event()
@@ -210,8 +212,8 @@ class LagWatcher:
             now = time.time()
             current = self.rig.call(lambda s: replicas_of(s, self.steps))
             for key, value in zip(self.steps, current, strict=True):
-                if value != 1 and key not in self.lags and now >= self.step_at:
-                    self.lags[key] = now - self.step_at
+                if value != 1 and key not in self.lags and now >= self.step_at[key]:
+                    self.lags[key] = now - self.step_at[key]
             time.sleep(0.1)
 
     def start(self) -> None:
@@ -252,9 +254,14 @@ def measure_window(rig: Rig, ops: list[psutil.Process]) -> Window:
     end = begin + cfg.intervals * interval
 
     steps = step_deployments(cfg)
-    watcher = LagWatcher(rig, steps, s0.at + 0.3 * interval)
-    sleep_until(watcher.step_at)
-    step_load(rig, steps, watcher.step_at, STEP_TOKENS)
+    # Each target's step lands 30 % into its own shard's interval (shard i ticks i/n of the
+    # interval later), so every shard's lag is measured as one operator's is.
+    at = {key: s0.at + 0.3 * interval
+          + round(shard_of(key[0], cfg.shards) / cfg.shards * interval) for key in steps}
+    for when in sorted(set(at.values())):
+        step_load(rig, [k for k in steps if at[k] == when], when, STEP_TOKENS)
+    watcher = LagWatcher(rig, steps, at)
+    sleep_until(min(at.values()))
     watcher.start()
     if cfg.profile is not None:
         start_profiler(rig, ops[0].pid, end - time.time(), cfg.profile)
