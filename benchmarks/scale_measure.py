@@ -238,6 +238,7 @@ class Window:
     status_changes: Counter[str]  # significant changes of sampled statuses, by path
     lags: dict[tuple[str, str], float]  # s from the load step to the scale-up, per target
     steps: list[tuple[str, str]]  # the stepped (namespace, deployment)
+    interval: float = 30.0  # the budgets' planning interval (s)
 
 
 def measure_window(rig: Rig, ops: list[psutil.Process]) -> Window:
@@ -282,7 +283,7 @@ def measure_window(rig: Rig, ops: list[psutil.Process]) -> Window:
     if rig.profiler is not None:
         with contextlib.suppress(subprocess.TimeoutExpired):
             rig.profiler.wait(60)
-    return Window(s0, s1, events, changes, watcher.lags, steps)
+    return Window(s0, s1, events, changes, watcher.lags, steps, interval)
 
 
 # ------------------------------------------------------------------- the figures
@@ -303,6 +304,9 @@ class ShardFigures:
     peak_rss_mb: float
     rss_mb_end: float
     prometheus_errors_by_kind: dict[str, float]
+    #: budgets planned in the window / (budgets x intervals in the window): 1.0 = every
+    #: budget planned every interval
+    planned_share: float = 0.0
 
 
 @dataclass
@@ -332,7 +336,7 @@ class Figures:
 
 
 def shard_figures(m0: dict[str, float], m1: dict[str, float], cpu: float, wall: float,
-                  op: psutil.Process) -> ShardFigures:
+                  op: psutil.Process, interval: float) -> ShardFigures:
     """One shard's figures from its two metric snapshots and CPU seconds in the window."""
 
     def delta(prefix: str) -> float:
@@ -340,8 +344,11 @@ def shard_figures(m0: dict[str, float], m1: dict[str, float], cpu: float, wall: 
 
     cycles = delta("tokenscale_cycles_total")
     per = max(cycles, 1.0)
+    budgets = metric_sum(m1, "tokenscale_tokenbudgets{")
     return ShardFigures(
-        budgets=metric_sum(m1, "tokenscale_tokenbudgets{"),
+        budgets=budgets,
+        planned_share=delta("tokenscale_reconcile_duration_seconds_count")
+        / max(1.0, budgets * round(wall / interval)),
         cycles=cycles,
         cycle_seconds=delta("tokenscale_cycle_duration_seconds_sum") / per,
         prometheus_queries_per_cycle=delta("tokenscale_prometheus_queries_total") / per,
@@ -362,7 +369,7 @@ def figures(w: Window, ops: list[psutil.Process]) -> Figures:
     """Differences of the window's two snapshots, per cycle or per wall second, per shard and
     combined; the operators' memory now."""
     wall = w.end.at - w.start.at
-    shards = [shard_figures(m0, m1, c1 - c0, wall, op) for m0, m1, c0, c1, op in zip(
+    shards = [shard_figures(m0, m1, c1 - c0, wall, op, w.interval) for m0, m1, c0, c1, op in zip(
         w.start.metrics, w.end.metrics, w.start.op_cpu, w.end.op_cpu, ops, strict=True)]
     cycles = statistics.mean(s.cycles for s in shards)  # planning intervals, as one shard
     per = max(cycles, 1.0)

@@ -52,6 +52,7 @@ def result(cfg: Config, fig: Figures, first_status: float, total: float) -> dict
         "per_shard": [{
             "budgets": int(s.budgets),
             "cycles": s.cycles,
+            "planned_share": round(s.planned_share, 3),
             "cycle_seconds": round(s.cycle_seconds, 3),
             "prometheus_queries_per_cycle": round(s.prometheus_queries_per_cycle, 2),
             "prometheus_errors_per_cycle": round(s.prometheus_errors_per_cycle, 2),
