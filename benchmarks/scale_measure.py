@@ -256,8 +256,9 @@ def measure_window(rig: Rig, ops: list[psutil.Process]) -> Window:
 
     steps = step_deployments(cfg)
     # Each target's step lands 30 % into its own shard's interval (shard i ticks i/n of the
-    # interval later), so every shard's lag is measured as one operator's is.
-    at = {key: s0.at + 0.3 * interval
+    # interval later), counted from the tick (not from the snapshot, which takes seconds at
+    # 10,000 budgets), so every shard's lag is measured as one operator's is.
+    at = {key: begin + lead + 0.3 * interval
           + round(shard_of(key[0], cfg.shards) / cfg.shards * interval) for key in steps}
     for when in sorted(set(at.values())):
         step_load(rig, [k for k in steps if at[k] == when], when, STEP_TOKENS)
