@@ -16,9 +16,9 @@ OURS = ("tokenscale/", "kopf/")
 
 
 def owner(trace: tracemalloc.Traceback) -> str:
-    """The allocation's first frame (innermost first) in tokenscale or kopf, else its
-    innermost frame."""
-    frames = list(trace)  # innermost first
+    """The allocation's innermost frame in tokenscale, else in kopf, else its innermost
+    frame."""
+    frames = list(reversed(trace))  # a Traceback lists the oldest frame first
     for want in OURS:
         for frame in frames:
             if want in frame.filename:
