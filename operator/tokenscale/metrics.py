@@ -84,8 +84,8 @@ class OperatorMetrics:
         )
         self.prometheus_bridged = Counter(
             "tokenscale_prometheus_bridged",
-            "Failed reads of a batched query answered by its last good answer (one failed "
-            "read in a row is bridged), by query.", ("query",), registry=r,
+            "Failed reads of a batched query bridged (the first in a row: its budgets skip "
+            "that cycle), by query.", ("query",), registry=r,
         )
         self.scale_actions = Counter(
             "tokenscale_scale_actions", "Replica changes patched, by decision reason.",

@@ -55,9 +55,9 @@ from tokenscale.adapters.prometheus import (
 from tokenscale.adapters.promql import WorkloadRef
 from tokenscale.allowlist import SETTING as ALLOWLIST_SETTING
 from tokenscale.allowlist import PrometheusAllowlist
+from tokenscale.bridging import Bridge
 from tokenscale.core.budget import period_bounds
 from tokenscale.increase_cache import FULL_READ_SECONDS, IncreaseCache
-from tokenscale.last_good import LastGood
 from tokenscale.metrics import OperatorMetrics
 from tokenscale.range_cache import RangeCache
 from tokenscale.registry import BudgetEntry
@@ -127,6 +127,9 @@ class UrlAnswers:
     pending: dict[tuple[str, str], asyncio.Task[list[Series] | MetricFailure]] = field(
         default_factory=dict)
     pending_fits: dict[str, asyncio.Task[FitHistory]] = field(default_factory=dict)
+    #: the default queries that failed right after a good read: the cycle is skipped for
+    #: the budgets of this Prometheus (:mod:`tokenscale.bridging`)
+    bridged: tuple[str, ...] = ()
 
 
 def group_answer(
@@ -232,8 +235,8 @@ class PrometheusReads:
         self._rate_history: dict[str, RangeCache] = {}
         #: (url, period start) -> the tokens per pod since that start (read: the news)
         self._period_tokens: dict[tuple[str, float], IncreaseCache] = {}
-        #: url -> each batched query's last good answer (bridges one failed read)
-        self._last_good: dict[str, LastGood] = {}
+        #: url -> which batched queries answered on their last read (bridges one failure)
+        self._bridges: dict[str, Bridge] = {}
         #: (url, engines) -> (unix time read, mean ITL series, token rate series)
         self._latency_cache: dict[tuple[str, tuple[str, ...]],
                                   tuple[float, list[Series], list[Series]]] = {}
@@ -435,7 +438,7 @@ class PrometheusReads:
         keys = ["token rate", "queue", "recent latency",
                 *(f"tokens in period since {since:.0f}" for since in starts),
                 *(["node prices"] if priced else [])]
-        out = self._bridge(url, keys, out)
+        bridged = self._bridge(url, keys, out)
         itl, itl_rate = await self._latency_history(url, reader, at_unix, engines)
         refs = target_engines(entries)
         return UrlAnswers(
@@ -453,6 +456,7 @@ class PrometheusReads:
                       for since, answer in zip(starts, out[3:3 + len(starts)], strict=True)},
             overrides={},
             prices=group_prices(out[-1], priced) if priced else None,
+            bridged=bridged,
         )
 
     def _forget_period_tokens(self, at_unix: float) -> None:
@@ -462,19 +466,17 @@ class PrometheusReads:
             if cache.end is None or at_unix - cache.end > FULL_READ_SECONDS:
                 del self._period_tokens[key]
 
-    def _bridge(self, url: str, keys: list[str], answers: list[list[Series] | MetricFailure]
-                ) -> list[list[Series] | MetricFailure]:
-        """The answers with one failed read in a row of each query bridged by its last
-        good answer (:mod:`tokenscale.last_good`), counted by query."""
-        last = self._last_good.setdefault(url, LastGood())
-        out = []
-        for key, answer in zip(keys, answers, strict=True):
-            kept, bridged = last.answer(key, answer)
-            if bridged:
-                self._metrics.prometheus_bridged.labels(key.split(" since ")[0]).inc()
-            out.append(kept)
-        last.keep_only(set(keys))
-        return out
+    def _bridge(self, url: str, keys: list[str],
+                answers: list[list[Series] | MetricFailure]) -> tuple[str, ...]:
+        """The queries whose failure this cycle is bridged (:mod:`tokenscale.bridging`: the
+        budgets of ``url`` skip the cycle), counted by query."""
+        bridge = self._bridges.setdefault(url, Bridge())
+        bridged = tuple(key for key, answer in zip(keys, answers, strict=True)
+                        if bridge.bridges(key, answer))
+        for key in bridged:
+            self._metrics.prometheus_bridged.labels(key.split(" since ")[0]).inc()
+        bridge.keep_only(set(keys))
+        return bridged
 
     def _fit_history(
         self, url: str, reader: PrometheusReader, specs: list[api.TokenBudgetSpec], at: float,

@@ -346,6 +346,8 @@ class Reconciler:
             return
         state = namespaces[entry.namespace]
         url_answers = answers[self.prometheus.url_for(spec)]
+        if url_answers.bridged:  # one failed read: skip the cycle, change and write nothing
+            return
         await self.prometheus.settle(url_answers, spec)
         observation = self.observe(entry, url_answers, state)
         if observation is None:

@@ -1,12 +1,12 @@
-"""IncreaseCache and LastGood: what they ask for, keep and answer (pure: series as values)."""
+"""IncreaseCache and Bridge: what they ask for, keep and answer (pure: series as values)."""
 
 from __future__ import annotations
 
 import math
 
 from tokenscale.adapters.prometheus import MetricFailure, Series
+from tokenscale.bridging import Bridge
 from tokenscale.increase_cache import FULL_READ_SECONDS, IncreaseCache, Read
-from tokenscale.last_good import LastGood
 
 Q, START = "increase", 86_400.0
 
@@ -65,19 +65,19 @@ def test_a_non_finite_value_is_passed_on_and_the_next_read_is_full() -> None:
     assert cache.read_for(Q, START, START + 120).full
 
 
-def test_one_failed_read_in_a_row_is_bridged_by_the_last_good_answer() -> None:
-    last = LastGood()
+def test_one_failed_read_in_a_row_is_bridged_the_second_is_not() -> None:
+    bridge = Bridge()
     good = _tokens(a=1)
     timeout = MetricFailure("Timeout", "no answer within 5s")
-    assert last.answer("queue", timeout) == (timeout, False)  # nothing good seen yet
-    assert last.answer("queue", good) == (good, False)
-    assert last.answer("queue", timeout) == (good, True)  # bridged
-    assert last.answer("queue", timeout) == (timeout, False)  # the second in a row is told
-    assert last.answer("queue", good) == (good, False)
-    assert last.answer("queue", MetricFailure("HTTPError", "503")) == (good, True)
-    assert last.answer("queue", good) == (good, False)
+    assert not bridge.bridges("queue", timeout)  # nothing good seen yet: an outage
+    assert not bridge.bridges("queue", good)
+    assert bridge.bridges("queue", timeout)  # right after a good read: bridged
+    assert not bridge.bridges("queue", timeout)  # the second in a row is told
+    assert not bridge.bridges("queue", good)
+    assert bridge.bridges("queue", MetricFailure("HTTPError", "503"))
+    assert not bridge.bridges("queue", good)
     # what Prometheus holds is never bridged, only failures to ask it
-    nan = MetricFailure("NaN", "a NaN sample")
-    assert last.answer("queue", nan) == (nan, False)
-    last.keep_only({"token rate"})
-    assert last.answer("queue", timeout) == (timeout, False)  # forgotten
+    assert not bridge.bridges("queue", MetricFailure("NaN", "a NaN sample"))
+    assert not bridge.bridges("queue", good)
+    bridge.keep_only({"token rate"})
+    assert not bridge.bridges("queue", timeout)  # forgotten
