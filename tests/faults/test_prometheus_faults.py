@@ -98,7 +98,7 @@ def test_one_failed_read_is_bridged_and_the_second_in_a_row_is_reported(
 ) -> None:
     """A shard's batched queries answer for all its budgets: one timeout of a loaded
     Prometheus must not flip every budget's MetricsAvailable (a status write and an Event
-    each, twice). One failed read is bridged by the last good answer; two in a row are an
+    each, twice). One failed read is bridged (its budgets skip the cycle); two in a row are an
     outage, reported as before."""
     prom = faulty_prometheus
     ch = Channel(NS, "llama", rate=4000.0)
