@@ -444,6 +444,21 @@ class PriceStatus(_Model):
                         description="How it was derived, or why the spec's price is used.")
 
 
+class ForecastScoreStatus(_Model):
+    """How a target's trend forecast and the level of now (its newest demand sample) have done
+    lately: the memory of the rule that picks one (the lower recent error)."""
+
+    due: str | None = Field(None, description="Instant the pending pair of forecasts is for "
+                                              "(RFC 3339).")
+    trend: float = Field(0, description="The pending trend forecast, tokens/s.")
+    level: float = Field(0, description="The pending level of now, tokens/s.")
+    trend_error: float = Field(0, description="The trend's recent mean absolute error, "
+                                              "tokens/s.")
+    level_error: float = Field(0, description="The level's recent mean absolute error, "
+                                              "tokens/s.")
+    scored: int = Field(0, ge=0, description="Pairs of forecasts scored so far.")
+
+
 class TargetStatus(_Model):
     """What the operator sees and decides for one target."""
 
@@ -463,6 +478,9 @@ class TargetStatus(_Model):
     service_model: ServiceModelStatus | None = None
     metrics: TargetMetricsStatus | None = None
     price: PriceStatus | None = None
+    forecast_score: ForecastScoreStatus | None = Field(
+        None, description="The trend's and the level of now's recent errors (which one the "
+                          "demand estimate uses).")
 
 
 class BudgetStatus(_Model):

@@ -30,6 +30,7 @@ from tokenscale.core.types import (
     BindingLimit,
     ConditionValue,
     DemandProfile,
+    ForecastScore,
     Memory,
     Observation,
     Plan,
@@ -86,6 +87,8 @@ def memory_from_status(status: api.TokenBudgetStatus) -> Memory:
     profiles = {p.target: _profile(p) for p in status.demand_profiles}
     queues = {t.name: t.queue_length for t in status.targets
               if t.queue_length is not None and math.isfinite(t.queue_length)}
+    scores = {t.name: _score(t.forecast_score) for t in status.targets
+              if t.forecast_score is not None}
     admissions = {t.name: t.admission.tokens_per_second for t in status.targets
                   if t.admission is not None and math.isfinite(t.admission.tokens_per_second)}
     prices = {t.name: t.price.cost_per_replica_hour for t in status.targets
@@ -103,7 +106,31 @@ def memory_from_status(status: api.TokenBudgetStatus) -> Memory:
         queues=queues,
         admissions=admissions,
         prices=prices,
+        forecast_scores=scores,
     )
+
+
+def _score(s: api.ForecastScoreStatus) -> ForecastScore:
+    """A target's forecast errors as persisted (broken numbers read as none scored)."""
+    numbers = (s.trend, s.level, s.trend_error, s.level_error)
+    if not all(math.isfinite(x) and x >= 0 for x in numbers):
+        return ForecastScore()
+    return ForecastScore(due=parse_time(s.due), trend=s.trend, level=s.level,
+                         trend_error=s.trend_error, level_error=s.level_error,
+                         scored=s.scored)
+
+
+def _score_status(s: ForecastScore | None) -> api.ForecastScoreStatus | None:
+    """A target's forecast errors for status, to 4 significant digits."""
+    if s is None:
+        return None
+
+    def r(x: float) -> float:
+        return float(f"{x:.4g}")
+
+    return api.ForecastScoreStatus(
+        due=to_rfc3339(s.due) if s.due else None, trend=r(s.trend), level=r(s.level),
+        trend_error=r(s.trend_error), level_error=r(s.level_error), scored=s.scored)
 
 
 def _profile(p: api.DemandProfileStatus) -> DemandProfile:
@@ -263,6 +290,7 @@ def build_status(
             service_model=_service_model(decision.service_model),
             metrics=(metrics or {}).get(name),
             price=(prices or {}).get(name),
+            forecast_score=_score_status(plan.memory.forecast_scores.get(name)),
         ))
     conditions, changes = merge_conditions(
         old.conditions, [*extra_conditions, *plan.conditions], now, generation
@@ -380,9 +408,11 @@ _NOT_SIGNIFICANT = frozenset({"lastReconcileTime", "demandProfiles"})
 def significant(status: Mapping[str, Any]) -> dict[str, Any]:
     """The view of a wire-form status that decides whether to patch."""
     view = {k: v for k, v in status.items() if k not in _NOT_SIGNIFICANT}
-    for key in ("conditions", "targets"):  # messages quote durations that tick every cycle
+    # messages quote durations that tick every cycle; a forecast score moves every cycle too
+    # (memory written along with a patch that is due anyway, like the demand profiles)
+    for key in ("conditions", "targets"):
         view[key] = [
-            {k: v for k, v in item.items() if k != "message"}
+            {k: v for k, v in item.items() if k not in ("message", "forecastScore")}
             for item in view.get(key) or [] if isinstance(item, dict)
         ]
     recs = view.pop("recommendations", None) or []

@@ -7,7 +7,9 @@ gateway's arrival counter when the target has one (``arrival_rate_samples``), el
 token rate. The observed rate is the newest sample. The trend is a least-squares line through
 the samples of the last ``forecastWindowSeconds``; the forecast is that line's value
 ``coldStartSeconds`` after now (never negative), i.e. the rate when a replica requested now would
-be ready. Fewer than two samples, or all at one instant, forecast the observed rate. Without an
+be ready. Fewer than two samples, or all at one instant, forecast the observed rate. The trend's
+forecast is used only while its recent error beats the level of now's (the newest sample, same
+horizon): otherwise the level is the forecast (:mod:`tokenscale.core.level`). Without an
 arrival counter two corrections recover what the served rate hides:
 
 * **Queue growth.** Requests that arrived but were not served are the queue's growth since the
@@ -74,7 +76,8 @@ from statistics import NormalDist
 from typing import Literal, NamedTuple
 
 from tokenscale.api import PlanningSpec, Reason, TargetSpec
-from tokenscale.core.types import RecommendationEntry, TargetObservation
+from tokenscale.core.level import level_forecast, score, use_level
+from tokenscale.core.types import ForecastScore, RecommendationEntry, TargetObservation
 
 #: A served rate at this share of the published admission rate is censored by it.
 CENSORED_SHARE = 0.95
@@ -97,6 +100,9 @@ class Demand(NamedTuple):
     growth: float = 0.0  # the queue's growth since the last cycle, tokens/s
     censored: bool = False  # the served rate is at the admission rate: demand is above it
     source: Literal["served", "arrivals"] = "served"  # arrivals: a gateway's counter
+    #: which forecast is in use: the trend's, or the level of now (its recent error is lower)
+    method: Literal["trend", "level"] = "trend"
+    score: ForecastScore | None = None  # both forecasts' recent errors, for the memory
 
 
 class Previous(NamedTuple):
@@ -106,6 +112,7 @@ class Previous(NamedTuple):
     queue: float | None = None  # waiting requests
     admission: float | None = None  # tokens/s
     seconds: float = 0.0
+    score: ForecastScore | None = None  # the trend's and the level's recent errors
 
 
 #: Nothing known of the last cycle (the first one).
@@ -144,13 +151,18 @@ def estimate_demand(target: TargetSpec, obs: TargetObservation, planning: Planni
             floor = censored_floor(limit, obs.ready_replicas, planning.tolerance)
     drain_seconds = max(planning.interval_seconds, target.cold_start_seconds)
     drain = queue_drain_rate(obs.queue_length, obs.tokens_per_request, drain_seconds)
+    level = level_forecast(samples, now, planning.forecast_window_seconds)
+    scores = score(previous.score, samples, now, forecast, level, target.cold_start_seconds)
+    method: Literal["trend", "level"] = "trend"
+    if level is not None and use_level(scores):
+        method, forecast = "level", level
     total = max(observed + growth, forecast, floor) + drain
     margin = slo_quantile(target.slo.attainment) * trend_spread(
         samples, now, planning.forecast_window_seconds)
     raw = raw_need(max(total * (1.0 + planning.headroom), total + margin), 0.0,
                    target.capacity, planning.target_utilization)
     return Demand(observed, forecast, drain, total, raw, margin, growth, censored,
-                  "arrivals" if arrivals else "served")
+                  "arrivals" if arrivals else "served", method, scores)
 
 
 def slo_quantile(attainment: float) -> float:

@@ -11,7 +11,7 @@ import math
 
 from tokenscale.api import PlanningSpec, TokenBudgetSpec
 from tokenscale.core.budget import Accounts
-from tokenscale.core.capacity import Recommendation
+from tokenscale.core.capacity import Demand, Recommendation
 from tokenscale.core.outage import Hold, Seen
 from tokenscale.core.pacing import Allocation, Outcome, Proposal
 
@@ -71,13 +71,24 @@ def demand_text(seen: Seen, planning: PlanningSpec, r: Recommendation) -> str:
         extra += ", censored: served at the admission rate, so at least one replica more"
     return (
         f"demand {rate(d.total)} tok/s ({d.source} {rate(d.observed)}, forecast "
-        f"{rate(d.forecast)} in {t.cold_start_seconds}s{extra}, queue "
+        f"{rate(d.forecast)} in {t.cold_start_seconds}s{forecast_method(d)}{extra}, queue "
         f"{seen.obs.queue_length:g} -> "
         f"+{rate(d.drain)}) at {rate(t.capacity)} tok/s/replica x "
         f"{planning.target_utilization:g} utilization, margin +{rate(d.margin)} "
         f"(z x spread; headroom floor {planning.headroom:.0%}) "
         f"needs {d.raw_need:.2f} replicas"
     )
+
+
+def forecast_method(d: Demand) -> str:
+    """Which estimate is in use (the trend's or the level of now) and why, once scored."""
+    s = d.score
+    if s is None or not s.scored:
+        return ""
+    errors = f"recent error {rate(s.level_error)} vs the trend's {rate(s.trend_error)}"
+    if d.method == "level":
+        return f" = the level of now ({errors})"
+    return f" by trend (level of now: {errors})"
 
 
 def recommendation_message(seen: Seen, planning: PlanningSpec, r: Recommendation) -> str:

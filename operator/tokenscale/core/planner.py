@@ -84,6 +84,7 @@ from tokenscale.core.pacing import Allocation, Outcome, Proposal, pace
 from tokenscale.core.service import fit_service, spec_service
 from tokenscale.core.types import (
     Decision,
+    ForecastScore,
     Memory,
     Observation,
     Plan,
@@ -168,7 +169,7 @@ class _Cycle(NamedTuple):
         last = self.memory.last_accounted
         seconds = (self.now - last).total_seconds() if last is not None else 0.0
         return Previous(self.memory.queues.get(target), self.memory.admissions.get(target),
-                        seconds)
+                        seconds, self.memory.forecast_scores.get(target))
 
 
 def _finite(x: float) -> float | None:
@@ -364,4 +365,19 @@ def _next_memory(cycle: _Cycle, memory: Memory, allocation: Allocation,
                     if d.admission_tokens_per_second is not None},
         prices={o.proposal.seen.target.name: o.proposal.seen.target.cost_per_replica_hour
                 for o in outcomes},
+        forecast_scores=_scores(outcomes, memory),
     )
+
+
+def _scores(outcomes: tuple[Outcome, ...], memory: Memory) -> dict[str, ForecastScore]:
+    """Each target's forecast score after this cycle: a steered target's as its demand
+    estimate left it, a held one's unchanged; removed targets dropped."""
+    out: dict[str, ForecastScore] = {}
+    for o in outcomes:
+        name = o.proposal.seen.target.name
+        wants = o.proposal.wants
+        s = wants.demand.score if isinstance(wants, Recommendation) else None
+        s = s or memory.forecast_scores.get(name)
+        if s is not None:
+            out[name] = s
+    return out

@@ -116,6 +116,25 @@ class DemandProfile:
 
 
 @dataclass(frozen=True)
+class ForecastScore:
+    """How well one target's trend forecast and level of now have done lately, and the pair
+    not scored yet (:mod:`tokenscale.core.level`).
+
+    ``due``: the instant the pending forecasts are for (None: none pending); ``trend`` and
+    ``level``: their values (tokens/s); ``trend_error`` and ``level_error``: the
+    exponential averages of their absolute errors (tokens/s); ``scored``: pairs scored so far
+    (at most 1000).
+    """
+
+    due: datetime | None = None
+    trend: float = 0.0
+    level: float = 0.0
+    trend_error: float = 0.0
+    level_error: float = 0.0
+    scored: int = 0
+
+
+@dataclass(frozen=True)
 class Memory:
     """State carried between cycles in the TokenBudget's status (lossless on restart)."""
 
@@ -137,6 +156,9 @@ class Memory:
     #: per target: the price per replica-hour (currency/h, before the multiplier) it was
     #: planned with at ``last_accounted``: the time since is charged at it
     prices: dict[str, float] = field(default_factory=dict)
+    #: per target: the trend's and the level's recent errors and the pair of forecasts not
+    #: scored yet (:mod:`tokenscale.core.level`)
+    forecast_scores: dict[str, ForecastScore] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
