@@ -69,7 +69,7 @@ from scale_rig import (  # noqa: E402
     teardown,
     wait_first_statuses,
 )
-from scale_workload import Config, history_origin  # noqa: E402
+from scale_workload import Config, history_origin, zone_offset_hours  # noqa: E402
 
 __all__ = ["Config", "main", "parse_args", "run", "table"]
 
@@ -92,6 +92,7 @@ def _run(rig: Rig) -> dict[str, Any]:
     cfg = rig.cfg
     started = time.monotonic()
     now = time.time()
+    cfg.utc_offset_hours = zone_offset_hours(now, cfg.hours_into_period)
     origin = history_origin(cfg, now)
     blocks = start_exporter(rig, origin, now)
     prom = start_prometheus(rig, blocks)
@@ -122,19 +123,25 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, Path | None]:
     p.add_argument("--memory-profile", type=Path,
                    help="tracemalloc snapshot of every operator at the window's end into this "
                         "directory (slows the operators; read with memory_summary.py)")
+    p.add_argument("--hours-into-period", type=float, default=12.0,
+                   help="the budgets' daily period starts this many hours (0-24) before the "
+                   "run (a fixed-offset time zone is chosen for it), so the figures do not "
+                   "depend on the time of day")
     p.add_argument("--keep", type=Path, help="copy the work dir (logs) here")
     p.add_argument("--json", type=Path, help="write the result here")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     if a.budgets < 1 or a.intervals < 1 or a.interval_seconds < 5 or a.shards < 1:
         p.error("--budgets >= 1, --intervals >= 1, --interval-seconds >= 5, --shards >= 1")
+    if not 0 <= a.hours_into_period <= 24:
+        p.error("--hours-into-period must be within 0 .. 24")
     cfg = Config(budgets=a.budgets, intervals=a.intervals, interval_seconds=a.interval_seconds,
                  budgets_per_namespace=a.budgets_per_namespace,
                  scrape_interval=a.scrape_interval, rate_window=a.rate_window,
                  forecast_window_seconds=a.forecast_window, step_targets=a.step_targets,
                  shards=a.shards,
                  profile=a.profile, memory_profile=a.memory_profile, keep=a.keep,
-                 quiet=a.quiet)
+                 quiet=a.quiet, hours_into_period=a.hours_into_period)
     return cfg, a.json
 
 

@@ -24,6 +24,7 @@ def result(cfg: Config, fig: Figures, first_status: float, total: float) -> dict
         "namespaces": len(namespaces(cfg)),
         "interval_seconds": cfg.interval_seconds,
         "intervals": cfg.intervals,
+        "hours_into_period": cfg.hours_into_period,
         "cycles": fig.cycles,
         "window_seconds": round(fig.wall_seconds, 2),
         "cycle_seconds": round(fig.cycle_seconds, 3),

@@ -42,6 +42,34 @@ class Config:
     memory_profile: Path | None = None  # tracemalloc snapshots of every operator
     keep: Path | None = None
     quiet: bool = False
+    hours_into_period: float = 12.0
+    #: UTC offset (h) of the budgets' time zone, chosen at the start (:func:`zone_offset_hours`)
+    utc_offset_hours: int = 0
+
+
+def zone_offset_hours(now: float, hours_into_period: float) -> int:
+    """Whole-hour UTC offset (-12 .. +14) of a time zone whose local time at ``now`` (unix s)
+    is within the hour up to ``hours_into_period`` (h): the budgets' daily period is then that
+    far along whatever the time of day the benchmark runs at (status writes and the
+    ``increase()`` since the period start both grow with it)."""
+    offset = math.floor(hours_into_period - (now % DAY) / 3600)
+    while offset < -12:
+        offset += 24
+    while offset > 14:
+        offset -= 24
+    return offset
+
+
+def zone_name(offset_hours: int) -> str:
+    """The IANA name of the fixed-offset zone UTC+``offset_hours`` (POSIX sign: Etc/GMT-5 is
+    UTC+5)."""
+    return f"Etc/GMT{-offset_hours:+d}"
+
+
+def period_start(now: float, offset_hours: int) -> float:
+    """Unix time (s) of the local midnight at or before ``now`` in UTC+``offset_hours``."""
+    offset = offset_hours * 3600
+    return math.floor((now + offset) / DAY) * DAY - offset
 
 
 def namespace(i: int, per_ns: int) -> str:
@@ -73,7 +101,8 @@ def budget_body(i: int, cfg: Config) -> dict[str, Any]:
         "metadata": {"name": f"tb-{i:05d}", "namespace": namespace(i, cfg.budgets_per_namespace)},
         "spec": {
             "mode": "Active",
-            "budget": {"period": "Day", "timeZone": "UTC", "maxCost": 5000, "currency": "USD"},
+            "budget": {"period": "Day", "timeZone": zone_name(cfg.utc_offset_hours),
+                       "maxCost": 5000, "currency": "USD"},
             "planning": {"intervalSeconds": cfg.interval_seconds,
                          "forecastWindowSeconds": cfg.forecast_window_seconds},
             "targets": [
@@ -106,11 +135,11 @@ def rfc3339(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
-def running_status(origin: float, now: float) -> dict[str, Any]:
+def running_status(cfg: Config, origin: float, now: float) -> dict[str, Any]:
     """The status an operator running since ``origin`` (unix s, this period) would have
     written at ``now``: the spend so far (USD, tokens), so the benchmark sees a budget hours
     into its period, not a new one."""
-    midnight = math.floor(now / DAY) * DAY
+    midnight = period_start(now, cfg.utc_offset_hours)
     hours = max(0.0, now - max(origin, midnight)) / 3600
     return {
         "phase": "Active",
@@ -127,7 +156,7 @@ def populate(server: ApiServer, cfg: Config, origin: float, now: float) -> None:
         ns = namespace(i, cfg.budgets_per_namespace)
         for name in targets(i):
             server.create_object("apps/v1", "deployments", deployment_body(ns, name))
-    status = running_status(origin, now)
+    status = running_status(cfg, origin, now)
     for i in range(cfg.budgets):
         server.create_object(TB, "tokenbudgets", {**budget_body(i, cfg), "status": status})
 
@@ -153,9 +182,10 @@ def sampled_budgets(cfg: Config) -> list[tuple[str, str]]:
 
 
 def history_origin(cfg: Config, now: float) -> float:
-    """Unix time (s) the series start: the period start (UTC midnight), or earlier so there is
-    at least one forecast window (+2 min) of history at scrape resolution."""
-    midnight = math.floor(now / DAY) * DAY
+    """Unix time (s) the series start: the period start (the budgets' local midnight), or
+    earlier so there is at least one forecast window (+2 min) of history at scrape
+    resolution."""
+    midnight = period_start(now, cfg.utc_offset_hours)
     return min(midnight, now - history_seconds(cfg))
 
 

@@ -76,6 +76,14 @@ FIT_REFRESH_SECONDS = 600
 LATENCY_HISTORY_SECONDS = 3600
 LATENCY_STEP_SECONDS = 60
 LATENCY_RATE_WINDOW = "5m"
+#: Timeout of a *full* read (the token rate over the whole forecast window, the period's
+#: tokens since its start, the latency history) as a multiple of the budgets' per-query
+#: timeout, at most MAX_FULL_READ_TIMEOUT_SECONDS. A full window is about 12x the points of
+#: the news a cycle reads (61 against 5 per pod at the defaults) and is asked once, at a
+#: start or when a cache is lost; under the news read's timeout it could time out in every
+#: cycle, and nothing is cached until it succeeds (2,500 budgets, BENCHMARKS.md).
+FULL_READ_TIMEOUT_FACTOR = 4.0
+MAX_FULL_READ_TIMEOUT_SECONDS = 60.0
 #: How long past its timeout a user query may wait for a thread of the pool (s).
 USER_QUERY_GRACE_SECONDS = 1.0
 #: The spec field of each kind of override (in the operator's log).
@@ -413,8 +421,12 @@ class PrometheusReads:
         ]
         history = self._rate_history.setdefault(url, RangeCache())
         rate_start = history.start_for(own[0][1], step, window, at_unix)
-        jobs = [self._attempt(reader.range(q, datetime.fromtimestamp(rate_start, UTC), at, step)
-                              if i == 0 else reader.instant(q, at))
+        long_wait = full_read_timeout(reader.timeout_seconds)
+        timeouts = [long_wait if rate_start <= at_unix - window else None,
+                    None, None, *(long_wait if read.full else None for read in reads)]
+        jobs = [self._attempt(reader.range(q, datetime.fromtimestamp(rate_start, UTC), at, step,
+                                           timeout=timeouts[0])
+                              if i == 0 else reader.instant(q, at, timeout=timeouts[i]))
                 for i, (_, q) in enumerate(own)]
         priced = {e.ref(t) for e in entries if e.spec is not None for t in e.spec.targets
                   if t.cost_source == "OpenCost"}
@@ -538,13 +550,14 @@ class PrometheusReads:
             end = datetime.fromtimestamp(at, UTC)
             start = end - timedelta(seconds=LATENCY_HISTORY_SECONDS)
             ns = self.namespaces()
+            long_wait = full_read_timeout(reader.timeout_seconds)
             itl, rates = await asyncio.gather(
                 self._attempt(reader.range(
                     promql.inter_token_latency_query(ns, LATENCY_RATE_WINDOW, engines),
-                    start, end, LATENCY_STEP_SECONDS)),
+                    start, end, LATENCY_STEP_SECONDS, timeout=long_wait)),
                 self._attempt(reader.range(
                     promql.token_rate_query(ns, LATENCY_RATE_WINDOW, engines),
-                    start, end, LATENCY_STEP_SECONDS)),
+                    start, end, LATENCY_STEP_SECONDS, timeout=long_wait)),
             )
             if isinstance(itl, list) and isinstance(rates, list):
                 cached = (at, itl, rates)
@@ -554,3 +567,11 @@ class PrometheusReads:
                 cached = (at, [], [])
             self._latency_cache[(url, engines)] = cached
         return cached[1], cached[2]
+
+
+def full_read_timeout(timeout_seconds: float) -> float:
+    """The timeout (s) of a full read, for queries whose news read waits ``timeout_seconds``:
+    :data:`FULL_READ_TIMEOUT_FACTOR` times it, at most :data:`MAX_FULL_READ_TIMEOUT_SECONDS`
+    (never shorter than ``timeout_seconds``)."""
+    return max(timeout_seconds,
+               min(timeout_seconds * FULL_READ_TIMEOUT_FACTOR, MAX_FULL_READ_TIMEOUT_SECONDS))

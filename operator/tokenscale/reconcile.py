@@ -37,6 +37,7 @@ from tokenscale import api
 from tokenscale.adapters.informer import WorkloadCache
 from tokenscale.adapters.kube import KubeAdapter, KubeError
 from tokenscale.core.types import Memory, Observation, Plan
+from tokenscale.memory import release_free_memory
 from tokenscale.metrics import OperatorMetrics
 from tokenscale.namespace_reads import NamespaceState, read_namespaces
 from tokenscale.observation import (
@@ -224,6 +225,8 @@ class Reconciler:
                 entry.in_flight = False
                 if entry.spec is not None and entry.next_due <= now:
                     entry.schedule_after(now)
+            if self.settings.allocator_tuning:
+                release_free_memory()  # the cycle's answers and bodies are garbage now
             self.registry.changed.set()
 
     async def may_act(self) -> bool:

@@ -30,6 +30,7 @@ from tokenscale.adapters.informer import WorkloadCache
 from tokenscale.adapters.kube import KubeAdapter, load_client
 from tokenscale.adapters.peering import PeeringGate
 from tokenscale.handlers import register
+from tokenscale.memory import tune_allocator
 from tokenscale.metrics import OperatorMetrics
 from tokenscale.reconcile import Reconciler
 from tokenscale.settings import OperatorSettings
@@ -212,5 +213,7 @@ def run(settings: OperatorSettings | None = None) -> int:
     """Blocking entry point of `tokenscale run`."""
     settings = settings or OperatorSettings()
     configure_logging(settings)
+    if settings.allocator_tuning:
+        tune_allocator()  # before any thread starts: arenas already made would stay
     asyncio.run(operate(settings))
     return 0

@@ -185,8 +185,12 @@ def test_patch_policy_ignores_churn_but_not_changes() -> None:
     assert not needs_patch(old, moved, seconds_since_patch=5, heartbeat=60)
     assert needs_patch(old, moved, seconds_since_patch=61, heartbeat=60)
     assert needs_patch(None, moved, seconds_since_patch=None, heartbeat=60)
+    # the spend so far is written every 1% of the projection to the period's end (200 USD)
+    cheaper = api.dump(build_status(
+        a_plan(later, cost=14.0)[0], observation, api.parse_status(old), later, 1)[0])
+    assert not needs_patch(old, cheaper, seconds_since_patch=5, heartbeat=60)
     dearer = api.dump(build_status(
-        a_plan(later, cost=13.0)[0], observation, api.parse_status(old), later, 1)[0])
+        a_plan(later, cost=15.0)[0], observation, api.parse_status(old), later, 1)[0])
     assert needs_patch(old, dearer, seconds_since_patch=5, heartbeat=60)
     scaled = {**moved, "desiredReplicas": 5}
     assert needs_patch(old, scaled, seconds_since_patch=5, heartbeat=60)

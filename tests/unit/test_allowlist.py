@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from core_world import target
 from pydantic import ValidationError
 
 from tokenscale import api
-from tokenscale.adapters.prometheus import AnswerLimits, MetricFailure, parse_result
+from tokenscale.adapters.prometheus import (
+    AnswerLimits,
+    MetricFailure,
+    decode_answer,
+    parse_result,
+)
 from tokenscale.allowlist import SETTING, PrometheusAllowlist, canonical
 from tokenscale.metrics import OperatorMetrics
 from tokenscale.registry import BudgetRegistry
@@ -108,6 +115,26 @@ def test_answer_limits() -> None:
             parse_result(result, limits)
         assert info.value.kind == kind
     assert limits.max_bytes >= 10 * 200
+
+
+def test_samples_are_parsed_while_the_answer_is_decoded() -> None:
+    """decode_answer turns each series' samples into (time, value) tuples inside the JSON
+    decoder (the raw lists of a large answer never all exist at once) and gives the same
+    series as parsing the plain answer; a bad sample is still BadResponse."""
+    result = [*_series(3, 4), {"metric": {"pod": "q"}, "value": [5, "+Inf"]}]
+    body = json.dumps({"status": "success", "data": {"resultType": "matrix",
+                                                      "result": result}})
+    decoded = decode_answer(body.encode())
+    assert decoded[0]["values"] == ((0.0, 1.0), (1.0, 1.0), (2.0, 1.0), (3.0, 1.0))
+    assert parse_result(decoded) == parse_result(result)
+    limits = AnswerLimits(max_series=10, max_points=10)
+    with pytest.raises(MetricFailure) as too_many:
+        parse_result(decode_answer(body), limits)
+    assert too_many.value.kind == "TooManyPoints"
+    bad = body.replace('[2, "1"]', '[2, "one"]')
+    with pytest.raises(MetricFailure) as info:
+        decode_answer(bad)
+    assert info.value.kind == "BadResponse"
 
 
 async def test_the_reads_never_query_a_url_off_the_allowlist() -> None:

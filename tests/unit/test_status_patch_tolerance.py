@@ -34,6 +34,23 @@ def test_spend_drift_adds_up_against_the_last_write() -> None:
     assert needs_patch(old, a_status(cost=50.6), seconds_since_patch=30, heartbeat=300)
 
 
+def test_spend_early_in_a_period_is_written_per_share_of_its_projection() -> None:
+    # 20 minutes into a day that will cost 100 USD: 0.5 USD spent, +0.8 USD in ten minutes.
+    def early(cost: float, projected: float = 100.0) -> dict[str, Any]:
+        status = a_status(cost=cost)
+        status["spend"] = {"cost": cost, "tokens": cost * 1e6, "projectedCost": projected,
+                           "projectedTokens": projected * 1e6}
+        return status
+
+    old = early(0.5)
+    assert not needs_patch(old, early(0.55), seconds_since_patch=30, heartbeat=300)
+    assert not needs_patch(old, early(1.3), seconds_since_patch=30, heartbeat=300)
+    assert needs_patch(old, early(1.6), seconds_since_patch=30, heartbeat=300)
+    # the projection itself keeps its own 1%
+    assert needs_patch(old, early(0.55, projected=102.0), seconds_since_patch=30,
+                       heartbeat=300)
+
+
 def test_integers_and_strings_compare_exactly() -> None:
     old = a_status(desired=150)
     assert needs_patch(old, a_status(desired=151), seconds_since_patch=30, heartbeat=300)

@@ -86,6 +86,24 @@ class AnswerLimits:
         return 200 * self.max_points + 4096 * self.max_series
 
 
+def _decode_samples(obj: dict[str, Any]) -> dict[str, Any]:
+    """``json.loads`` object hook: a series' ``values`` become (time s, value) tuples as
+    soon as its object is decoded, so the raw ``[time, "value"]`` lists of a large range
+    answer (about 150 bytes per sample) never all exist at once beside the parsed ones; the
+    first cycle's three range answers made most of an operator's peak memory."""
+    values = obj.get("values")
+    if "metric" in obj and isinstance(values, list):
+        obj["values"] = tuple(_pair(v) for v in values)
+    return obj
+
+
+def decode_answer(body: bytes | bytearray | str) -> Any:
+    """The ``data.result`` of a Prometheus API answer ``body`` (JSON), with each series'
+    samples already parsed (:func:`_decode_samples`); a sample that is not [time, number]
+    is BadResponse, as in :func:`parse_result`."""
+    return json.loads(body, object_hook=_decode_samples)["data"]["result"]
+
+
 def parse_result(result: Any, limits: AnswerLimits | None = None) -> list[Series]:
     """Turn the `data.result` of a vector or matrix answer into :class:`Series`, refusing
     more series (TooManySeries) or samples (TooManyPoints) than ``limits``."""
@@ -102,6 +120,8 @@ def parse_result(result: Any, limits: AnswerLimits | None = None) -> list[Series
         labels = {str(k): str(v) for k, v in item.get("metric", {}).items()}
         if "value" in item:
             samples: tuple[Sample, ...] = (_pair(item["value"]),)
+        elif isinstance(item.get("values"), tuple):  # parsed while decoding (decode_answer)
+            samples = item["values"]
         elif "values" in item and isinstance(item["values"], list):
             samples = tuple(_pair(v) for v in item["values"])
         else:
@@ -197,7 +217,8 @@ class PrometheusReader:
                 result = self._bounded_request(kind, query, params, seconds, self.limits)
             else:
                 result = self._form_request(kind, query, params, seconds)
-        except requests.JSONDecodeError as exc:  # also a RequestException: check first
+        except (requests.JSONDecodeError, json.JSONDecodeError) as exc:  # (before the
+            # RequestException and ValueError they also are)
             raise MetricFailure("BadResponse", f"not JSON: {exc}"[:500]) from None
         except requests.TooManyRedirects as exc:  # max_redirects = 0
             raise MetricFailure("HTTPError", f"{self.url}: redirect refused: {exc}"[:500]) \
@@ -238,7 +259,7 @@ class PrometheusReader:
             raise PrometheusApiClientException(
                 f"HTTP Status Code {response.status_code} ({response.content[:300]!r})"
             )
-        return response.json()["data"]["result"]
+        return decode_answer(response.content)
 
     def _bounded_request(
         self, kind: str, query: str, params: dict[str, str], seconds: float,
@@ -276,7 +297,7 @@ class PrometheusReader:
         finally:
             response.close()
         try:
-            return json.loads(body)["data"]["result"]
+            return decode_answer(body)
         except json.JSONDecodeError as exc:
             raise MetricFailure("BadResponse", f"not JSON: {exc}"[:500]) from None
 
