@@ -49,10 +49,10 @@ class Config:
 
 def zone_offset_hours(now: float, hours_into_period: float) -> int:
     """Whole-hour UTC offset (-12 .. +14) of a time zone whose local time at ``now`` (unix s)
-    is within the hour up to ``hours_into_period`` (h): the budgets' daily period is then that
-    far along whatever the time of day the benchmark runs at (status writes and the
-    ``increase()`` since the period start both grow with it)."""
-    offset = math.floor(hours_into_period - (now % DAY) / 3600)
+    is within the hour from ``floor(hours_into_period)`` (h, 0 .. 23): the budgets' daily
+    period is then that far along whatever the time of day the benchmark runs at (status
+    writes and the ``increase()`` since the period start both depend on it)."""
+    offset = math.floor(min(hours_into_period, 23.0)) - math.floor((now % DAY) / 3600)
     while offset < -12:
         offset += 24
     while offset > 14:

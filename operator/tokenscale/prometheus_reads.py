@@ -422,7 +422,8 @@ class PrometheusReads:
         history = self._rate_history.setdefault(url, RangeCache())
         rate_start = history.start_for(own[0][1], step, window, at_unix)
         long_wait = full_read_timeout(reader.timeout_seconds)
-        timeouts = [long_wait if rate_start <= at_unix - window else None,
+        first_read = history.end is None or rate_start <= at_unix - window
+        timeouts = [long_wait if first_read else None,
                     None, None, *(long_wait if read.full else None for read in reads)]
         jobs = [self._attempt(reader.range(q, datetime.fromtimestamp(rate_start, UTC), at, step,
                                            timeout=timeouts[0])
@@ -439,6 +440,8 @@ class PrometheusReads:
             out[0] = history.merge(own[0][1], step, window, rate_start, at_unix, out[0])
         elif out[0].kind == "Unreachable":  # maybe a new server with other data; a slow or
             history.clear()  # failing one keeps it (the next read catches up on the gap)
+        else:
+            history.failed()
         for i, (cache, since, read) in enumerate(zip(tokens, starts, reads, strict=True)):
             answer = out[3 + i]
             if isinstance(answer, list):  # the period's tokens: kept total + the news

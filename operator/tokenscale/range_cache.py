@@ -17,8 +17,9 @@ gap longer than the window reads the whole window again; so does the read after 
 empty one or an unreachable server (a restarted Prometheus with an empty TSDB, a metric that
 is gone: the planner sees what Prometheus holds, not what it held). A Prometheus that times
 out or errs keeps the cache: under load, asking it for the whole window again after every
-timeout made the next read time out too (10,000 budgets, BENCHMARKS.md). Pure: no I/O, no
-clock.
+timeout made the next read time out too (10,000 budgets, BENCHMARKS.md). When the cache is
+empty (a start) and that first read fails, the next asks for a quarter of the span, and so
+on: the window then fills with the cycles' news. Pure: no I/O, no clock.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ from tokenscale.adapters.prometheus import Series
 
 #: Steps before the newest cached point that each cycle reads again.
 OVERLAP_STEPS = 2
+#: After each failed read into an empty cache, the next one asks for this share of the span
+#: before (a whole window, then a quarter, a sixteenth ...), at least MIN_FIRST_READ_STEPS
+#: steps; the window then fills as the cycles' news arrive.
+FIRST_READ_SHRINK = 0.25
+MIN_FIRST_READ_STEPS = OVERLAP_STEPS + 3
 
 LabelKey = tuple[tuple[str, str], ...]
 
@@ -48,16 +54,28 @@ class RangeCache:
     window: float = 0.0
     end: float | None = None  # the newest cycle read (None: nothing cached)
     series: dict[LabelKey, Series] = field(default_factory=dict)
+    failed_first_reads: int = 0  # failed reads in a row while nothing was cached
 
     def start_for(self, query: str, step: float, window: float, at: float) -> float:
         """Where this cycle's read at ``at`` should start: ``at - window`` (a full read) unless
         the cache holds the same query and step, a window at least as long and a recent
-        enough end; then ``OVERLAP_STEPS`` steps before its end."""
+        enough end; then ``OVERLAP_STEPS`` steps before its end. While reads into an empty
+        cache fail, each next one asks for a shorter span (:data:`FIRST_READ_SHRINK`): a
+        Prometheus too loaded to answer a whole window for every pod still answers its newest
+        minutes, and the planner starts on those rather than on nothing."""
         full = at - window
+        if self.end is None and self.failed_first_reads:
+            span = window * FIRST_READ_SHRINK ** self.failed_first_reads
+            return at - min(window, max(span, MIN_FIRST_READ_STEPS * step))
         if (self.end is None or query != self.query or step != self.step
                 or window > self.window or at <= self.end or at - self.end >= window):
             return full
         return max(full, self.end - OVERLAP_STEPS * step)
+
+    def failed(self) -> None:
+        """A read failed (timeout, error): the cache stays; counted when it held nothing."""
+        if self.end is None:
+            self.failed_first_reads += 1
 
     def merge(self, query: str, step: float, window: float, start: float, at: float,
               answer: list[Series]) -> list[Series]:
@@ -76,6 +94,7 @@ class RangeCache:
         if full or query != self.query or step != self.step:
             self.series = {}
         self.query, self.step, self.window, self.end = query, step, window, at
+        self.failed_first_reads = 0
         lower = at - window
         merged: dict[LabelKey, Series] = {}
         for key, old in self.series.items():
@@ -95,3 +114,4 @@ class RangeCache:
         """Forget everything (the next read is a full one)."""
         self.end = None
         self.series = {}
+        self.failed_first_reads = 0

@@ -62,3 +62,29 @@ def test_an_answer_with_the_same_labels_twice_passes_uncached() -> None:
     twice = [_series("a", range(940, 1001, 10), 1.0), _series("a", range(940, 1001, 10), 2.0)]
     assert cache.merge(Q, STEP, WINDOW, 940, 1000, twice) == twice
     assert cache.end is None
+
+
+def test_a_failed_first_read_is_asked_again_shorter_and_the_window_fills() -> None:
+    cache = RangeCache()
+    window = 600.0
+    assert cache.start_for(Q, STEP, window, 1000) == 400  # a start: the whole window
+    cache.failed()
+    assert cache.start_for(Q, STEP, window, 1030) == 1030 - 150  # a quarter
+    cache.failed()
+    assert cache.start_for(Q, STEP, window, 1060) == 1060 - 50  # at least 5 steps
+    got = _by_pod(cache.merge(Q, STEP, window, 1010, 1060,
+                              [_series("a", range(1010, 1061, 10), 1.0)]))
+    assert got["a"][0] == (1010.0, 1.0)  # what it got: the newest minute
+    assert cache.failed_first_reads == 0
+    # From there on each cycle asks its news; the window fills as they arrive.
+    at = 1060
+    while at < 1700:
+        at += 30
+        start = cache.start_for(Q, STEP, window, at)
+        assert start == at - 30 - OVERLAP_STEPS * STEP
+        got = _by_pod(cache.merge(Q, STEP, window, start, at,
+                                  [_series("a", range(int(start), at + 1, 10), 1.0)]))
+    assert got["a"][0][0] == at - window  # a whole window again
+    cache.failed()  # a failure with something cached: news as before, the cache kept
+    assert cache.start_for(Q, STEP, window, at + 30) == at - OVERLAP_STEPS * STEP
+    assert cache.failed_first_reads == 0

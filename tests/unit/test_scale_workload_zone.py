@@ -14,7 +14,7 @@ from scale_workload import period_start, zone_name, zone_offset_hours
 MIDNIGHT_UTC = 1_796_169_600.0  # 2026-12-02T00:00:00Z
 
 
-def test_every_hour_of_the_day_lands_twelve_hours_into_the_local_day() -> None:
+def test_every_hour_of_the_day_lands_as_far_into_the_local_day() -> None:
     for quarter in range(96):
         now = MIDNIGHT_UTC + quarter * 900.0 + 7.0
         offset = zone_offset_hours(now, 12.0)
@@ -23,7 +23,9 @@ def test_every_hour_of_the_day_lands_twelve_hours_into_the_local_day() -> None:
         start = period_start(now, offset)
         local_start = datetime.fromtimestamp(start, zone)
         assert (local_start.hour, local_start.minute, local_start.second) == (0, 0, 0)
-        assert 11 * 3600 < now - start <= 12 * 3600, (quarter, offset)
+        assert 12 * 3600 <= now - start < 13 * 3600, (quarter, offset)
+        early = zone_offset_hours(now, 0.5)
+        assert 0 <= now - period_start(now, early) < 3600, (quarter, early)
 
 
 def test_fixed_offset_zone_names_use_posix_signs() -> None:
