@@ -430,12 +430,16 @@ def significant(status: Mapping[str, Any]) -> dict[str, Any]:
 RATE_TOLERANCE = 0.10
 FLOAT_TOLERANCE = 0.01
 _RATE_KEYS = frozenset({"tokensPerSecond", "forecastTokensPerSecond", "queueLength"})
-#: The period's running totals in ``spend`` and the projection of each to the period's end:
+#: The period's running totals in ``spend`` and ``budget`` and the projection of each to the
+#: period's end:
 #: a total is compared against the larger of itself and that projection, so it is written
 #: every 1% of what the period will cost (or at the heartbeat), not every 1% of itself. A
 #: total starts at 0 with every period: relative to itself, every status changed in every
 #: cycle of a period's first hour (670 patches per cycle at 1,000 budgets, BENCHMARKS.md).
-_SPEND_TOTALS = {"cost": "projectedCost", "tokens": "projectedTokens"}
+_SPEND_TOTALS = {
+    "spend": {"cost": "projectedCost", "tokens": "projectedTokens"},
+    "budget": {"spent": "projected"},  # the binding limit's total, in its unit
+}
 
 
 def differs(old: Any, new: Any, key: str = "") -> bool:
@@ -447,8 +451,9 @@ def differs(old: Any, new: Any, key: str = "") -> bool:
     if isinstance(old, dict) and isinstance(new, dict):
         if old.keys() != new.keys():
             return True
-        if key == "spend":
-            return any(_spend_differs(old, new, k) for k in new)
+        totals = _SPEND_TOTALS.get(key)
+        if totals is not None:
+            return any(_total_differs(old, new, k, totals.get(k)) for k in new)
         return any(differs(old[k], new[k], k) for k in new)
     if isinstance(old, list | tuple) and isinstance(new, list | tuple):
         return len(old) != len(new) or any(
@@ -464,12 +469,13 @@ def differs(old: Any, new: Any, key: str = "") -> bool:
     return bool(old != new)
 
 
-def _spend_differs(old: Mapping[str, Any], new: Mapping[str, Any], key: str) -> bool:
-    """Whether ``spend[key]`` differs; a running total (:data:`_SPEND_TOTALS`) by more than
-    :data:`FLOAT_TOLERANCE` of the larger of its values and the new projection to the
-    period's end."""
+def _total_differs(old: Mapping[str, Any], new: Mapping[str, Any], key: str,
+                   projected_key: str | None) -> bool:
+    """Whether ``new[key]`` differs from ``old[key]``; a running total (its projection to the
+    period's end in ``new[projected_key]``, :data:`_SPEND_TOTALS`) by more than
+    :data:`FLOAT_TOLERANCE` of the larger of its values and that projection."""
     before, after = old[key], new[key]
-    projection = new.get(_SPEND_TOTALS.get(key, ""))
+    projection = new.get(projected_key) if projected_key is not None else None
     if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
                for v in (before, after, projection)):
         return differs(before, after, key)

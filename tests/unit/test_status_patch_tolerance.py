@@ -40,12 +40,20 @@ def test_spend_early_in_a_period_is_written_per_share_of_its_projection() -> Non
         status = a_status(cost=cost)
         status["spend"] = {"cost": cost, "tokens": cost * 1e6, "projectedCost": projected,
                            "projectedTokens": projected * 1e6}
+        status["budget"] = {"binding": "Cost", "limit": 5000.0, "unit": "USD", "spent": cost,
+                            "projected": projected, "display": "5,000 USD"}
         return status
 
     old = early(0.5)
     assert not needs_patch(old, early(0.55), seconds_since_patch=30, heartbeat=300)
     assert not needs_patch(old, early(1.3), seconds_since_patch=30, heartbeat=300)
     assert needs_patch(old, early(1.6), seconds_since_patch=30, heartbeat=300)
+    # the binding limit's total alone follows the same rule
+    moved = early(0.5)
+    moved["budget"]["spent"] = 0.55
+    assert not needs_patch(old, moved, seconds_since_patch=30, heartbeat=300)
+    moved["budget"]["spent"] = 1.6
+    assert needs_patch(old, moved, seconds_since_patch=30, heartbeat=300)
     # the projection itself keeps its own 1%
     assert needs_patch(old, early(0.55, projected=102.0), seconds_since_patch=30,
                        heartbeat=300)
