@@ -39,15 +39,20 @@ TRIM_THRESHOLD_BYTES = 128 * 1024
 
 @functools.cache
 def _glibc() -> ctypes.CDLL | None:
-    """The C library when it is glibc (it has ``mallopt`` and ``malloc_trim``), else None."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        libc = ctypes.CDLL(name)
-    except OSError:
-        return None
-    if not (hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim")):
+    """The C library when it is glibc (it has ``mallopt`` and ``malloc_trim``), else None.
+
+    The process's own symbols first (the interpreter links the C library; no ``ldconfig``
+    needed, which slim and distroless images lack), then the library by name."""
+    libc: ctypes.CDLL | None = None
+    for name in (None, ctypes.util.find_library("c")):
+        try:
+            candidate = ctypes.CDLL(name)
+        except OSError:
+            continue
+        if hasattr(candidate, "mallopt") and hasattr(candidate, "malloc_trim"):
+            libc = candidate
+            break
+    if libc is None:
         return None
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     libc.mallopt.restype = ctypes.c_int

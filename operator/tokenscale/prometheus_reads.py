@@ -441,7 +441,7 @@ class PrometheusReads:
         elif out[0].kind == "Unreachable":  # maybe a new server with other data; a slow or
             history.clear()  # failing one keeps it (the next read catches up on the gap)
         else:
-            history.failed()
+            history.failed(at_unix)
         for i, (cache, since, read) in enumerate(zip(tokens, starts, reads, strict=True)):
             answer = out[3 + i]
             if isinstance(answer, list):  # the period's tokens: kept total + the news

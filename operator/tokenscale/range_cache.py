@@ -72,8 +72,14 @@ class RangeCache:
             return full
         return max(full, self.end - OVERLAP_STEPS * step)
 
-    def failed(self) -> None:
-        """A read failed (timeout, error): the cache stays; counted when it held nothing."""
+    def failed(self, at: float) -> None:
+        """A read at ``at`` failed (timeout, error): the cache stays while it still overlaps
+        the window; counted when it held nothing (or nothing of the window any more: after
+        a long outage the next reads are as after a start)."""
+        if self.end is not None and at - self.end >= self.window:
+            failures = self.failed_first_reads
+            self.clear()
+            self.failed_first_reads = failures
         if self.end is None:
             self.failed_first_reads += 1
 

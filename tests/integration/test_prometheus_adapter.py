@@ -127,6 +127,16 @@ async def test_a_shifted_operator_clock_still_reads_prometheus_in_its_own_time(
     assert await plain.instant(promql.queue_query([NS]), at) == []
 
 
+async def test_a_fractional_timeout_is_a_timeout_prometheus_accepts(
+    prometheus: PrometheusServer,
+) -> None:
+    # spec.prometheus.timeoutSeconds may be 2.5; "2.5s" is not a Prometheus duration
+    reader = PrometheusReader(prometheus.url, 2.5)
+    queue = await reader.instant(promql.queue_query([NS]), datetime.now(UTC))
+    assert queue
+    assert await reader.instant(promql.queue_query([NS]), datetime.now(UTC), timeout=0.75)
+
+
 async def test_queue_and_increase_since_period_start(prometheus: PrometheusServer) -> None:
     reader = PrometheusReader(prometheus.url, 5)
     at = datetime.now(UTC)

@@ -68,9 +68,9 @@ def test_a_failed_first_read_is_asked_again_shorter_and_the_window_fills() -> No
     cache = RangeCache()
     window = 600.0
     assert cache.start_for(Q, STEP, window, 1000) == 400  # a start: the whole window
-    cache.failed()
+    cache.failed(1000)
     assert cache.start_for(Q, STEP, window, 1030) == 1030 - 150  # a quarter
-    cache.failed()
+    cache.failed(1030)
     assert cache.start_for(Q, STEP, window, 1060) == 1060 - 50  # at least 5 steps
     got = _by_pod(cache.merge(Q, STEP, window, 1010, 1060,
                               [_series("a", range(1010, 1061, 10), 1.0)]))
@@ -85,6 +85,12 @@ def test_a_failed_first_read_is_asked_again_shorter_and_the_window_fills() -> No
         got = _by_pod(cache.merge(Q, STEP, window, start, at,
                                   [_series("a", range(int(start), at + 1, 10), 1.0)]))
     assert got["a"][0][0] == at - window  # a whole window again
-    cache.failed()  # a failure with something cached: news as before, the cache kept
-    assert cache.start_for(Q, STEP, window, at + 30) == at - OVERLAP_STEPS * STEP
+    cache.failed(at + 30)  # a failure with something cached: news as before, cache kept
+    assert cache.start_for(Q, STEP, window, at + 60) == at - OVERLAP_STEPS * STEP
     assert cache.failed_first_reads == 0
+    # An outage longer than the window: the cache holds nothing of it any more, so failed
+    # reads shrink as after a start.
+    assert cache.start_for(Q, STEP, window, at + 700) == at + 700 - window
+    cache.failed(at + 700)
+    assert cache.end is None
+    assert cache.start_for(Q, STEP, window, at + 730) == at + 730 - 150

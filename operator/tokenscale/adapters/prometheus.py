@@ -210,8 +210,9 @@ class PrometheusReader:
     def _request(
         self, kind: str, query: str, params: dict[str, str], seconds: float
     ) -> list[Series]:
-        # Prometheus also stops evaluating after its own `timeout` parameter.
-        params = {**params, "timeout": f"{seconds:g}s"}
+        # Prometheus also stops evaluating after its own `timeout` parameter, sent as plain
+        # seconds: its duration syntax ("5s") takes whole units only, "2.5s" is bad_data.
+        params = {**params, "timeout": f"{seconds:g}"}
         try:
             if self.limits is not None:
                 result = self._bounded_request(kind, query, params, seconds, self.limits)
