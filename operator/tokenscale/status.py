@@ -442,19 +442,20 @@ _SPEND_TOTALS = {
 }
 
 
-def differs(old: Any, new: Any, key: str = "") -> bool:
+def differs(old: Any, new: Any, key: str = "", floor: float = 0.0) -> bool:
     """Whether two significant views differ, floats beyond their relative tolerance.
 
     Compared with the last *written* status, so slow drift adds up to a patch and a value
-    hovering at a rounding boundary does not flap.
+    hovering at a rounding boundary does not flap. A float's tolerance is relative to the
+    larger of its two values and ``floor`` (a running total's projection to the period's
+    end, :data:`_SPEND_TOTALS`).
     """
     if isinstance(old, dict) and isinstance(new, dict):
         if old.keys() != new.keys():
             return True
-        totals = _SPEND_TOTALS.get(key)
-        if totals is not None:
-            return any(_total_differs(old, new, k, totals.get(k)) for k in new)
-        return any(differs(old[k], new[k], k) for k in new)
+        totals = _SPEND_TOTALS.get(key, {})
+        return any(differs(old[k], new[k], k, _magnitude(new.get(totals.get(k, ""))))
+                   for k in new)
     if isinstance(old, list | tuple) and isinstance(new, list | tuple):
         return len(old) != len(new) or any(
             differs(a, b, key) for a, b in zip(old, new, strict=True))
@@ -465,22 +466,15 @@ def differs(old: Any, new: Any, key: str = "") -> bool:
         if not (math.isfinite(old) and math.isfinite(new)):
             return not (old == new or (math.isnan(old) and math.isnan(new)))
         tolerance = RATE_TOLERANCE if key in _RATE_KEYS else FLOAT_TOLERANCE
-        return abs(new - old) > tolerance * max(abs(old), abs(new))
+        return abs(new - old) > tolerance * max(abs(old), abs(new), floor)
     return bool(old != new)
 
 
-def _total_differs(old: Mapping[str, Any], new: Mapping[str, Any], key: str,
-                   projected_key: str | None) -> bool:
-    """Whether ``new[key]`` differs from ``old[key]``; a running total (its projection to the
-    period's end in ``new[projected_key]``, :data:`_SPEND_TOTALS`) by more than
-    :data:`FLOAT_TOLERANCE` of the larger of its values and that projection."""
-    before, after = old[key], new[key]
-    projection = new.get(projected_key) if projected_key is not None else None
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-               for v in (before, after, projection)):
-        return differs(before, after, key)
-    scale = max(abs(before), abs(after), abs(cast(float, projection)))
-    return bool(abs(after - before) > FLOAT_TOLERANCE * scale)
+def _magnitude(value: Any) -> float:
+    """``abs(value)`` of a finite number, else 0 (a projection that is missing or not one)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return abs(value)
+    return 0.0
 
 
 def needs_patch(
