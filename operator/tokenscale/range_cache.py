@@ -77,9 +77,7 @@ class RangeCache:
         the window; counted when it held nothing (or nothing of the window any more: after
         a long outage the next reads are as after a start)."""
         if self.end is not None and at - self.end >= self.window:
-            failures = self.failed_first_reads
-            self.clear()
-            self.failed_first_reads = failures
+            self.clear()  # (while something was cached no first read had failed)
         if self.end is None:
             self.failed_first_reads += 1
 
