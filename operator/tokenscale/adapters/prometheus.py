@@ -218,8 +218,7 @@ class PrometheusReader:
                 result = self._bounded_request(kind, query, params, seconds, self.limits)
             else:
                 result = self._form_request(kind, query, params, seconds)
-        except (requests.JSONDecodeError, json.JSONDecodeError) as exc:  # (before the
-            # RequestException and ValueError they also are)
+        except json.JSONDecodeError as exc:  # (a ValueError: check first)
             raise MetricFailure("BadResponse", f"not JSON: {exc}"[:500]) from None
         except requests.TooManyRedirects as exc:  # max_redirects = 0
             raise MetricFailure("HTTPError", f"{self.url}: redirect refused: {exc}"[:500]) \
@@ -297,10 +296,7 @@ class PrometheusReader:
             raise
         finally:
             response.close()
-        try:
-            return decode_answer(body)
-        except json.JSONDecodeError as exc:
-            raise MetricFailure("BadResponse", f"not JSON: {exc}"[:500]) from None
+        return decode_answer(body)  # not JSON: BadResponse in _request
 
 
 # ----------------------------------------------------------------- grouping to targets
