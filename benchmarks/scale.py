@@ -124,9 +124,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, Path | None]:
                    help="tracemalloc snapshot of every operator at the window's end into this "
                         "directory (slows the operators; read with memory_summary.py)")
     p.add_argument("--hours-into-period", type=float, default=12.0,
-                   help="the budgets' daily period starts this many hours (0-24) before the "
-                   "run (a fixed-offset time zone is chosen for it), so the figures do not "
-                   "depend on the time of day")
+                   help="the run starts within the hour after this many whole hours (0-23) "
+                   "into the budgets' day (a fixed-offset time zone is chosen for it), so the "
+                   "figures do not depend on the time of day")
     p.add_argument("--keep", type=Path, help="copy the work dir (logs) here")
     p.add_argument("--json", type=Path, help="write the result here")
     p.add_argument("--quiet", action="store_true")
