@@ -17,14 +17,16 @@ What runs (all on 127.0.0.1):
   each with ``TOKENSCALE_SHARDS=N`` and its own ``TOKENSCALE_SHARD`` (standalone: the
   benchmark measures the shards' work, not their standbys).
 
-Measured over ``--intervals`` planning intervals once every budget was planned and one more
-cycle has passed (window from just before a tick to just before the K-th tick after it):
+Measured over ``--intervals`` planning intervals once every budget was planned, ``--measure-after``
+seconds passed and one more cycle has passed (window from just before a tick to just before the
+K-th tick after it):
 
 * ``cycle_seconds``: mean of the operator's tokenscale_cycle_duration_seconds in the window
   (all due budgets observed, planned, acted on and reported once);
 * ``prometheus_queries_per_cycle``: tokenscale_prometheus_queries_total / cycles;
 * ``api_requests_per_cycle`` (and by kind): requests the emulator served / cycles;
-* ``status_patches_per_cycle`` / ``status_skipped_per_cycle``: tokenscale_status_patches_total;
+* ``status_patches_per_cycle`` / ``status_skipped_per_cycle`` / ``status_deferred_per_cycle``
+  (heartbeat-only writes past a cycle's allowance): tokenscale_status_patches_total;
 * ``cpu_cores``: the operator process's CPU seconds (user + system, all threads) / wall time;
 * ``peak_rss_mb``: the operator's VmHWM (peak resident set over its whole life, startup incl.);
 * ``scale_lag_seconds``: a load step (+9,000 tokens/s, need 1 -> 5 replicas) on
@@ -100,6 +102,9 @@ def _run(rig: Rig) -> dict[str, Any]:
     ops = start_operators(rig, kubeconfig, prom)
     first_status = wait_first_statuses(rig, origin, now)
     rig.say(f"all {cfg.budgets} TokenBudgets planned once {first_status:.1f}s after start")
+    if cfg.measure_after > 0:
+        rig.say(f"waiting {cfg.measure_after:g}s before the window")
+        time.sleep(cfg.measure_after)  # the run's own schedule: nothing to await but time
     fig = figures(measure_window(rig, ops), ops)
     return result(cfg, fig, first_status, time.monotonic() - started)
 
@@ -127,6 +132,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, Path | None]:
                    help="the run starts within the hour after this many whole hours (0-23) "
                    "into the budgets' day (a fixed-offset time zone is chosen for it), so the "
                    "figures do not depend on the time of day")
+    p.add_argument("--measure-after", type=float, default=0.0,
+                   help="seconds to wait after every budget's first status before the window "
+                   "(the status heartbeat is 300 s: 270 puts the first heartbeat wave of the "
+                   "budgets, created together, in a window of 4 intervals)")
     p.add_argument("--keep", type=Path, help="copy the work dir (logs) here")
     p.add_argument("--json", type=Path, help="write the result here")
     p.add_argument("--quiet", action="store_true")
@@ -135,13 +144,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, Path | None]:
         p.error("--budgets >= 1, --intervals >= 1, --interval-seconds >= 5, --shards >= 1")
     if not 0 <= a.hours_into_period <= 24:
         p.error("--hours-into-period must be within 0 .. 24")
+    if not 0 <= a.measure_after <= 86400:
+        p.error("--measure-after must be within 0 .. 86400 seconds")
     cfg = Config(budgets=a.budgets, intervals=a.intervals, interval_seconds=a.interval_seconds,
                  budgets_per_namespace=a.budgets_per_namespace,
                  scrape_interval=a.scrape_interval, rate_window=a.rate_window,
                  forecast_window_seconds=a.forecast_window, step_targets=a.step_targets,
                  shards=a.shards,
                  profile=a.profile, memory_profile=a.memory_profile, keep=a.keep,
-                 quiet=a.quiet, hours_into_period=a.hours_into_period)
+                 quiet=a.quiet, hours_into_period=a.hours_into_period,
+                 measure_after=a.measure_after)
     return cfg, a.json
 
 

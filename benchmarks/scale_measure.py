@@ -301,6 +301,8 @@ class ShardFigures:
     prometheus_errors_per_cycle: float
     status_patches_per_cycle: float
     status_skipped_per_cycle: float
+    #: heartbeat-only writes past the cycle's allowance (0 before it existed)
+    status_deferred_per_cycle: float
     cpu_cores: float
     peak_rss_mb: float
     rss_mb_end: float
@@ -324,6 +326,8 @@ class Figures:
     api_requests_per_cycle_by_kind: dict[str, float]
     status_patches_per_cycle: float
     status_skipped_per_cycle: float
+    #: heartbeat-only writes past the cycle's allowance (0 before it existed)
+    status_deferred_per_cycle: float
     cpu_cores: float
     peak_rss_mb: float
     rss_mb_end: float
@@ -357,6 +361,8 @@ def shard_figures(m0: dict[str, float], m1: dict[str, float], cpu: float, wall: 
         status_patches_per_cycle=delta("tokenscale_status_patches_total{outcome=sent") / per,
         status_skipped_per_cycle=delta("tokenscale_status_patches_total{outcome=skipped")
         / per,
+        status_deferred_per_cycle=delta("tokenscale_status_patches_total{outcome=deferred")
+        / per,
         cpu_cores=cpu / wall,
         peak_rss_mb=peak_rss_mb(op.pid),
         rss_mb_end=op.memory_info().rss / 2**20,
@@ -387,6 +393,8 @@ def figures(w: Window, ops: list[psutil.Process]) -> Figures:
         status_patches_per_cycle=sum(s.status_patches_per_cycle * s.cycles for s in shards)
         / per,
         status_skipped_per_cycle=sum(s.status_skipped_per_cycle * s.cycles for s in shards)
+        / per,
+        status_deferred_per_cycle=sum(s.status_deferred_per_cycle * s.cycles for s in shards)
         / per,
         cpu_cores=sum(s.cpu_cores for s in shards),
         peak_rss_mb=max(s.peak_rss_mb for s in shards),

@@ -43,6 +43,9 @@ class Config:
     keep: Path | None = None
     quiet: bool = False
     hours_into_period: float = 12.0
+    #: s after every budget's first status before the window's tick (300: the first
+    #: heartbeat wave of budgets created together falls in the window)
+    measure_after: float = 0.0
     #: UTC offset (h) of the budgets' time zone, chosen at the start (:func:`zone_offset_hours`)
     utc_offset_hours: int = 0
 

@@ -95,7 +95,15 @@ class OperatorMetrics:
             "tokenscale_scale_errors", "Scale patches that failed.", registry=r
         )
         self.status_patches = Counter(
-            "tokenscale_status_patches", "Status patches by outcome (sent | skipped | failed).",
+            "tokenscale_status_patches",
+            "Status patches by outcome (sent | skipped | deferred: a heartbeat or drift "
+            "write past the cycle's allowance, still due | failed).",
+            ("outcome",), registry=r,
+        )
+        self.events = Counter(
+            "tokenscale_events",
+            "Events by outcome (posted | failed | deferred: condition Events left waiting at "
+            "the end of a cycle, counted per cycle | dropped: past the waiting limit).",
             ("outcome",), registry=r,
         )
 

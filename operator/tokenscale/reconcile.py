@@ -165,7 +165,8 @@ class Reconciler:
         status, changes = invalid_status(old, entry.problems, now, entry.generation)
         if await self.reporter.write_status(entry, api.dump(status), force=True):
             entry.reported_invalid_key = entry.spec_key
-        await self.reporter.condition_events(entry, changes, now)
+        self.reporter.condition_events(entry, changes, now)
+        await self.reporter.flush_events()
 
     def close(self) -> None:
         """Close the Prometheus sessions."""
@@ -299,6 +300,7 @@ class Reconciler:
         at = datetime.fromtimestamp(at_unix, UTC)
         for entry in due:
             entry.schedule_after(at_unix)
+        self.reporter.begin_cycle(due)
         answers = await self.prometheus.read(due, at_unix)
         namespaces = await read_namespaces(self.kube, due, self.workloads)
         limit = asyncio.Semaphore(self.settings.concurrency)
@@ -317,6 +319,7 @@ class Reconciler:
                 self.metrics.reconcile_duration.observe(time.monotonic() - t0)
 
         await asyncio.gather(*(one(e) for e in due))
+        await self.reporter.flush_events()  # the cycle's and earlier ones, within the allowance
         self.cycles += 1
         self.metrics.cycles.inc()
         self.metrics.cycle_duration.observe(time.monotonic() - started)
@@ -378,7 +381,7 @@ class Reconciler:
         )
         adopt_status_age(entry, at)  # a start or takeover rewrites only what changed
         await self.reporter.write_status(entry, api.dump(status))
-        await self.reporter.condition_events(entry, changes, at)
+        self.reporter.condition_events(entry, changes, at)
         self.reporter.export_metrics(entry, priced, plan, observation)
 
     async def _report_unobservable(self, entry: BudgetEntry, why: str, at: datetime) -> None:
@@ -386,4 +389,4 @@ class Reconciler:
         status, changes = unobservable_status(
             api.parse_status(entry.written), why, at, entry.generation)
         await self.reporter.write_status(entry, api.dump(status))
-        await self.reporter.condition_events(entry, changes, at)
+        self.reporter.condition_events(entry, changes, at)

@@ -3,15 +3,36 @@
 Status is merge-patched only when it changed beyond tolerance or its heartbeat came due (see
 :mod:`tokenscale.status`); a 404 on the patch means the budget is gone and it is forgotten.
 Events are posted for condition changes worth one; a failed post is logged, never raised.
+
+**Spread, not all at once** (issue 15): what many budgets do together is paced per cycle.
+
+* *Heartbeat and drift writes* (nothing changed beyond tolerance and the last write is a
+  heartbeat old, or only token rates and queue lengths moved) get an allowance per cycle of
+  :attr:`OperatorSettings.status_heartbeat_burst` x the heartbeats' steady rate (the cycle's
+  budgets x their interval / the heartbeat); the rest wait for the next cycle, still due (a
+  drift that settles back within tolerance meanwhile is not written at all). Budgets created
+  together otherwise all rewrite their status in the same cycle at every heartbeat (2,500
+  patches in one cycle at 2,500 budgets), and their forecasts move together while their
+  windows fill after a start. A first write and a change of anything else (conditions,
+  replicas, spend, the stabilization memory) are never held back.
+* *Condition-change Events* wait in a queue and are posted, oldest first, at most
+  :attr:`OperatorSettings.events_per_cycle` per cycle (:meth:`Reporter.flush_events`): a
+  Prometheus outage at a start flips MetricsAvailable on every budget at once (2,000 Events
+  in one cycle on a shard). At most ten cycles' worth wait; beyond that the oldest are
+  dropped, logged and counted (the condition itself is in each status). Scale Events are
+  posted at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import math
 import time
 import zlib
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -21,9 +42,12 @@ from tokenscale.core.types import Observation, Plan
 from tokenscale.metrics import OperatorMetrics
 from tokenscale.registry import BudgetEntry
 from tokenscale.settings import OperatorSettings
-from tokenscale.status import ConditionChange, merge_patch, needs_patch, parse_time
+from tokenscale.status import ConditionChange, merge_patch, parse_time, patch_cause
 
 log = logging.getLogger("tokenscale")
+
+#: cycles' worth of condition Events (x events_per_cycle) that may wait to be posted
+EVENT_BACKLOG_CYCLES = 10
 
 
 def heartbeat_seconds(settings: OperatorSettings, namespace: str, name: str) -> float:
@@ -51,6 +75,19 @@ def adopt_status_age(entry: BudgetEntry, at: datetime) -> None:
         entry.last_patch = time.monotonic() - age
 
 
+def involved_object(entry: BudgetEntry) -> dict[str, Any]:
+    """The ``involvedObject`` of an Event about the budget of ``entry``."""
+    return {
+        "apiVersion": f"{api.GROUP}/{api.VERSION}",
+        "kind": api.KIND,
+        "metadata": {
+            "name": entry.name,
+            "namespace": entry.namespace,
+            "uid": (entry.body.get("metadata") or {}).get("uid"),
+        },
+    }
+
+
 def abnormal_status(condition_type: str) -> str:
     """The status ("True" | "False") in which a condition type reports a problem."""
     return "False" if condition_type in ("Ready", "SpecValid", "MetricsAvailable") else "True"
@@ -73,17 +110,44 @@ class Reporter:
         self._kube = kube
         self._metrics = metrics
         self._forget = forget
+        #: heartbeat and drift status writes left in this cycle (:meth:`begin_cycle`)
+        self.heartbeats_left = math.inf
+        #: condition Events left to post in this cycle
+        self.events_left = settings.events_per_cycle
+        #: condition Events waiting: (involved object, reason, message, type, time)
+        self.backlog: deque[tuple[dict[str, Any], str, str, str, datetime]] = deque()
+
+    def begin_cycle(self, due: Sequence[BudgetEntry]) -> None:
+        """Open a cycle's allowances: heartbeat and drift writes (``status_heartbeat_burst`` x
+        the ``due`` budgets' steady heartbeat rate, at least one) and ``events_per_cycle``
+        Events."""
+        heartbeat = self._settings.status_heartbeat_seconds
+        if heartbeat <= 0:
+            self.heartbeats_left = math.inf  # a write every cycle was asked for
+        else:
+            steady = sum(e.spec.planning.interval_seconds for e in due
+                         if e.spec is not None) / heartbeat
+            self.heartbeats_left = max(
+                1, math.ceil(self._settings.status_heartbeat_burst * steady - 1e-9))
+        self.events_left = self._settings.events_per_cycle
 
     async def write_status(
         self, entry: BudgetEntry, wire: dict[str, Any], force: bool = False
     ) -> bool:
         """Merge-patch ``wire`` (the status as JSON) if it is worth a write (always with
-        ``force``); True if a patch was sent and accepted."""
+        ``force``; a heartbeat or drift write within the cycle's allowance); True if a patch
+        was sent and accepted."""
         since = None if entry.last_patch is None else time.monotonic() - entry.last_patch
         heartbeat = heartbeat_seconds(self._settings, entry.namespace, entry.name)
-        if not force and not needs_patch(entry.written, wire, since, heartbeat):
+        cause = "first" if force else patch_cause(entry.written, wire, since, heartbeat)
+        if cause is None:
             self._metrics.status_patches.labels("skipped").inc()
             return False
+        if cause in ("heartbeat", "drift"):
+            if self.heartbeats_left < 1:
+                self._metrics.status_patches.labels("deferred").inc()
+                return False  # still due: the next cycle writes it
+            self.heartbeats_left -= 1
         patch = merge_patch(entry.written, wire)
         if not patch:
             entry.last_patch = time.monotonic()
@@ -101,39 +165,61 @@ class Reporter:
         entry.last_patch = time.monotonic()
         return True
 
-    async def condition_events(
+    def condition_events(
         self, entry: BudgetEntry, changes: list[ConditionChange], at: datetime
     ) -> None:
-        """An Event per condition change worth one (Warning when abnormal, except
-        BudgetAtRisk)."""
+        """Queue an Event per condition change worth one (Warning when abnormal, except
+        BudgetAtRisk); :meth:`flush_events` posts them."""
+        limit = EVENT_BACKLOG_CYCLES * self._settings.events_per_cycle
         for change in changes:
             if not change.worth_event():
                 continue
             c = change.after
             abnormal = c.status == abnormal_status(c.type)
-            await self.event(
-                entry, c.type, f"{c.type}={c.status} ({c.reason}): {c.message}",
-                "Warning" if abnormal and c.type != "BudgetAtRisk" else "Normal", at,
-            )
+            self.backlog.append((
+                involved_object(entry), c.type, f"{c.type}={c.status} ({c.reason}): {c.message}",
+                "Warning" if abnormal and c.type != "BudgetAtRisk" else "Normal", at))
+            if len(self.backlog) > limit:
+                involved, reason, *_ = self.backlog.popleft()
+                self._metrics.events.labels("dropped").inc()
+                meta = involved["metadata"]
+                log.warning("%s/%s: event %s dropped: more than %d condition Events wait",
+                            meta["namespace"], meta["name"], reason, limit)
+
+    async def flush_events(self) -> None:
+        """Post the waiting condition Events, oldest first, within this cycle's allowance
+        (``concurrency`` at a time); the rest keep waiting."""
+        batch = []
+        while self.backlog and self.events_left >= 1:
+            batch.append(self.backlog.popleft())
+            self.events_left -= 1
+        if self.backlog:
+            self._metrics.events.labels("deferred").inc(len(self.backlog))
+        limit = asyncio.Semaphore(self._settings.concurrency)
+
+        async def post(item: tuple[dict[str, Any], str, str, str, datetime]) -> None:
+            async with limit:
+                await self._post(*item)
+
+        await asyncio.gather(*(post(item) for item in batch))
 
     async def event(
         self, entry: BudgetEntry, reason: str, message: str, type_: str, at: datetime
     ) -> None:
-        """Post an Event about the budget (``type_``: Normal | Warning)."""
-        involved = {
-            "apiVersion": f"{api.GROUP}/{api.VERSION}",
-            "kind": api.KIND,
-            "metadata": {
-                "name": entry.name,
-                "namespace": entry.namespace,
-                "uid": (entry.body.get("metadata") or {}).get("uid"),
-            },
-        }
+        """Post an Event about the budget now (``type_``: Normal | Warning)."""
+        await self._post(involved_object(entry), reason, message, type_, at)
+
+    async def _post(self, involved: dict[str, Any], reason: str, message: str, type_: str,
+                    at: datetime) -> None:
         try:
             await self._kube.post_event(involved, reason, message, type_, at)
         except KubeError as exc:
-            log.warning("%s/%s: event %s not posted: %s", entry.namespace, entry.name, reason,
-                        exc)
+            self._metrics.events.labels("failed").inc()
+            meta = involved["metadata"]
+            log.warning("%s/%s: event %s not posted: %s", meta["namespace"], meta["name"],
+                        reason, exc)
+            return
+        self._metrics.events.labels("posted").inc()
 
     def export_metrics(
         self, entry: BudgetEntry, spec: api.TokenBudgetSpec, plan: Plan, observation: Observation

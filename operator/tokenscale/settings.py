@@ -119,6 +119,20 @@ class OperatorSettings(BaseSettings):
                     "heartbeats only changed values are written (1,000 budgets at a 30 s "
                     "interval: 60 s here meant 500 status writes per cycle).",
     )
+    status_heartbeat_burst: float = Field(
+        2.0, ge=1, le=100,
+        description="Heartbeat status writes (and those where only token rates and queue "
+        "lengths moved) per cycle, as a multiple of the heartbeats' steady rate (the due "
+        "budgets x interval / heartbeat): beyond it the rest wait for the next cycle, so "
+        "budgets created together do not all rewrite their status in one cycle every "
+        "heartbeat. First writes and other changes are never held back.",
+    )
+    events_per_cycle: int = Field(
+        100, ge=1, le=100_000,
+        description="Condition-change Events posted per cycle; beyond it they wait, oldest "
+        "first, for the next cycles (a Prometheus outage flips MetricsAvailable on every "
+        "budget at once). At most ten cycles' worth wait; older ones are dropped and counted.",
+    )
     concurrency: int = Field(16, ge=1, le=1024, description="Budgets reconciled at once.")
     api_workers: int = Field(8, ge=1, le=256, description="Threads for Kubernetes API calls.")
     api_timeout_seconds: float = Field(10.0, gt=0, description="Kubernetes request timeout.")

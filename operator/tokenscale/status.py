@@ -23,7 +23,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from tokenscale import api
 from tokenscale.core.types import (
@@ -485,11 +485,35 @@ def needs_patch(
 ) -> bool:
     """True when the significant view changed (see :func:`differs`) or the heartbeat is
     due."""
+    return patch_cause(old, new, seconds_since_patch, heartbeat) is not None
+
+
+def patch_cause(
+    old: Mapping[str, Any] | None,
+    new: Mapping[str, Any],
+    seconds_since_patch: float | None,
+    heartbeat: float,
+) -> Literal["first", "changed", "drift", "heartbeat"] | None:
+    """Why ``new`` is worth a patch: the first write (nothing written, or not since a start),
+    a significant change, a *drift* (only token rates and queue lengths moved beyond their
+    tolerance: what the status reports of the traffic, not what the operator decided or
+    remembers), or only the heartbeat (the last write is ``heartbeat`` seconds old); None when
+    it is not."""
     if old is None or seconds_since_patch is None:
-        return True
-    if differs(significant(old), significant(new)):
-        return True
-    return seconds_since_patch >= heartbeat
+        return "first"
+    before, after = significant(old), significant(new)
+    if differs(before, after):
+        return "changed" if differs(_without_rates(before), _without_rates(after)) else "drift"
+    return "heartbeat" if seconds_since_patch >= heartbeat else None
+
+
+def _without_rates(view: Any) -> Any:
+    """A significant view without its token rates and queue lengths (:data:`_RATE_KEYS`)."""
+    if isinstance(view, dict):
+        return {k: _without_rates(v) for k, v in view.items() if k not in _RATE_KEYS}
+    if isinstance(view, list):
+        return [_without_rates(v) for v in view]
+    return view
 
 
 def merge_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:

@@ -92,12 +92,18 @@ class Harness:
 
 
 @pytest.fixture
+def settings() -> OperatorSettings:
+    """The operator's settings (tests override this fixture's values by parametrizing)."""
+    return OperatorSettings(prometheus_url=f"http://127.0.0.1:{free_port()}",
+                            status_heartbeat_seconds=3600, rate_window="5s")
+
+
+@pytest.fixture
 async def harness(apiserver: ApiServerThread, emulator: ApiServer, kubeconfig: Path,
                   kubectl: Kubectl, monkeypatch: pytest.MonkeyPatch,
-                  test_clock: testclock.TestClock) -> AsyncIterator[Harness]:
+                  test_clock: testclock.TestClock,
+                  settings: OperatorSettings) -> AsyncIterator[Harness]:
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
-    settings = OperatorSettings(prometheus_url=f"http://127.0.0.1:{free_port()}",
-                                status_heartbeat_seconds=3600, rate_window="5s")
     kube = KubeAdapter(load_client(5), workers=4, timeout_seconds=5)
     reconciler = Reconciler(settings, kube, OperatorMetrics(), wall_clock=lambda: h.t)
     h = Harness(emulator, apiserver, reconciler, kubectl,
@@ -230,6 +236,86 @@ async def test_status_patch_failures_are_retried_next_cycle(h: Harness) -> None:
     h.server.clear_faults()
     await h.cycle()
     assert h.budget()["status"]["phase"]
+
+
+def idle_budget(h: Harness, name: str) -> None:
+    """A budget on a Deployment of zero replicas, with no metrics: nothing it reports moves."""
+    h.create("apps/v1", "deployments", deployment(name, 0))
+    body = tokenbudget(name)
+    body["spec"]["targets"][0].update(name=name, minReplicas=0,
+                                      scaleTargetRef={"apiVersion": "apps/v1",
+                                                      "kind": "Deployment", "name": name})
+    h.create("tokenscale.dev/v1alpha1", "tokenbudgets", body)
+
+
+def paced(**changes: Any) -> OperatorSettings:
+    return OperatorSettings(prometheus_url=f"http://127.0.0.1:{free_port()}",
+                            status_heartbeat_seconds=3600, rate_window="5s", **changes)
+
+
+@pytest.mark.parametrize("settings", [paced(status_heartbeat_burst=1.0)])
+async def test_heartbeat_writes_are_spread_but_changes_are_not_held(h: Harness) -> None:
+    names = [f"idle-{i}" for i in range(6)]
+    for name in names:
+        idle_budget(h, name)
+        await h.observe(name)
+    path = r"tokenbudgets/idle-\d/status$"
+    await h.cycle()
+    assert h.server.request_count("PATCH", path) == 6  # first writes are never held back
+    await h.cycle()
+    assert h.server.request_count("PATCH", path) == 6  # nothing changed, no heartbeat due
+    for entry in h.reconciler.entries.values():  # an hour passes for the heartbeats
+        assert entry.last_patch is not None
+        entry.last_patch -= 2 * 3600
+    # six budgets at a 5 s interval and a 3,600 s heartbeat: 0.008 writes per cycle at the
+    # steady rate, so one heartbeat write per cycle
+    counts = []
+    for _ in range(3):
+        await h.cycle()
+        counts.append(h.server.request_count("PATCH", path))
+    assert counts == [7, 8, 9]
+    h.kubectl.run("scale", "deployment/idle-5", "--replicas=2", namespace=NS)  # by hand
+    await h.cycle()  # the changed status goes at once, next to this cycle's heartbeat
+    assert h.server.request_count("PATCH", path) == 11
+    assert h.budget("idle-5")["status"]["replicas"] == 2
+    for _ in range(4):
+        await h.cycle()
+    # the last heartbeat (idle-5's change reset its own), then none: each budget once
+    assert h.server.request_count("PATCH", path) == 12
+    deferred = h.reconciler.metrics.status_patches.labels("deferred")._value.get()
+    assert deferred == 5 + 4 + 3 + 1  # still due after each paced cycle
+    stamps = {h.budget(n)["status"]["lastReconcileTime"] for n in names[:5]}
+    assert len(stamps) == 5  # each heartbeat in a cycle of its own
+
+
+@pytest.mark.parametrize("settings", [paced(events_per_cycle=2)])
+async def test_condition_events_wait_their_turn_oldest_first_and_none_is_lost(
+        h: Harness) -> None:
+    names = [f"idle-{i}" for i in range(5)]
+    for name in names:
+        idle_budget(h, name)
+        await h.observe(name)
+
+    def posted() -> list[tuple[str, str]]:
+        items = h.api.call(lambda s: s.list_objects("v1", "events", NS))
+        return [(e["involvedObject"]["name"], e["reason"]) for e in items
+                if e["involvedObject"]["name"] in names]
+
+    await h.cycle()  # Prometheus is a closed port: every budget's conditions change at once
+    queue = [(item[0]["metadata"]["name"], item[1]) for item in h.reconciler.reporter.backlog]
+    assert len(posted()) == 2 and len(queue) >= 3
+    before = set(posted())
+    for _ in range(len(queue)):  # two per cycle: at most this many cycles
+        if not h.reconciler.reporter.backlog:
+            break
+        await h.cycle()
+        now = set(posted())
+        assert now - before == set(queue[:2])  # the two that waited longest, no more
+        queue, before = queue[2:], now
+    assert queue == []
+    assert len(posted()) == len(set(posted())) == len(before)  # each once, none lost
+    assert {name for name, _ in posted()} == set(names)
+    assert h.reconciler.metrics.events.labels("posted")._value.get() == len(posted())
 
 
 @pytest.fixture

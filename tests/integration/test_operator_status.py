@@ -7,6 +7,7 @@ forms.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -35,6 +36,7 @@ from tokenscale.status import (
     merge_conditions,
     merge_patch,
     needs_patch,
+    patch_cause,
     significant,
 )
 from tokenscale_testbed.validation import validate
@@ -194,6 +196,16 @@ def test_patch_policy_ignores_churn_but_not_changes() -> None:
     assert needs_patch(old, dearer, seconds_since_patch=5, heartbeat=60)
     scaled = {**moved, "desiredReplicas": 5}
     assert needs_patch(old, scaled, seconds_since_patch=5, heartbeat=60)
+    # why: a heartbeat-only write may wait for a later cycle, the others may not
+    assert patch_cause(old, moved, seconds_since_patch=61, heartbeat=60) == "heartbeat"
+    assert patch_cause(old, scaled, seconds_since_patch=61, heartbeat=60) == "changed"
+    assert patch_cause(old, moved, seconds_since_patch=None, heartbeat=60) == "first"
+    assert patch_cause(old, moved, seconds_since_patch=5, heartbeat=60) is None
+    busier = copy.deepcopy(moved)
+    busier["targets"][0]["forecastTokensPerSecond"] *= 1.5
+    assert patch_cause(old, busier, seconds_since_patch=5, heartbeat=60) == "drift"
+    busier["desiredReplicas"] = 5
+    assert patch_cause(old, busier, seconds_since_patch=5, heartbeat=60) == "changed"
 
 
 def test_merge_patch_sets_changes_and_nulls_removed_keys() -> None:
