@@ -48,7 +48,7 @@ from tokenscale.observation import (
 )
 from tokenscale.prometheus_reads import PrometheusReads, UrlAnswers
 from tokenscale.registry import BudgetEntry, BudgetRegistry, kept_body
-from tokenscale.reporting import Reporter, adopt_status_age
+from tokenscale.reporting import CycleWrites, Reporter, adopt_status_age
 from tokenscale.scaling import apply_plan
 from tokenscale.settings import OperatorSettings
 from tokenscale.sharding import Handoff
@@ -300,7 +300,7 @@ class Reconciler:
         at = datetime.fromtimestamp(at_unix, UTC)
         for entry in due:
             entry.schedule_after(at_unix)
-        self.reporter.begin_cycle(due)
+        writes = self.reporter.begin_cycle(due)
         answers = await self.prometheus.read(due, at_unix)
         namespaces = await read_namespaces(self.kube, due, self.workloads)
         limit = asyncio.Semaphore(self.settings.concurrency)
@@ -313,13 +313,13 @@ class Reconciler:
             async with limit:
                 t0 = time.monotonic()
                 try:
-                    await self.reconcile(entry, at, answers, namespaces)
+                    await self.reconcile(entry, at, answers, namespaces, writes)
                 except Exception:
                     log.exception("reconcile of %s/%s failed", entry.namespace, entry.name)
                 self.metrics.reconcile_duration.observe(time.monotonic() - t0)
 
         await asyncio.gather(*(one(e) for e in due))
-        await self.reporter.flush_events()  # the cycle's and earlier ones, within the allowance
+        await self.reporter.end_cycle(writes)  # heartbeats, drifts and Events it admits
         self.cycles += 1
         self.metrics.cycles.inc()
         self.metrics.cycle_duration.observe(time.monotonic() - started)
@@ -345,8 +345,10 @@ class Reconciler:
         at: datetime,
         answers: dict[str, UrlAnswers],
         namespaces: dict[str, NamespaceState],
+        writes: CycleWrites | None = None,
     ) -> None:
-        """Plan, act and report one budget from the cycle's shared observations."""
+        """Plan, act and report one budget from the cycle's shared observations (status
+        writes paced by the cycle's ``writes``)."""
         spec = entry.spec
         if spec is None:
             return
@@ -360,7 +362,7 @@ class Reconciler:
             if isinstance(state.workloads, KubeError):  # say why nothing is planned
                 await self._report_unobservable(
                     entry, f"cannot list the workloads of {entry.namespace}: {state.workloads}",
-                    at)
+                    at, writes)
             return
         if entry.memory is None:
             entry.memory = memory_from_status(api.parse_status(entry.written))
@@ -380,13 +382,14 @@ class Reconciler:
             prices=prices,
         )
         adopt_status_age(entry, at)  # a start or takeover rewrites only what changed
-        await self.reporter.write_status(entry, api.dump(status))
+        await self.reporter.write_status(entry, api.dump(status), cycle=writes)
         self.reporter.condition_events(entry, changes, at)
         self.reporter.export_metrics(entry, priced, plan, observation)
 
-    async def _report_unobservable(self, entry: BudgetEntry, why: str, at: datetime) -> None:
+    async def _report_unobservable(self, entry: BudgetEntry, why: str, at: datetime,
+                                   writes: CycleWrites | None = None) -> None:
         """Ready=False (WorkloadsUnreadable) with ``why``; spend is left alone."""
         status, changes = unobservable_status(
             api.parse_status(entry.written), why, at, entry.generation)
-        await self.reporter.write_status(entry, api.dump(status))
+        await self.reporter.write_status(entry, api.dump(status), cycle=writes)
         self.reporter.condition_events(entry, changes, at)

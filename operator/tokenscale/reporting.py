@@ -9,8 +9,9 @@ Events are posted for condition changes worth one; a failed post is logged, neve
 * *Heartbeat and drift writes* (nothing changed beyond tolerance and the last write is a
   heartbeat old, or only token rates and queue lengths moved) get an allowance per cycle of
   :attr:`OperatorSettings.status_heartbeat_burst` x the heartbeats' steady rate (the cycle's
-  budgets x their interval / the heartbeat); the rest wait for the next cycle, still due (a
-  drift that settles back within tolerance meanwhile is not written at all). Budgets created
+  budgets x their interval / the heartbeat), given to the budgets written longest ago and
+  sent at the cycle's end (:class:`CycleWrites`); the rest wait for the next cycle, still
+  due (a drift that settles back within tolerance meanwhile is not written at all). Budgets created
   together otherwise all rewrite their status in the same cycle at every heartbeat (2,500
   patches in one cycle at 2,500 budgets), and their forecasts move together while their
   windows fill after a start. A first write and a change of anything else (conditions,
@@ -27,12 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import math
 import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -93,6 +96,30 @@ def abnormal_status(condition_type: str) -> str:
     return "False" if condition_type in ("Ready", "SpecValid", "MetricsAvailable") else "True"
 
 
+@dataclass
+class CycleWrites:
+    """What one cycle may still write beyond first writes and changes: ``slots`` heartbeat
+    and drift status writes, ``events`` condition Events. The writes offered are kept on a
+    heap by the age of their budget's last write, the ``slots`` oldest; a younger one is
+    left for a later cycle (still due then), so none waits for ever behind others."""
+
+    slots: int
+    events: int
+    kept: list[tuple[float, int, BudgetEntry, dict[str, Any]]] = field(default_factory=list)
+    offered: int = 0
+
+    def offer(self, entry: BudgetEntry, wire: dict[str, Any]) -> None:
+        """Keep ``wire`` for the cycle's end if its budget's last write is among the
+        ``slots`` oldest offered."""
+        self.offered += 1
+        # a min-heap on minus the last write's time: the youngest at the top, evicted first
+        item = (-(entry.last_patch or 0.0), self.offered, entry, wire)
+        if len(self.kept) < self.slots:
+            heapq.heappush(self.kept, item)
+        elif self.kept and item[:2] > self.kept[0][:2]:
+            heapq.heapreplace(self.kept, item)
+
+
 class Reporter:
     """Writes status and Events of budgets and exports their gauges.
 
@@ -110,44 +137,56 @@ class Reporter:
         self._kube = kube
         self._metrics = metrics
         self._forget = forget
-        #: heartbeat and drift status writes left in this cycle (:meth:`begin_cycle`)
-        self.heartbeats_left = math.inf
-        #: condition Events left to post in this cycle
-        self.events_left = settings.events_per_cycle
         #: condition Events waiting: (involved object, reason, message, type, time)
         self.backlog: deque[tuple[dict[str, Any], str, str, str, datetime]] = deque()
 
-    def begin_cycle(self, due: Sequence[BudgetEntry]) -> None:
-        """Open a cycle's allowances: heartbeat and drift writes (``status_heartbeat_burst`` x
-        the ``due`` budgets' steady heartbeat rate, at least one) and ``events_per_cycle``
-        Events."""
+    def begin_cycle(self, due: Sequence[BudgetEntry]) -> CycleWrites:
+        """A cycle's allowances: heartbeat and drift writes (``status_heartbeat_burst`` x the
+        ``due`` budgets' steady heartbeat rate, at least one) and ``events_per_cycle``
+        Events; :meth:`end_cycle` sends what they admit."""
         heartbeat = self._settings.status_heartbeat_seconds
         if heartbeat <= 0:
-            self.heartbeats_left = math.inf  # a write every cycle was asked for
+            slots = len(due)  # a write every cycle was asked for
         else:
             steady = sum(e.spec.planning.interval_seconds for e in due
                          if e.spec is not None) / heartbeat
-            self.heartbeats_left = max(
-                1, math.ceil(self._settings.status_heartbeat_burst * steady - 1e-9))
-        self.events_left = self._settings.events_per_cycle
+            slots = max(1, math.ceil(self._settings.status_heartbeat_burst * steady - 1e-9))
+        return CycleWrites(slots, self._settings.events_per_cycle)
+
+    async def end_cycle(self, cycle: CycleWrites) -> None:
+        """Send the heartbeat and drift writes ``cycle`` kept (the longest unwritten ones, at
+        most its slots) and post waiting Events within its allowance, ``concurrency`` at a
+        time."""
+        kept, cycle.kept = cycle.kept, []
+        self._metrics.status_patches.labels("deferred").inc(cycle.offered - len(kept))
+        limit = asyncio.Semaphore(self._settings.concurrency)
+
+        async def send(entry: BudgetEntry, wire: dict[str, Any]) -> None:
+            async with limit:
+                await self._patch(entry, wire)
+
+        await asyncio.gather(*(send(entry, wire) for _, _, entry, wire in kept))
+        await self.flush_events(cycle)
 
     async def write_status(
-        self, entry: BudgetEntry, wire: dict[str, Any], force: bool = False
+        self, entry: BudgetEntry, wire: dict[str, Any], force: bool = False,
+        cycle: CycleWrites | None = None,
     ) -> bool:
         """Merge-patch ``wire`` (the status as JSON) if it is worth a write (always with
-        ``force``; a heartbeat or drift write within the cycle's allowance); True if a patch
-        was sent and accepted."""
+        ``force``); True if a patch was sent and accepted. Within a ``cycle``, a heartbeat or
+        drift write is left to :meth:`end_cycle` (False here)."""
         since = None if entry.last_patch is None else time.monotonic() - entry.last_patch
         heartbeat = heartbeat_seconds(self._settings, entry.namespace, entry.name)
         cause = "first" if force else patch_cause(entry.written, wire, since, heartbeat)
         if cause is None:
             self._metrics.status_patches.labels("skipped").inc()
             return False
-        if cause in ("heartbeat", "drift"):
-            if self.heartbeats_left < 1:
-                self._metrics.status_patches.labels("deferred").inc()
-                return False  # still due: the next cycle writes it
-            self.heartbeats_left -= 1
+        if cause in ("heartbeat", "drift") and cycle is not None:
+            cycle.offer(entry, wire)
+            return False
+        return await self._patch(entry, wire)
+
+    async def _patch(self, entry: BudgetEntry, wire: dict[str, Any]) -> bool:
         patch = merge_patch(entry.written, wire)
         if not patch:
             entry.last_patch = time.monotonic()
@@ -186,13 +225,14 @@ class Reporter:
                 log.warning("%s/%s: event %s dropped: more than %d condition Events wait",
                             meta["namespace"], meta["name"], reason, limit)
 
-    async def flush_events(self) -> None:
-        """Post the waiting condition Events, oldest first, within this cycle's allowance
-        (``concurrency`` at a time); the rest keep waiting."""
+    async def flush_events(self, cycle: CycleWrites | None = None) -> None:
+        """Post the waiting condition Events, oldest first, within the ``cycle``'s allowance
+        (all of them outside a cycle; ``concurrency`` at a time); the rest keep waiting."""
         batch = []
-        while self.backlog and self.events_left >= 1:
+        while self.backlog and (cycle is None or cycle.events >= 1):
             batch.append(self.backlog.popleft())
-            self.events_left -= 1
+            if cycle is not None:
+                cycle.events -= 1
         if self.backlog:
             self._metrics.events.labels("deferred").inc(len(self.backlog))
         limit = asyncio.Semaphore(self._settings.concurrency)

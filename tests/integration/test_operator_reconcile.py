@@ -262,6 +262,7 @@ async def test_heartbeat_writes_are_spread_but_changes_are_not_held(h: Harness) 
     path = r"tokenbudgets/idle-\d/status$"
     await h.cycle()
     assert h.server.request_count("PATCH", path) == 6  # first writes are never held back
+    stamp = h.budget(names[0])["status"]["lastReconcileTime"]
     await h.cycle()
     assert h.server.request_count("PATCH", path) == 6  # nothing changed, no heartbeat due
     for entry in h.reconciler.entries.values():  # an hour passes for the heartbeats
@@ -274,17 +275,20 @@ async def test_heartbeat_writes_are_spread_but_changes_are_not_held(h: Harness) 
         await h.cycle()
         counts.append(h.server.request_count("PATCH", path))
     assert counts == [7, 8, 9]
-    h.kubectl.run("scale", "deployment/idle-5", "--replicas=2", namespace=NS)  # by hand
+    waiting = [n for n in names if h.budget(n)["status"]["lastReconcileTime"] == stamp]
+    assert len(waiting) == 3
+    changed = waiting[-1]
+    h.kubectl.run("scale", f"deployment/{changed}", "--replicas=2", namespace=NS)  # by hand
     await h.cycle()  # the changed status goes at once, next to this cycle's heartbeat
     assert h.server.request_count("PATCH", path) == 11
-    assert h.budget("idle-5")["status"]["replicas"] == 2
+    assert h.budget(changed)["status"]["replicas"] == 2
     for _ in range(4):
         await h.cycle()
-    # the last heartbeat (idle-5's change reset its own), then none: each budget once
+    # the last heartbeat (the change reset its own budget's), then none: each budget once
     assert h.server.request_count("PATCH", path) == 12
     deferred = h.reconciler.metrics.status_patches.labels("deferred")._value.get()
     assert deferred == 5 + 4 + 3 + 1  # still due after each paced cycle
-    stamps = {h.budget(n)["status"]["lastReconcileTime"] for n in names[:5]}
+    stamps = {h.budget(n)["status"]["lastReconcileTime"] for n in names if n != changed}
     assert len(stamps) == 5  # each heartbeat in a cycle of its own
 
 

@@ -6,7 +6,9 @@ from typing import Any
 
 import pytest
 
-from tokenscale.status import differs, needs_patch
+from tokenscale.registry import BudgetEntry
+from tokenscale.reporting import CycleWrites
+from tokenscale.status import differs, needs_patch, patch_cause
 
 
 def a_status(tokens_per_second: float = 1000.0, cost: float = 50.0,
@@ -105,3 +107,21 @@ def test_a_status_read_after_a_start_counts_as_written_at_its_reconcile_time() -
     recent.last_patch = 5.0
     adopt_status_age(recent, at)
     assert recent.last_patch == 5.0  # this operator's own writes are not replaced
+
+
+def test_a_move_of_the_traffic_alone_is_a_drift_anything_else_a_change() -> None:
+    old = a_status(1000.0)
+    assert patch_cause(old, a_status(1150.0), 30, 300) == "drift"
+    assert patch_cause(old, a_status(1150.0, desired=151), 30, 300) == "changed"
+    assert patch_cause(old, a_status(1000.0, cost=60.0), 30, 300) == "changed"
+    assert patch_cause(old, a_status(1049.0), 300, 300) == "heartbeat"
+    assert patch_cause(None, a_status(1049.0), None, 300) == "first"
+
+
+def test_a_cycle_keeps_the_writes_of_the_budgets_written_longest_ago() -> None:
+    cycle = CycleWrites(slots=2, events=0)
+    for name, last in [("e", 5.0), ("a", 1.0), ("d", 4.0), ("b", 2.0), ("c", 3.0)]:
+        entry = BudgetEntry("ns", name, {}, last_patch=last)
+        cycle.offer(entry, {"phase": "Active"})
+    assert sorted(entry.name for *_, entry, _ in cycle.kept) == ["a", "b"]
+    assert cycle.offered == 5
