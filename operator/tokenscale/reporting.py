@@ -139,6 +139,7 @@ class Reporter:
         self._forget = forget
         #: condition Events waiting: (involved object, reason, message, type, time)
         self.backlog: deque[tuple[dict[str, Any], str, str, str, datetime]] = deque()
+        self._dropped = 0  # Events dropped since the last flush (logged there, once)
 
     def begin_cycle(self, due: Sequence[BudgetEntry]) -> CycleWrites:
         """A cycle's allowances: heartbeat and drift writes (``status_heartbeat_burst`` x the
@@ -219,15 +220,17 @@ class Reporter:
                 involved_object(entry), c.type, f"{c.type}={c.status} ({c.reason}): {c.message}",
                 "Warning" if abnormal and c.type != "BudgetAtRisk" else "Normal", at))
             if len(self.backlog) > limit:
-                involved, reason, *_ = self.backlog.popleft()
+                self.backlog.popleft()
                 self._metrics.events.labels("dropped").inc()
-                meta = involved["metadata"]
-                log.warning("%s/%s: event %s dropped: more than %d condition Events wait",
-                            meta["namespace"], meta["name"], reason, limit)
+                self._dropped += 1
 
     async def flush_events(self, cycle: CycleWrites | None = None) -> None:
         """Post the waiting condition Events, oldest first, within the ``cycle``'s allowance
         (all of them outside a cycle; ``concurrency`` at a time); the rest keep waiting."""
+        if self._dropped:
+            log.warning("%d condition Events dropped, the oldest: more than %d waited",
+                        self._dropped, EVENT_BACKLOG_CYCLES * self._settings.events_per_cycle)
+            self._dropped = 0
         batch = []
         while self.backlog and (cycle is None or cycle.events >= 1):
             batch.append(self.backlog.popleft())

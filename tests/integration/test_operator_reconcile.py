@@ -322,6 +322,28 @@ async def test_condition_events_wait_their_turn_oldest_first_and_none_is_lost(
     assert h.reconciler.metrics.events.labels("posted")._value.get() == len(posted())
 
 
+@pytest.mark.parametrize("settings", [paced(events_per_cycle=1)])
+async def test_past_ten_cycles_of_waiting_events_the_oldest_are_dropped_and_counted(
+        h: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    names = [f"idle-{i}" for i in range(12)]
+    for name in names:
+        idle_budget(h, name)
+        await h.observe(name)
+    await h.cycle()  # at least one condition Event per budget: more than ten wait
+    reporter, metrics = h.reconciler.reporter, h.reconciler.metrics
+    dropped = metrics.events.labels("dropped")._value.get()
+    assert len(reporter.backlog) == 10 - 1  # ten kept, one of them posted
+    assert dropped >= 2 and metrics.events.labels("posted")._value.get() == 1
+    assert f"{int(dropped)} condition Events dropped" in caplog.text
+    newest = [(item[0]["metadata"]["name"], item[1]) for item in reporter.backlog]
+    for _ in range(9):
+        await h.cycle()
+    items = h.api.call(lambda s: s.list_objects("v1", "events", NS))
+    posted = [(e["involvedObject"]["name"], e["reason"]) for e in items
+              if e["involvedObject"]["name"] in names]
+    assert set(newest) <= set(posted) and len(posted) == len(set(posted)) == 10  # none twice
+
+
 @pytest.fixture
 def h(harness: Harness) -> Harness:
     return harness
