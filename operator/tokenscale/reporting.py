@@ -226,16 +226,18 @@ class Reporter:
 
     async def flush_events(self, cycle: CycleWrites | None = None) -> None:
         """Post the waiting condition Events, oldest first, within the ``cycle``'s allowance
-        (all of them outside a cycle; ``concurrency`` at a time); the rest keep waiting."""
+        (``events_per_cycle`` outside a cycle; ``concurrency`` at a time); the rest keep
+        waiting."""
         if self._dropped:
             log.warning("%d condition Events dropped, the oldest: more than %d waited",
                         self._dropped, EVENT_BACKLOG_CYCLES * self._settings.events_per_cycle)
             self._dropped = 0
+        if cycle is None:
+            cycle = CycleWrites(0, self._settings.events_per_cycle)
         batch = []
-        while self.backlog and (cycle is None or cycle.events >= 1):
+        while self.backlog and cycle.events >= 1:
             batch.append(self.backlog.popleft())
-            if cycle is not None:
-                cycle.events -= 1
+            cycle.events -= 1
         if self.backlog:
             self._metrics.events.labels("deferred").inc(len(self.backlog))
         limit = asyncio.Semaphore(self._settings.concurrency)
