@@ -126,7 +126,9 @@ class Reconciler:
         self.registry = BudgetRegistry(metrics, wall_clock, self.operator_problems,
                                        owns=settings.shard_spec.owns,
                                        phase=settings.shard / settings.shards)
-        self.reporter = Reporter(settings, kube, metrics, self.registry.forget)
+        self.reporter = Reporter(
+            settings, kube, metrics, self.registry.forget,
+            lambda e: self.registry.entries.get((e.namespace, e.name)) is e)
         self.last_loop = time.monotonic()
         self.cycles = 0
 
@@ -165,8 +167,7 @@ class Reconciler:
         status, changes = invalid_status(old, entry.problems, now, entry.generation)
         if await self.reporter.write_status(entry, api.dump(status), force=True):
             entry.reported_invalid_key = entry.spec_key
-        self.reporter.condition_events(entry, changes, now)
-        await self.reporter.flush_events()
+        await self.reporter.post_condition_events(entry, changes, now)  # one per edit: at once
 
     def close(self) -> None:
         """Close the Prometheus sessions."""

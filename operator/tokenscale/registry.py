@@ -56,6 +56,9 @@ class BudgetEntry:
     memory: Memory | None = None  # None until restored from status
     written: dict[str, Any] | None = None  # the status as last written or read
     last_patch: float | None = None  # monotonic time (s) of the last status patch
+    #: monotonic time (s) of the last status patch that failed (paced writes go to the
+    #: budgets whose last write or attempt is oldest, so a failing one does not take every turn)
+    last_failed_patch: float | None = None
     next_due: float = 0.0  # unix time (s) of the next planning
     reported_invalid_key: str | None = None
     in_flight: bool = False  # a cycle is planning it (never due twice at once)

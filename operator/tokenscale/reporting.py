@@ -16,12 +16,12 @@ Events are posted for condition changes worth one; a failed post is logged, neve
   patches in one cycle at 2,500 budgets), and their forecasts move together while their
   windows fill after a start. A first write and a change of anything else (conditions,
   replicas, spend, the stabilization memory) are never held back.
-* *Condition-change Events* wait in a queue and are posted, oldest first, at most
+* *Condition-change Events of a cycle* wait in a queue and are posted, oldest first, at most
   :attr:`OperatorSettings.events_per_cycle` per cycle (:meth:`Reporter.flush_events`): a
   Prometheus outage at a start flips MetricsAvailable on every budget at once (2,000 Events
   in one cycle on a shard). At most ten cycles' worth wait; beyond that the oldest are
-  dropped, logged and counted (the condition itself is in each status). Scale Events are
-  posted at once.
+  dropped, logged and counted (the condition itself is in each status). Scale Events and
+  a rejected spec's Events (one per edit of the user's) are posted at once.
 """
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ log = logging.getLogger("tokenscale")
 
 #: cycles' worth of condition Events (x events_per_cycle) that may wait to be posted
 EVENT_BACKLOG_CYCLES = 10
+
+#: an Event to post: (involved object, reason, message, type, time)
+EventItem = tuple[dict[str, Any], str, str, str, datetime]
 
 
 def heartbeat_seconds(settings: OperatorSettings, namespace: str, name: str) -> float:
@@ -91,6 +94,23 @@ def involved_object(entry: BudgetEntry) -> dict[str, Any]:
     }
 
 
+def condition_event_items(
+    entry: BudgetEntry, changes: list[ConditionChange], at: datetime
+) -> list[EventItem]:
+    """(involved object, reason, message, type, time) of an Event per condition change worth
+    one: Warning when abnormal, except BudgetAtRisk."""
+    items: list[EventItem] = []
+    for change in changes:
+        if not change.worth_event():
+            continue
+        c = change.after
+        abnormal = c.status == abnormal_status(c.type)
+        items.append((involved_object(entry), c.type,
+                      f"{c.type}={c.status} ({c.reason}): {c.message}",
+                      "Warning" if abnormal and c.type != "BudgetAtRisk" else "Normal", at))
+    return items
+
+
 def abnormal_status(condition_type: str) -> str:
     """The status ("True" | "False") in which a condition type reports a problem."""
     return "False" if condition_type in ("Ready", "SpecValid", "MetricsAvailable") else "True"
@@ -105,15 +125,18 @@ class CycleWrites:
 
     slots: int
     events: int
-    kept: list[tuple[float, int, BudgetEntry, dict[str, Any]]] = field(default_factory=list)
+    #: (minus the last write or attempt, order, entry, wire, the status written when offered)
+    kept: list[tuple[float, int, BudgetEntry, dict[str, Any], dict[str, Any] | None]] = field(
+        default_factory=list)
     offered: int = 0
 
     def offer(self, entry: BudgetEntry, wire: dict[str, Any]) -> None:
-        """Keep ``wire`` for the cycle's end if its budget's last write is among the
-        ``slots`` oldest offered."""
+        """Keep ``wire`` for the cycle's end if its budget's last write (or failed attempt)
+        is among the ``slots`` oldest offered."""
         self.offered += 1
-        # a min-heap on minus the last write's time: the youngest at the top, evicted first
-        item = (-(entry.last_patch or 0.0), self.offered, entry, wire)
+        last = max(entry.last_patch or 0.0, entry.last_failed_patch or 0.0)
+        # a min-heap on minus that time: the youngest at the top, evicted first
+        item = (-last, self.offered, entry, wire, entry.written)
         if len(self.kept) < self.slots:
             heapq.heappush(self.kept, item)
         elif self.kept and item[:2] > self.kept[0][:2]:
@@ -123,7 +146,9 @@ class CycleWrites:
 class Reporter:
     """Writes status and Events of budgets and exports their gauges.
 
-    ``forget(namespace, name)`` is called when a status patch finds the budget deleted.
+    ``forget(namespace, name)`` is called when a status patch finds the budget deleted;
+    ``current(entry)`` tells whether an entry is still the registry's (a write held to the
+    cycle's end is dropped when its budget was deleted meanwhile).
     """
 
     def __init__(
@@ -132,13 +157,15 @@ class Reporter:
         kube: KubeAdapter,
         metrics: OperatorMetrics,
         forget: Callable[[str, str], None],
+        current: Callable[[BudgetEntry], bool] = lambda _: True,
     ):
         self._settings = settings
         self._kube = kube
         self._metrics = metrics
         self._forget = forget
+        self._current = current  # whether an entry is still the registry's (not deleted)
         #: condition Events waiting: (involved object, reason, message, type, time)
-        self.backlog: deque[tuple[dict[str, Any], str, str, str, datetime]] = deque()
+        self.backlog: deque[EventItem] = deque()
         self._dropped = 0  # Events dropped since the last flush (logged there, once)
 
     def begin_cycle(self, due: Sequence[BudgetEntry]) -> CycleWrites:
@@ -162,11 +189,18 @@ class Reporter:
         self._metrics.status_patches.labels("deferred").inc(cycle.offered - len(kept))
         limit = asyncio.Semaphore(self._settings.concurrency)
 
-        async def send(entry: BudgetEntry, wire: dict[str, Any]) -> None:
+        async def send(entry: BudgetEntry, wire: dict[str, Any],
+                       offered_over: dict[str, Any] | None) -> None:
+            if (entry.spec is None or entry.written is not offered_over
+                    or not self._current(entry)):
+                return  # made invalid, written or deleted since: this status is stale
             async with limit:
-                await self._patch(entry, wire)
+                try:
+                    await self._patch(entry, wire)
+                except Exception:  # one budget's failure must not stop the others' writes
+                    log.exception("%s/%s: status patch failed", entry.namespace, entry.name)
 
-        await asyncio.gather(*(send(entry, wire) for _, _, entry, wire in kept))
+        await asyncio.gather(*(send(entry, wire, over) for _, _, entry, wire, over in kept))
         await self.flush_events(cycle)
 
     async def write_status(
@@ -196,6 +230,7 @@ class Reporter:
             await self._kube.patch_budget_status(entry.namespace, entry.name, patch)
         except KubeError as exc:
             self._metrics.status_patches.labels("failed").inc()
+            entry.last_failed_patch = time.monotonic()
             if exc.status == 404:
                 self._forget(entry.namespace, entry.name)
             log.warning("%s/%s: status patch failed: %s", entry.namespace, entry.name, exc)
@@ -208,32 +243,30 @@ class Reporter:
     def condition_events(
         self, entry: BudgetEntry, changes: list[ConditionChange], at: datetime
     ) -> None:
-        """Queue an Event per condition change worth one (Warning when abnormal, except
-        BudgetAtRisk); :meth:`flush_events` posts them."""
+        """Queue an Event per condition change worth one; :meth:`end_cycle` posts them."""
         limit = EVENT_BACKLOG_CYCLES * self._settings.events_per_cycle
-        for change in changes:
-            if not change.worth_event():
-                continue
-            c = change.after
-            abnormal = c.status == abnormal_status(c.type)
-            self.backlog.append((
-                involved_object(entry), c.type, f"{c.type}={c.status} ({c.reason}): {c.message}",
-                "Warning" if abnormal and c.type != "BudgetAtRisk" else "Normal", at))
+        for item in condition_event_items(entry, changes, at):
+            self.backlog.append(item)
             if len(self.backlog) > limit:
                 self.backlog.popleft()
                 self._metrics.events.labels("dropped").inc()
                 self._dropped += 1
 
-    async def flush_events(self, cycle: CycleWrites | None = None) -> None:
+    async def post_condition_events(
+        self, entry: BudgetEntry, changes: list[ConditionChange], at: datetime
+    ) -> None:
+        """Post an Event per condition change worth one at once (a rejected spec: one per
+        edit of the user's, never a storm of the operator's own)."""
+        for item in condition_event_items(entry, changes, at):
+            await self._post(*item)
+
+    async def flush_events(self, cycle: CycleWrites) -> None:
         """Post the waiting condition Events, oldest first, within the ``cycle``'s allowance
-        (``events_per_cycle`` outside a cycle; ``concurrency`` at a time); the rest keep
-        waiting."""
+        (``concurrency`` at a time); the rest keep waiting."""
         if self._dropped:
             log.warning("%d condition Events dropped, the oldest: more than %d waited",
                         self._dropped, EVENT_BACKLOG_CYCLES * self._settings.events_per_cycle)
             self._dropped = 0
-        if cycle is None:
-            cycle = CycleWrites(0, self._settings.events_per_cycle)
         batch = []
         while self.backlog and cycle.events >= 1:
             batch.append(self.backlog.popleft())
@@ -242,9 +275,12 @@ class Reporter:
             self._metrics.events.labels("deferred").inc(len(self.backlog))
         limit = asyncio.Semaphore(self._settings.concurrency)
 
-        async def post(item: tuple[dict[str, Any], str, str, str, datetime]) -> None:
+        async def post(item: EventItem) -> None:
             async with limit:
-                await self._post(*item)
+                try:
+                    await self._post(*item)
+                except Exception:  # one Event's failure must not stop the others
+                    log.exception("event %s not posted", item[1])
 
         await asyncio.gather(*(post(item) for item in batch))
 

@@ -292,6 +292,33 @@ async def test_heartbeat_writes_are_spread_but_changes_are_not_held(h: Harness) 
     assert len(stamps) == 5  # each heartbeat in a cycle of its own
 
 
+@pytest.mark.parametrize("stale_by", ["written since", "deleted since", "invalid since"])
+async def test_a_held_heartbeat_write_is_dropped_when_its_status_went_stale(
+        h: Harness, stale_by: str) -> None:
+    idle_budget(h, "idle-0")
+    await h.observe("idle-0")
+    await h.cycle()
+    path = r"tokenbudgets/idle-0/status$"
+    assert h.server.request_count("PATCH", path) == 1
+    reporter = h.reconciler.reporter
+    entry = h.reconciler.entries[(NS, "idle-0")]
+    assert entry.written is not None and entry.last_patch is not None
+    entry.last_patch -= 2 * 3600  # its heartbeat is due
+    writes = reporter.begin_cycle([entry])
+    wire = {**entry.written, "lastReconcileTime": "2099-01-01T00:00:00Z"}
+    assert not await reporter.write_status(entry, wire, cycle=writes)  # held to the end
+    assert len(writes.kept) == 1
+    if stale_by == "written since":  # e.g. report_invalid wrote Invalid meanwhile
+        entry.written = {**entry.written}
+    elif stale_by == "deleted since":
+        h.reconciler.forget(NS, "idle-0")
+    else:
+        entry.spec = None
+    await reporter.end_cycle(writes)
+    assert h.server.request_count("PATCH", path) == 1
+    assert h.budget("idle-0")["status"]["lastReconcileTime"] != "2099-01-01T00:00:00Z"
+
+
 @pytest.mark.parametrize("settings", [paced(events_per_cycle=2)])
 async def test_condition_events_wait_their_turn_oldest_first_and_none_is_lost(
         h: Harness) -> None:

@@ -123,5 +123,14 @@ def test_a_cycle_keeps_the_writes_of_the_budgets_written_longest_ago() -> None:
     for name, last in [("e", 5.0), ("a", 1.0), ("d", 4.0), ("b", 2.0), ("c", 3.0)]:
         entry = BudgetEntry("ns", name, {}, last_patch=last)
         cycle.offer(entry, {"phase": "Active"})
-    assert sorted(entry.name for *_, entry, _ in cycle.kept) == ["a", "b"]
+    assert sorted(entry.name for *_, entry, _, _ in cycle.kept) == ["a", "b"]
     assert cycle.offered == 5
+
+
+def test_a_budget_whose_patches_fail_does_not_take_every_turn() -> None:
+    cycle = CycleWrites(slots=1, events=0)
+    failing = BudgetEntry("ns", "failing", {}, last_patch=1.0, last_failed_patch=9.0)
+    cycle.offer(failing, {"phase": "Active"})
+    cycle.offer(BudgetEntry("ns", "waiting", {}, last_patch=2.0), {"phase": "Active"})
+    assert [entry.name for *_, entry, _, _ in cycle.kept] == ["waiting"]
+
