@@ -26,7 +26,7 @@ K-th tick after it):
 * ``prometheus_queries_per_cycle``: tokenscale_prometheus_queries_total / cycles;
 * ``api_requests_per_cycle`` (and by kind): requests the emulator served / cycles;
 * ``status_patches_per_cycle`` / ``status_skipped_per_cycle`` / ``status_deferred_per_cycle``
-  (heartbeat-only writes past a cycle's allowance): tokenscale_status_patches_total;
+  (heartbeat and drift writes past a cycle's allowance): tokenscale_status_patches_total;
 * ``cpu_cores``: the operator process's CPU seconds (user + system, all threads) / wall time;
 * ``peak_rss_mb``: the operator's VmHWM (peak resident set over its whole life, startup incl.);
 * ``scale_lag_seconds``: a load step (+9,000 tokens/s, need 1 -> 5 replicas) on

@@ -301,7 +301,7 @@ class ShardFigures:
     prometheus_errors_per_cycle: float
     status_patches_per_cycle: float
     status_skipped_per_cycle: float
-    #: heartbeat-only writes past the cycle's allowance (0 before it existed)
+    #: heartbeat and drift writes past the cycle's allowance (0 before it existed)
     status_deferred_per_cycle: float
     cpu_cores: float
     peak_rss_mb: float
@@ -326,7 +326,7 @@ class Figures:
     api_requests_per_cycle_by_kind: dict[str, float]
     status_patches_per_cycle: float
     status_skipped_per_cycle: float
-    #: heartbeat-only writes past the cycle's allowance (0 before it existed)
+    #: heartbeat and drift writes past the cycle's allowance (0 before it existed)
     status_deferred_per_cycle: float
     cpu_cores: float
     peak_rss_mb: float

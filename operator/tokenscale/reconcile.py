@@ -36,6 +36,7 @@ from typing import Any, Protocol
 from tokenscale import api
 from tokenscale.adapters.informer import WorkloadCache
 from tokenscale.adapters.kube import KubeAdapter, KubeError
+from tokenscale.concurrency import gather_bounded
 from tokenscale.core.types import Memory, Observation, Plan
 from tokenscale.memory import release_free_memory
 from tokenscale.metrics import OperatorMetrics
@@ -285,14 +286,8 @@ class Reconciler:
             entry.memory = None  # restored from that status by the next reconcile
             entry.last_patch = None
 
-        limit = asyncio.Semaphore(self.settings.concurrency)
-
-        async def bounded(entry: BudgetEntry) -> None:
-            async with limit:
-                await refresh(entry)
-
         chosen = list(self.entries.values()) if entries is None else entries
-        await asyncio.gather(*(bounded(e) for e in chosen))
+        await gather_bounded((refresh(e) for e in chosen), self.settings.concurrency)
 
     async def run_cycle(self, due: list[BudgetEntry], at_unix: float) -> None:
         """Observe once for all ``due`` budgets at ``at_unix`` (unix s), then plan, act and

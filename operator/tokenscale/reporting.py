@@ -26,7 +26,6 @@ Events are posted for condition changes worth one; a failed post is logged, neve
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import heapq
 import logging
@@ -41,6 +40,7 @@ from typing import Any
 
 from tokenscale import api
 from tokenscale.adapters.kube import KubeAdapter, KubeError
+from tokenscale.concurrency import gather_bounded
 from tokenscale.core.types import Observation, Plan
 from tokenscale.metrics import OperatorMetrics
 from tokenscale.registry import BudgetEntry
@@ -157,7 +157,7 @@ class Reporter:
         kube: KubeAdapter,
         metrics: OperatorMetrics,
         forget: Callable[[str, str], None],
-        current: Callable[[BudgetEntry], bool] = lambda _: True,
+        current: Callable[[BudgetEntry], bool],
     ):
         self._settings = settings
         self._kube = kube
@@ -167,6 +167,11 @@ class Reporter:
         #: condition Events waiting: (involved object, reason, message, type, time)
         self.backlog: deque[EventItem] = deque()
         self._dropped = 0  # Events dropped since the last flush (logged there, once)
+
+    @property
+    def backlog_limit(self) -> int:
+        """The most condition Events that wait (ten cycles' worth)."""
+        return EVENT_BACKLOG_CYCLES * self._settings.events_per_cycle
 
     def begin_cycle(self, due: Sequence[BudgetEntry]) -> CycleWrites:
         """A cycle's allowances: heartbeat and drift writes (``status_heartbeat_burst`` x the
@@ -187,20 +192,19 @@ class Reporter:
         time."""
         kept, cycle.kept = cycle.kept, []
         self._metrics.status_patches.labels("deferred").inc(cycle.offered - len(kept))
-        limit = asyncio.Semaphore(self._settings.concurrency)
 
         async def send(entry: BudgetEntry, wire: dict[str, Any],
                        offered_over: dict[str, Any] | None) -> None:
             if (entry.spec is None or entry.written is not offered_over
                     or not self._current(entry)):
                 return  # made invalid, written or deleted since: this status is stale
-            async with limit:
-                try:
-                    await self._patch(entry, wire)
-                except Exception:  # one budget's failure must not stop the others' writes
-                    log.exception("%s/%s: status patch failed", entry.namespace, entry.name)
+            try:
+                await self._patch(entry, wire)
+            except Exception:  # one budget's failure must not stop the others' writes
+                log.exception("%s/%s: status patch failed", entry.namespace, entry.name)
 
-        await asyncio.gather(*(send(entry, wire, over) for _, _, entry, wire, over in kept))
+        await gather_bounded((send(entry, wire, over) for _, _, entry, wire, over in kept),
+                             self._settings.concurrency)
         await self.flush_events(cycle)
 
     async def write_status(
@@ -244,10 +248,9 @@ class Reporter:
         self, entry: BudgetEntry, changes: list[ConditionChange], at: datetime
     ) -> None:
         """Queue an Event per condition change worth one; :meth:`end_cycle` posts them."""
-        limit = EVENT_BACKLOG_CYCLES * self._settings.events_per_cycle
         for item in condition_event_items(entry, changes, at):
             self.backlog.append(item)
-            if len(self.backlog) > limit:
+            if len(self.backlog) > self.backlog_limit:
                 self.backlog.popleft()
                 self._metrics.events.labels("dropped").inc()
                 self._dropped += 1
@@ -265,7 +268,7 @@ class Reporter:
         (``concurrency`` at a time); the rest keep waiting."""
         if self._dropped:
             log.warning("%d condition Events dropped, the oldest: more than %d waited",
-                        self._dropped, EVENT_BACKLOG_CYCLES * self._settings.events_per_cycle)
+                        self._dropped, self.backlog_limit)
             self._dropped = 0
         batch = []
         while self.backlog and cycle.events >= 1:
@@ -273,16 +276,14 @@ class Reporter:
             cycle.events -= 1
         if self.backlog:
             self._metrics.events.labels("deferred").inc(len(self.backlog))
-        limit = asyncio.Semaphore(self._settings.concurrency)
 
         async def post(item: EventItem) -> None:
-            async with limit:
-                try:
-                    await self._post(*item)
-                except Exception:  # one Event's failure must not stop the others
-                    log.exception("event %s not posted", item[1])
+            try:
+                await self._post(*item)
+            except Exception:  # one Event's failure must not stop the others
+                log.exception("event %s not posted", item[1])
 
-        await asyncio.gather(*(post(item) for item in batch))
+        await gather_bounded((post(item) for item in batch), self._settings.concurrency)
 
     async def event(
         self, entry: BudgetEntry, reason: str, message: str, type_: str, at: datetime

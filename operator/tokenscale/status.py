@@ -1,6 +1,6 @@
 """TokenBudget status <-> core values: memory restore, status building, conditions, patches.
 
-Status patch policy (see :func:`needs_patch`): the operator compares the new status with the
+Status patch policy (see :func:`patch_cause`): the operator compares the new status with the
 last one it wrote (or read) in a *significant view*: ``lastReconcileTime`` left out, the
 recommendation history reduced to its replica values (its timestamps move every cycle), the
 ``message`` of conditions and targets left out (they quote durations; reason and status
@@ -475,17 +475,6 @@ def _magnitude(value: Any) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
         return abs(value)
     return 0.0
-
-
-def needs_patch(
-    old: Mapping[str, Any] | None,
-    new: Mapping[str, Any],
-    seconds_since_patch: float | None,
-    heartbeat: float,
-) -> bool:
-    """True when the significant view changed (see :func:`differs`) or the heartbeat is
-    due."""
-    return patch_cause(old, new, seconds_since_patch, heartbeat) is not None
 
 
 def patch_cause(

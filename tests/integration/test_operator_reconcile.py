@@ -91,11 +91,16 @@ class Harness:
         await self.reconciler.run_cycle(entries, self.t)
 
 
+def paced(**changes: Any) -> OperatorSettings:
+    """The operator's settings here, with ``changes``."""
+    return OperatorSettings(prometheus_url=f"http://127.0.0.1:{free_port()}",
+                            status_heartbeat_seconds=3600, rate_window="5s", **changes)
+
+
 @pytest.fixture
 def settings() -> OperatorSettings:
     """The operator's settings (tests override this fixture's values by parametrizing)."""
-    return OperatorSettings(prometheus_url=f"http://127.0.0.1:{free_port()}",
-                            status_heartbeat_seconds=3600, rate_window="5s")
+    return paced()
 
 
 @pytest.fixture
@@ -186,14 +191,19 @@ async def test_a_keda_scaledobject_is_a_conflict_and_absent_keda_is_none(h: Harn
     other.close()
 
 
+def idle_budget(h: Harness, name: str) -> None:
+    """A budget on a Deployment of zero replicas, with no metrics: nothing it reports moves."""
+    h.create("apps/v1", "deployments", deployment(name, 0))
+    body = tokenbudget(name)
+    body["spec"]["targets"][0].update(name=name, minReplicas=0,
+                                      scaleTargetRef={"apiVersion": "apps/v1",
+                                                      "kind": "Deployment", "name": name})
+    h.create("tokenscale.dev/v1alpha1", "tokenbudgets", body)
+
+
 async def test_status_is_patched_only_when_it_changed(h: Harness) -> None:
     # zero replicas and no metrics: nothing moves, so nothing is written after the first
-    h.create("apps/v1", "deployments", deployment("idle", 0))
-    body = tokenbudget("idle")
-    body["spec"]["targets"][0].update(name="idle", minReplicas=0,
-                                      scaleTargetRef={"apiVersion": "apps/v1",
-                                                      "kind": "Deployment", "name": "idle"})
-    h.create("tokenscale.dev/v1alpha1", "tokenbudgets", body)
+    idle_budget(h, "idle")
     await h.observe("idle")
     await h.cycle()
     path = r"tokenbudgets/idle/status$"
@@ -236,21 +246,6 @@ async def test_status_patch_failures_are_retried_next_cycle(h: Harness) -> None:
     h.server.clear_faults()
     await h.cycle()
     assert h.budget()["status"]["phase"]
-
-
-def idle_budget(h: Harness, name: str) -> None:
-    """A budget on a Deployment of zero replicas, with no metrics: nothing it reports moves."""
-    h.create("apps/v1", "deployments", deployment(name, 0))
-    body = tokenbudget(name)
-    body["spec"]["targets"][0].update(name=name, minReplicas=0,
-                                      scaleTargetRef={"apiVersion": "apps/v1",
-                                                      "kind": "Deployment", "name": name})
-    h.create("tokenscale.dev/v1alpha1", "tokenbudgets", body)
-
-
-def paced(**changes: Any) -> OperatorSettings:
-    return OperatorSettings(prometheus_url=f"http://127.0.0.1:{free_port()}",
-                            status_heartbeat_seconds=3600, rate_window="5s", **changes)
 
 
 @pytest.mark.parametrize("settings", [paced(status_heartbeat_burst=1.0)])

@@ -35,7 +35,6 @@ from tokenscale.status import (
     memory_from_status,
     merge_conditions,
     merge_patch,
-    needs_patch,
     patch_cause,
     significant,
 )
@@ -184,18 +183,18 @@ def test_patch_policy_ignores_churn_but_not_changes() -> None:
     assert moved["lastReconcileTime"] != old["lastReconcileTime"]
     assert moved["recommendations"] != old["recommendations"]  # timestamps moved
     assert significant(moved) == significant(old)
-    assert not needs_patch(old, moved, seconds_since_patch=5, heartbeat=60)
-    assert needs_patch(old, moved, seconds_since_patch=61, heartbeat=60)
-    assert needs_patch(None, moved, seconds_since_patch=None, heartbeat=60)
+    assert patch_cause(old, moved, seconds_since_patch=5, heartbeat=60) is None
+    assert patch_cause(old, moved, seconds_since_patch=61, heartbeat=60) is not None
+    assert patch_cause(None, moved, seconds_since_patch=None, heartbeat=60) is not None
     # the spend so far is written every 1% of the projection to the period's end (200 USD)
     cheaper = api.dump(build_status(
         a_plan(later, cost=14.0)[0], observation, api.parse_status(old), later, 1)[0])
-    assert not needs_patch(old, cheaper, seconds_since_patch=5, heartbeat=60)
+    assert patch_cause(old, cheaper, seconds_since_patch=5, heartbeat=60) is None
     dearer = api.dump(build_status(
         a_plan(later, cost=15.0)[0], observation, api.parse_status(old), later, 1)[0])
-    assert needs_patch(old, dearer, seconds_since_patch=5, heartbeat=60)
+    assert patch_cause(old, dearer, seconds_since_patch=5, heartbeat=60) is not None
     scaled = {**moved, "desiredReplicas": 5}
-    assert needs_patch(old, scaled, seconds_since_patch=5, heartbeat=60)
+    assert patch_cause(old, scaled, seconds_since_patch=5, heartbeat=60) is not None
     # why: a heartbeat-only write may wait for a later cycle, the others may not
     assert patch_cause(old, moved, seconds_since_patch=61, heartbeat=60) == "heartbeat"
     assert patch_cause(old, scaled, seconds_since_patch=61, heartbeat=60) == "changed"

@@ -8,7 +8,7 @@ import pytest
 
 from tokenscale.registry import BudgetEntry
 from tokenscale.reporting import CycleWrites
-from tokenscale.status import differs, needs_patch, patch_cause
+from tokenscale.status import differs, patch_cause
 
 
 def a_status(tokens_per_second: float = 1000.0, cost: float = 50.0,
@@ -24,16 +24,16 @@ def a_status(tokens_per_second: float = 1000.0, cost: float = 50.0,
 
 def test_rate_noise_within_ten_percent_is_no_patch() -> None:
     old = a_status(1000.0)
-    assert not needs_patch(old, a_status(1049.0), seconds_since_patch=30, heartbeat=300)
-    assert not needs_patch(old, a_status(951.0), seconds_since_patch=30, heartbeat=300)
-    assert needs_patch(old, a_status(1150.0), seconds_since_patch=30, heartbeat=300)
-    assert needs_patch(old, a_status(1049.0), seconds_since_patch=300, heartbeat=300)
+    assert patch_cause(old, a_status(1049.0), seconds_since_patch=30, heartbeat=300) is None
+    assert patch_cause(old, a_status(951.0), seconds_since_patch=30, heartbeat=300) is None
+    assert patch_cause(old, a_status(1150.0), seconds_since_patch=30, heartbeat=300) is not None
+    assert patch_cause(old, a_status(1049.0), seconds_since_patch=300, heartbeat=300) is not None
 
 
 def test_spend_drift_adds_up_against_the_last_write() -> None:
     old = a_status(cost=50.0)
-    assert not needs_patch(old, a_status(cost=50.4), seconds_since_patch=30, heartbeat=300)
-    assert needs_patch(old, a_status(cost=50.6), seconds_since_patch=30, heartbeat=300)
+    assert patch_cause(old, a_status(cost=50.4), seconds_since_patch=30, heartbeat=300) is None
+    assert patch_cause(old, a_status(cost=50.6), seconds_since_patch=30, heartbeat=300) is not None
 
 
 def test_spend_early_in_a_period_is_written_per_share_of_its_projection() -> None:
@@ -47,23 +47,24 @@ def test_spend_early_in_a_period_is_written_per_share_of_its_projection() -> Non
         return status
 
     old = early(0.5)
-    assert not needs_patch(old, early(0.55), seconds_since_patch=30, heartbeat=300)
-    assert not needs_patch(old, early(1.3), seconds_since_patch=30, heartbeat=300)
-    assert needs_patch(old, early(1.6), seconds_since_patch=30, heartbeat=300)
+    assert patch_cause(old, early(0.55), seconds_since_patch=30, heartbeat=300) is None
+    assert patch_cause(old, early(1.3), seconds_since_patch=30, heartbeat=300) is None
+    assert patch_cause(old, early(1.6), seconds_since_patch=30, heartbeat=300) is not None
     # the binding limit's total alone follows the same rule
     moved = early(0.5)
     moved["budget"]["spent"] = 0.55
-    assert not needs_patch(old, moved, seconds_since_patch=30, heartbeat=300)
+    assert patch_cause(old, moved, seconds_since_patch=30, heartbeat=300) is None
     moved["budget"]["spent"] = 1.6
-    assert needs_patch(old, moved, seconds_since_patch=30, heartbeat=300)
+    assert patch_cause(old, moved, seconds_since_patch=30, heartbeat=300) is not None
     # the projection itself keeps its own 1%
-    assert needs_patch(old, early(0.55, projected=102.0), seconds_since_patch=30,
-                       heartbeat=300)
+    assert patch_cause(old, early(0.55, projected=102.0), seconds_since_patch=30,
+                       heartbeat=300) is not None
 
 
 def test_integers_and_strings_compare_exactly() -> None:
     old = a_status(desired=150)
-    assert needs_patch(old, a_status(desired=151), seconds_since_patch=30, heartbeat=300)
+    assert patch_cause(old, a_status(desired=151), seconds_since_patch=30,
+                       heartbeat=300) is not None
     assert differs({"phase": "Active"}, {"phase": "BudgetAtRisk"})
     assert differs({"a": 1}, {"a": 1, "b": None})
     assert differs([1, 2], [1, 2, 3])
