@@ -76,6 +76,15 @@ def ramp(start: float, end: float, now: datetime = NOW, span: int = 600, step: i
     )
 
 
+def noisy(rate: float, share: float, now: datetime = NOW, span: int = 600, step: int = 30
+          ) -> tuple[tuple[datetime, float], ...]:
+    """Samples alternating ``rate × (1 ± share)`` over ``span`` seconds, the newest at ``rate``
+    tokens/s: a level demand whose noise (its spread around the trend) is about ``share``."""
+    older = tuple((now - timedelta(seconds=s), rate * (1.0 + share * (-1) ** (s // step)))
+                  for s in range(span, 0, -step))
+    return (*older, (now, rate))
+
+
 def seen(current: int, rate: float | None = None, **fields: Any) -> TargetObservation:
     """A target observation with ``current`` ready replicas and flat samples at ``rate``."""
     samples = flat(rate) if rate is not None else ()

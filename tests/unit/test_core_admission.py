@@ -4,7 +4,7 @@ rate its affordable, ready replicas serve within the SLO (plain inputs)."""
 from __future__ import annotations
 
 import pytest
-from core_world import NOW, running, seen, spec, target, world
+from core_world import NOW, noisy, running, seen, spec, target, world
 
 from tokenscale.core.planner import ADMISSION_SHARE, plan
 
@@ -44,15 +44,17 @@ def test_admission_of_a_capped_target(case: str, current: int, budget: dict[str,
 
 
 def test_under_a_binding_budget_a_target_held_within_tolerance_is_admitted_too() -> None:
-    """b's 2,100 tok/s are within 10 % of its 2 replicas, so it is not scaled; but with the
-    budget binding (a is capped) no replica is coming, and the excess would only queue."""
+    """b's need (1,800 tok/s and its noise) is within its band (8 %) of its 2 replicas, so it
+    is not scaled; but with the budget binding (a is capped) no replica is coming, and the
+    excess would only queue."""
     s = spec([target("a"), target("b")], budget={"maxCost": 48})
-    result = plan(s, world(a=seen(2, 6000), b=seen(2, 2100)), running(), NOW)
+    b_seen = seen(2, token_rate_samples=noisy(1800, 0.08))
+    result = plan(s, world(a=seen(2, 6000), b=b_seen), running(), NOW)
     a, b = result.decisions["a"], result.decisions["b"]
     admitted = 2000.0 * ADMISSION_SHARE
     assert a.reason == "BudgetCapped" and a.admission_tokens_per_second == admitted
     assert b.reason == "WithinTolerance" and b.admission_tokens_per_second == admitted
     # the same b without a binding budget: the tolerance band is the HPA's, nothing admitted
-    ample = plan(spec([target("a"), target("b")]), world(a=seen(2, 6000), b=seen(2, 2100)),
+    ample = plan(spec([target("a"), target("b")]), world(a=seen(2, 6000), b=b_seen),
                  running(), NOW)
     assert ample.decisions["b"].admission_tokens_per_second is None

@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from core_world import NOW, flat, ramp, recs, running, seen, spec, target, world
+from core_world import NOW, flat, noisy, ramp, recs, running, seen, spec, target, world
 
 from tokenscale.api import REASONS, TokenBudgetSpec
 from tokenscale.core.planner import plan
@@ -45,8 +45,13 @@ CASES = [
           message_has=("4,500 tok/s",)),
     _case("demand-down-no-history", world(llama=seen(5, 2500)), 3, "DemandDriven", True),
     _case("demand-steady", world(llama=seen(3, 3000)), 3, "DemandDriven", False),
-    _case("within-tolerance-keeps-current", world(llama=seen(5, 5400)), 5, "WithinTolerance",
-          False, message_has=("within 10%",)),
+    # demand noise of 8 %: the band narrows from the tolerance (10 %) to it; need 5.24
+    _case("within-tolerance-keeps-current",
+          world(llama=seen(5, token_rate_samples=noisy(4400, 0.08))), 5, "WithinTolerance",
+          False, message_has=("within 8.2%",)),
+    # a noiseless demand leaves no band: need 5.4 of 5 replicas is acted upon
+    _case("noiseless-demand-no-band", world(llama=seen(5, 5400)), 6, "DemandDriven", True,
+          message_has=("band 0.0%",)),
     # latency above the SLO now: one replica more at once, whatever the demand says
     _case("slo-breach-adds-one", world(llama=seen(5, 5400, recent_itl_seconds=0.07)), 6,
           "SloBreach", True, message_has=("ITL 70 ms of 50 ms",)),
@@ -152,6 +157,10 @@ CASES = [
           world(llama=seen(2, token_rate_samples=ramp(1000, 2000))), 3, "DemandDriven", True,
           targets=[target(coldStartSeconds=600)], message_has=("forecast 3,000",)),
     _case("headroom-and-utilization", world(llama=seen(2, 2100)), 4, "DemandDriven", True,
+          planning={"headroom": 0.2, "targetUtilization": 0.8, "tolerance": 0}),
+    # no noise: planned at 0.8 x (1 + 0.1) = 0.88, the ceiling the user's pair allows
+    _case("noiseless-demand-planned-at-the-ceiling", world(llama=seen(2, 2100)), 3,
+          "DemandDriven", True, message_has=("0.88 utilization",),
           planning={"headroom": 0.2, "targetUtilization": 0.8}),
 ]
 

@@ -74,10 +74,19 @@ def demand_text(seen: Seen, planning: PlanningSpec, r: Recommendation) -> str:
         f"{rate(d.forecast)} in {t.cold_start_seconds}s{forecast_method(d)}{extra}, queue "
         f"{seen.obs.queue_length:g} -> "
         f"+{rate(d.drain)}) at {rate(t.capacity)} tok/s/replica x "
-        f"{planning.target_utilization:g} utilization, margin +{rate(d.margin)} "
+        f"{d.utilization:.3g} utilization{band_text(planning, d)}, margin +{rate(d.margin)} "
         f"(z x spread; headroom floor {planning.headroom:.0%}) "
         f"needs {d.raw_need:.2f} replicas"
     )
+
+
+def band_text(planning: PlanningSpec, d: Demand) -> str:
+    """How the band and the utilization follow from the user's pair, when they differ."""
+    if d.band >= planning.tolerance:
+        return ""
+    return (f" (band {d.band:.1%}: the demand's noise, within tolerance "
+            f"{planning.tolerance:.0%}; ceiling {planning.target_utilization:g} x "
+            f"(1 + {planning.tolerance:g}) kept)")
 
 
 def forecast_method(d: Demand) -> str:
@@ -108,7 +117,7 @@ def recommendation_message(seen: Seen, planning: PlanningSpec, r: Recommendation
                 f"{slo.ttft_seconds:g} s): one replica more at once, {r.current} -> "
                 f"{r.need}; {text}")
     if r.reason == "WithinTolerance":
-        return (f"need {r.demand.raw_need:.2f} is within {planning.tolerance:.0%} of current "
+        return (f"need {r.demand.raw_need:.2f} is within {r.demand.band:.1%} of current "
                 f"{r.current}; {text}")
     if r.reason == "ScaleUpLimited":
         return (f"need {r.recommendation}, scale-up limited to {r.behaviour} from {r.current} "

@@ -47,7 +47,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from itertools import pairwise
 from typing import NamedTuple
 
-from tokenscale.api import WEEKDAYS, TokenBudgetSpec
+from tokenscale.api import WEEKDAYS, PlanningSpec, TokenBudgetSpec
 from tokenscale.core.budget import (
     Accounts,
     _clock_minutes,
@@ -56,7 +56,8 @@ from tokenscale.core.budget import (
     multiplier_at,
     multiplier_on,
 )
-from tokenscale.core.pacing import Allocation
+from tokenscale.core.capacity import Recommendation
+from tokenscale.core.pacing import Allocation, Outcome
 from tokenscale.core.types import PROFILE_SLOTS as SLOTS
 from tokenscale.core.types import DemandProfile, Lane
 
@@ -154,6 +155,16 @@ def learn(profile: DemandProfile | None, zone: tzinfo, rate: float, since: datet
         t = end
 
 
+def planned_rate_per_replica(o: Outcome, planning: PlanningSpec) -> float:
+    """Tokens/s one replica of this target is planned to serve: its capacity within the SLO
+    at the utilization the planner sized it at this cycle (its demand's: above
+    targetUtilization where the band narrowed to the demand's noise), less the headroom."""
+    wants = o.proposal.wants
+    utilization = (wants.demand.utilization if isinstance(wants, Recommendation)
+                   else planning.target_utilization)
+    return o.proposal.seen.target.capacity * utilization / (1.0 + planning.headroom)
+
+
 def learn_all(spec: TokenBudgetSpec, allocation: Allocation,
               profiles: Mapping[str, DemandProfile], since: datetime | None,
               now: datetime) -> dict[str, DemandProfile]:
@@ -174,8 +185,7 @@ def learn_all(spec: TokenBudgetSpec, allocation: Allocation,
                 out[t.name] = old
             continue
         p = learn(old, zone, samples[-1][1], since, now)
-        per_replica = (t.capacity * planning.target_utilization
-                       / (1.0 + planning.headroom))
+        per_replica = planned_rate_per_replica(o, planning)
         need = math.ceil(sum(r for _, r in samples) / len(samples) / per_replica - 1e-9)
         if (spec.mode == "Active" and since is not None and since < now and need >= 1
                 and o.reason not in ("BudgetCapped", "BudgetExhausted")
@@ -207,8 +217,7 @@ def lanes(spec: TokenBudgetSpec, allocation: Allocation,
             floor=s.current if s.kind == "Fixed" else t.min_replicas,
             low=t.min_replicas,
             high=t.max_replicas,
-            per_replica=(t.capacity * planning.target_utilization
-                         / (1.0 + planning.headroom)) if steered else 0.0,
+            per_replica=planned_rate_per_replica(o, planning) if steered else 0.0,
             capacity=t.capacity,
             demand=max(0.0, demand),
             profile=profiles.get(t.name),
