@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -285,3 +286,26 @@ def test_old_samples_outside_window_are_ignored_by_trend() -> None:
     d = plan(spec(targets=[target(coldStartSeconds=600)]),
              world(llama=seen(2, token_rate_samples=samples)), running(), NOW).decisions["llama"]
     assert d.forecast_tokens_per_second == pytest.approx(2000)
+
+
+@pytest.mark.parametrize("level", [8700.0, 8760.0, 8800.0, 8840.0])
+def test_a_quiet_demand_at_a_replica_boundary_does_not_flap(level: float) -> None:
+    """The band narrows to a quiet demand's noise (0.2 %), so the need crosses a replica
+    boundary (10 replicas at the 0.88 ceiling serve 8,800 tok/s) with every sample; the
+    margin, the trend and the scale-down window still keep the count: after the first
+    settling (at most two changes), 100 cycles of 30 s change nothing."""
+    rng = random.Random(7)
+    s = spec([target(coldStartSeconds=60, maxReplicas=30)], planning={"targetUtilization": 0.8})
+    memory, samples, replicas, changes = running(), [], 10, []
+    for k in range(120):
+        now = NOW + timedelta(seconds=30 * k)
+        samples += [(now - timedelta(seconds=15), level * (1 + rng.gauss(0, 0.002))),
+                    (now, level * (1 + rng.gauss(0, 0.002)))]
+        samples = [x for x in samples if x[0] > now - timedelta(seconds=600)]
+        result = plan(s, world(llama=seen(replicas, token_rate_samples=tuple(samples))),
+                      memory, now)
+        memory, decided = result.memory, result.decisions["llama"].replicas
+        if decided != replicas:
+            changes.append(k)
+        replicas = decided
+    assert len(changes) <= 2 and all(k < 20 for k in changes), changes
