@@ -46,13 +46,20 @@ CASES = [
           message_has=("4,500 tok/s",)),
     _case("demand-down-no-history", world(llama=seen(5, 2500)), 3, "DemandDriven", True),
     _case("demand-steady", world(llama=seen(3, 3000)), 3, "DemandDriven", False),
-    # demand noise of 8 %: the band narrows from the tolerance (10 %) to it; need 5.24
-    _case("within-tolerance-keeps-current",
-          world(llama=seen(5, token_rate_samples=noisy(4400, 0.08))), 5, "WithinTolerance",
-          False, message_has=("within 8.2%",)),
-    # a noiseless demand leaves no band: need 5.4 of 5 replicas is acted upon
-    _case("noiseless-demand-no-band", world(llama=seen(5, 5400)), 6, "DemandDriven", True,
-          message_has=("band 0.0%",)),
+    # utilization 1 (these tests' default): the ceiling 1 x 1.1 is above the full capacity
+    # within the SLO, so the user's band stands: need 5.4 of 5 replicas is kept
+    _case("within-tolerance-keeps-current", world(llama=seen(5, 5400)), 5, "WithinTolerance",
+          False, message_has=("within 10.0%",)),
+    # demand noise of 8 % at utilization 0.8: the band narrows from the tolerance (10 %) to it,
+    # the plan rises to 0.88 / 1.082 = 0.813; need 5.2 of 5 replicas is kept
+    _case("within-the-noise-band-keeps-current",
+          world(llama=seen(5, token_rate_samples=noisy(3550, 0.08))), 5, "WithinTolerance",
+          False, message_has=("within 8.2%", "0.813 utilization"),
+          planning={"targetUtilization": 0.8}),
+    # a noiseless demand leaves no band: 4,300 tok/s at 0.88 need 4.89 of 6 replicas, so one
+    # is released (the user's band would keep 6: 5.38 at 0.8 is within 10 %)
+    _case("noiseless-demand-no-band", world(llama=seen(6, 4300)), 5, "DemandDriven", True,
+          message_has=("band 0.0%",), planning={"targetUtilization": 0.8}),
     # latency above the SLO now: one replica more at once, whatever the demand says
     _case("slo-breach-adds-one", world(llama=seen(5, 5400, recent_itl_seconds=0.07)), 6,
           "SloBreach", True, message_has=("ITL 70 ms of 50 ms",)),

@@ -189,14 +189,16 @@ def noise_band(planning: PlanningSpec, spread: float | None,
                demand: float) -> tuple[float, float]:
     """``(band, utilization)``: the tolerance band narrowed to the demand's noise
     (``spread / demand``, one standard deviation relative to the demand in tokens/s, at most
-    ``tolerance``) and the planned utilization that keeps the ceiling ``targetUtilization ×
-    (1 + tolerance)`` (at most 1). The user's own pair when the spread is unknown (None) or
-    there is no demand."""
+    ``tolerance``, and not below ``ceiling - 1`` so the utilization stays at most 1) and the
+    planned utilization that keeps the ceiling ``targetUtilization × (1 + tolerance)``. The
+    user's own pair when the spread is unknown (None) or there is no demand."""
     tolerance, utilization = planning.tolerance, planning.target_utilization
     if spread is None or demand <= 0:
         return tolerance, utilization
-    band = min(tolerance, spread / demand)
-    return band, min(1.0, utilization * (1.0 + tolerance) / (1.0 + band))
+    ceiling = utilization * (1.0 + tolerance)
+    # never so narrow that the plan would pass the full capacity within the SLO
+    band = min(tolerance, max(spread / demand, ceiling - 1.0))
+    return band, ceiling / (1.0 + band)
 
 
 def slo_quantile(attainment: float) -> float:

@@ -85,8 +85,8 @@ def band_text(planning: PlanningSpec, d: Demand) -> str:
     if d.band >= planning.tolerance:
         return ""
     return (f" (band {d.band:.1%}: the demand's noise, within tolerance "
-            f"{planning.tolerance:.0%}; utilization raised toward the ceiling "
-            f"{planning.target_utilization:g} x (1 + {planning.tolerance:g}), at most 1)")
+            f"{planning.tolerance:.0%}; utilization raised so that a replica is still added "
+            f"at {planning.target_utilization:g} x (1 + {planning.tolerance:g}))")
 
 
 def forecast_method(d: Demand) -> str:

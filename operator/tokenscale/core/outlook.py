@@ -56,8 +56,7 @@ from tokenscale.core.budget import (
     multiplier_at,
     multiplier_on,
 )
-from tokenscale.core.capacity import Recommendation
-from tokenscale.core.pacing import Allocation, Outcome
+from tokenscale.core.pacing import Allocation, Outcome, planned_utilization
 from tokenscale.core.types import PROFILE_SLOTS as SLOTS
 from tokenscale.core.types import DemandProfile, Lane
 
@@ -159,9 +158,7 @@ def planned_rate_per_replica(o: Outcome, planning: PlanningSpec) -> float:
     """Tokens/s one replica of this target is planned to serve: its capacity within the SLO
     at the utilization the planner sized it at this cycle (its demand's: above
     targetUtilization where the band narrowed to the demand's noise), less the headroom."""
-    wants = o.proposal.wants
-    utilization = (wants.demand.utilization if isinstance(wants, Recommendation)
-                   else planning.target_utilization)
+    utilization = planned_utilization(o.proposal, planning.target_utilization)
     return o.proposal.seen.target.capacity * utilization / (1.0 + planning.headroom)
 
 

@@ -8,8 +8,9 @@ steps 2-4, 6 and 7), and the :class:`~tokenscale.core.budget.Accounts` of step 1
   minReplicas.
 * **Pacing.** The affordable cost rate (remaining cost / hours left, compared with replica
   prices × the multiplier *now*, so cheap hours buy more replicas) and the token cap (served
-  capacity ``replicas × tokensPerReplicaPerSecond × targetUtilization`` at most remaining
-  tokens / seconds left).
+  capacity ``replicas × capacity within the SLO × planned utilization`` at most remaining
+  tokens / seconds left; the planned utilization is the one the target was sized at this
+  cycle, :func:`planned_utilization`).
 * **Allocation** (:func:`~tokenscale.core.costmodel.allocate`): the proposals (after the value
   cap) stand if they fit; else greedy by marginal value from the minReplicas floors
   (BudgetCapped). Budget cuts apply at once, so a budget-forced scale-down is never delayed.
@@ -72,7 +73,7 @@ def pace(proposals: Sequence[Proposal], spec: TokenBudgetSpec, accounts: Account
     cuts: list[float | None] = []
     for p in proposals:
         cap, cut = _value_cap(p, planning.min_marginal_value)
-        items.append(_item(p, cap, planning.target_utilization))
+        items.append(_item(p, cap, planned_utilization(p, planning.target_utilization)))
         cuts.append(cut)
     floors_cost = sum(it.floor * it.cost_per_hour for it in items)
     floors_tokens = sum(it.floor * it.tokens_per_second for it in items)
@@ -101,6 +102,15 @@ def _value_cap(p: Proposal, min_value: float) -> tuple[int, float | None]:
         return p.behaviour, None
     cap = max(t.min_replicas, vcap)
     return cap, marginal_value(t.weight, p.model.b, p.price, cap)
+
+
+def planned_utilization(p: Proposal, target_utilization: float) -> float:
+    """The share of the capacity within the SLO the planner sized this target at this cycle:
+    its demand's (above ``target_utilization`` where the band narrowed to the demand's noise,
+    :func:`~tokenscale.core.capacity.noise_band`), else ``target_utilization``."""
+    if isinstance(p.wants, Recommendation):
+        return p.wants.demand.utilization
+    return target_utilization
 
 
 def _item(p: Proposal, cap: int, utilization: float) -> AllocationItem:
