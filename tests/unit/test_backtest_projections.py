@@ -23,11 +23,7 @@ def test_windows_are_the_complete_periods_else_the_whole_trace() -> None:
 
 
 def test_a_steady_demand_is_projected_exactly_and_reported_next_to_the_run_rate() -> None:
-    # tolerance 0: the planner keeps the replicas the run starts with (sized at
-    # targetUtilization); with a band, a noiseless demand is planned closer to its ceiling
-    spec = spec_for(budget={"period": "Hour", "maxCost": 100},
-                    planning={"intervalSeconds": 30, "targetUtilization": 0.8, "headroom": 0.1,
-                              "tolerance": 0})
+    spec = spec_for(budget={"period": "Hour", "maxCost": 100})
     bt = run_backtest(spec, {"m": constant_trace(30.0, 7300)},
                       Settings(progress=False, engine=None, hpa_utilizations=(0.8,)))
     doc = to_json(bt)

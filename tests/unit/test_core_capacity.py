@@ -59,7 +59,7 @@ def test_need(demand: float, headroom: float, per_replica: float, util: float,
     assert round_need(raw_need(demand, headroom, per_replica, util)) == replicas
 
 
-@pytest.mark.parametrize(("spread", "demand", "band", "utilization", "target"), [
+@pytest.mark.parametrize(("margin", "demand", "band", "utilization", "target"), [
     (None, 1000, 0.1, 0.8, 0.8),  # fewer than three samples: nothing known, the user's pair
     (50, 0, 0.1, 0.8, 0.8),  # no demand
     (0, 1000, 0.0, 0.88, 0.8),  # noiseless: planned at the ceiling 0.8 x (1 + 0.1)
@@ -67,22 +67,22 @@ def test_need(demand: float, headroom: float, per_replica: float, util: float,
     (300, 1000, 0.1, 0.8, 0.8),  # noisier than the tolerance: the user's pair
     (0, 1000, 0.045, 1.0, 0.95),  # ceiling 0.95 x 1.1 = 1.045: the band keeps the plan at 1
 ], ids=["unknown", "no-demand", "noiseless", "half-the-tolerance", "noisy", "capped-at-one"])
-def test_noise_band(spread: float | None, demand: float, band: float,
+def test_noise_band(margin: float | None, demand: float, band: float,
                     utilization: float, target: float) -> None:
     planning = PlanningSpec(target_utilization=target, tolerance=0.1)
-    assert noise_band(planning, spread, demand) == (pytest.approx(band),
+    assert noise_band(planning, margin, demand) == (pytest.approx(band),
                                                     pytest.approx(utilization))
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.floats(0.05, 1.0), st.floats(0.0, 0.5), st.floats(0.0, 1e4), st.floats(1.0, 1e5))
 def test_noise_band_keeps_the_ceiling_and_never_plans_cooler(
-        utilization: float, tolerance: float, spread: float, demand: float) -> None:
+        utilization: float, tolerance: float, margin: float, demand: float) -> None:
     """The load at which a scale-up happens, utilization x (1 + band), is the user's
     targetUtilization x (1 + tolerance); the planned utilization is between targetUtilization
     and 1."""
     planning = PlanningSpec(target_utilization=utilization, tolerance=tolerance)
-    band, planned = noise_band(planning, spread, demand)
+    band, planned = noise_band(planning, margin, demand)
     ceiling = utilization * (1 + tolerance)
     assert 0 <= band <= tolerance and utilization - 1e-12 <= planned <= 1.0 + 1e-12
     assert planned * (1 + band) == pytest.approx(ceiling)

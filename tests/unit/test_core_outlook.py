@@ -181,8 +181,8 @@ def test_a_target_removed_from_the_spec_drops_its_profile() -> None:
 
 
 def test_the_overhead_of_what_the_planner_runs_over_the_mean_need_is_learned() -> None:
-    # a stabilized target keeps 4 replicas for a mean demand that needs 2: after an hour of
-    # such cycles the projection runs ceil(2 x 1.63) = 4, not 2
+    # a stabilized target keeps 4 replicas for a mean demand that needs 1.5 (unrounded): after
+    # an hour of such cycles the projection runs ceil(1.5 x 2.05) = 4, not 2
     s = spec([target(coldStartSeconds=3600)], planning={"scaleDownStabilizationSeconds": 3600})
     memory = running(now=NOW, recommendations=(RecommendationEntry("llama", NOW, 4),))
     at = NOW
@@ -192,6 +192,7 @@ def test_the_overhead_of_what_the_planner_runs_over_the_mean_need_is_learned() -
         result = plan(s, obs, memory, at)
         assert result.decisions["llama"].replicas == 4
         memory = result.memory
-    # an hour is one time constant: 1 + (2 - 1) x (1 - 1/e) of the way to 2
-    assert memory.demand_profiles["llama"].overhead == pytest.approx(2 - math.exp(-1), rel=0.01)
+    # an hour is one time constant: 1 + (4/1.5 - 1) x (1 - 1/e) of the way to 4/1.5
+    learned = 1 + (4 / 1.5 - 1) * (1 - math.exp(-1))
+    assert memory.demand_profiles["llama"].overhead == pytest.approx(learned, rel=0.01)
     assert result.spend.projected_cost - result.spend.cost == pytest.approx(4 * 11, rel=0.05)

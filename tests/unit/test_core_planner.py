@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -50,11 +51,12 @@ CASES = [
     # within the SLO, so the user's band stands: need 5.4 of 5 replicas is kept
     _case("within-tolerance-keeps-current", world(llama=seen(5, 5400)), 5, "WithinTolerance",
           False, message_has=("within 10.0%",)),
-    # demand noise of 8 % at utilization 0.8: the band narrows from the tolerance (10 %) to it,
-    # the plan rises to 0.88 / 1.082 = 0.813; need 5.2 of 5 replicas is kept
+    # demand noise of 3 % at utilization 0.8: the band narrows from the tolerance (10 %) to
+    # the margin, 2.33 x 3.1 % = 7.1 % of the demand, the plan rises to 0.88 / 1.071 = 0.821;
+    # need 5.15 of 5 replicas is kept
     _case("within-the-noise-band-keeps-current",
-          world(llama=seen(5, token_rate_samples=noisy(3550, 0.08))), 5, "WithinTolerance",
-          False, message_has=("within 8.2%", "0.813 utilization"),
+          world(llama=seen(5, token_rate_samples=noisy(3950, 0.03))), 5, "WithinTolerance",
+          False, message_has=("within 7.1%", "0.821 utilization"),
           planning={"targetUtilization": 0.8}),
     # a noiseless demand leaves no band: 4,300 tok/s at 0.88 need 4.89 of 6 replicas, so one
     # is released (the user's band would keep 6: 5.38 at 0.8 is within 10 %)
@@ -295,24 +297,28 @@ def test_old_samples_outside_window_are_ignored_by_trend() -> None:
     assert d.forecast_tokens_per_second == pytest.approx(2000)
 
 
-@pytest.mark.parametrize("level", [8700.0, 8760.0, 8800.0, 8840.0])
-def test_a_quiet_demand_at_a_replica_boundary_does_not_flap(level: float) -> None:
-    """The band narrows to a quiet demand's noise (0.2 %), so the need crosses a replica
-    boundary (10 replicas at the 0.88 ceiling serve 8,800 tok/s) with every sample; the
-    margin, the trend and the scale-down window still keep the count: after the first
-    settling (at most two changes), 100 cycles of 30 s change nothing."""
-    rng = random.Random(7)
+@pytest.mark.parametrize(("level", "noise"), [
+    (8760.0, 0.002), (8800.0, 0.002), (8400.0, 0.01), (8000.0, 0.03), (8800.0, 0.03)])
+def test_a_steady_noisy_demand_does_not_flap(level: float, noise: float) -> None:
+    """A steady demand with 0.2-3 % noise near a replica boundary (10 replicas at the 0.88
+    ceiling serve 8,800 tok/s): the band narrowed to the margin, the trend and the scale-down
+    window keep the count. After 10 minutes of settling, at most 6 changes in 80 minutes of
+    30 s cycles, never two within 5 minutes (a band of one standard deviation instead of the
+    margin: 6-10 at 3 %, some 2-4 cycles apart)."""
+    rng = random.Random(2)
     s = spec([target(coldStartSeconds=60, maxReplicas=30)], planning={"targetUtilization": 0.8})
-    memory, samples, replicas, changes = running(), [], 10, []
-    for k in range(120):
+    memory, replicas, changes = running(), 10, []
+    samples: list[tuple[datetime, float]] = []
+    for k in range(180):
         now = NOW + timedelta(seconds=30 * k)
-        samples += [(now - timedelta(seconds=15), level * (1 + rng.gauss(0, 0.002))),
-                    (now, level * (1 + rng.gauss(0, 0.002)))]
+        samples += [(now - timedelta(seconds=15), level * (1 + rng.gauss(0, noise))),
+                    (now, level * (1 + rng.gauss(0, noise)))]
         samples = [x for x in samples if x[0] > now - timedelta(seconds=600)]
         result = plan(s, world(llama=seen(replicas, token_rate_samples=tuple(samples))),
                       memory, now)
         memory, decided = result.memory, result.decisions["llama"].replicas
-        if decided != replicas:
+        if decided != replicas and k >= 20:
             changes.append(k)
         replicas = decided
-    assert len(changes) <= 2 and all(k < 20 for k in changes), changes
+    gaps = [b - a for a, b in pairwise(changes)]
+    assert len(changes) <= 6 and all(g >= 10 for g in gaps), changes

@@ -47,14 +47,16 @@ and ``tolerance`` together say how loaded the replicas may get before the planne
 the need at ``targetUtilization`` may exceed the current replicas by ``tolerance``, so the load
 reaches ``targetUtilization × (1 + tolerance)`` of the capacity within the SLO (the *ceiling*).
 The band exists so that noise in the metric moves nothing; how much noise there is, the samples
-say: one standard deviation ``σ`` of the demand around its trend, relative to the demand. Where
-that is narrower than ``tolerance`` the band narrows to it, and the planned utilization rises
-to ``targetUtilization × (1 + tolerance) / (1 + band)`` so that the ceiling stays where the
-user put it: smooth traffic is tracked closely at the same peak load, noisy traffic keeps the
-user's band and utilization. With fewer than three samples in the window nothing is known of
-the noise: the user's band and utilization stand. (Measured on the yardstick: ServeGen days at
-0.895-0.930 of the envelope instead of 0.931-0.963, the bursty traces within their intervals;
-the tolerance 0 at a fixed utilization 0.8 costs 1-4 % more, BENCHMARKS.md.)
+say: a move of the need within the margin ``z × σ`` is one the margin already covers (up) or
+noise at the SLO's confidence (down). Where the margin, relative to the demand, is narrower than
+``tolerance`` the band narrows to it, and the planned utilization rises to ``targetUtilization
+× (1 + tolerance) / (1 + band)`` (at most 1) so that the ceiling stays where the user put it:
+smooth traffic is tracked closely at the same peak load, noisy traffic keeps the user's band
+and utilization. With fewer than three samples in the window nothing is known of the noise: the
+user's band and utilization stand. (Measured on the yardstick: ServeGen days at 0.898-0.952 of
+the envelope instead of 0.931-0.963, the bursty traces within their intervals; one σ instead
+of the margin saves a little more and flaps four times as often; tolerance 0 at a fixed
+utilization 0.8 costs 1-4 % more, BENCHMARKS.md.)
 
 SLO breach (steps 3 and 6): while the latency the requests see now (``recent_itl_seconds``,
 ``recent_ttft_seconds``) is above the target's ``slo`` and no replica is starting (every
@@ -178,26 +180,26 @@ def estimate_demand(target: TargetSpec, obs: TargetObservation, planning: Planni
     total = max(observed + growth, forecast, floor) + drain
     spread = trend_spread(samples, now, planning.forecast_window_seconds)
     margin = slo_quantile(target.slo.attainment) * (spread or 0.0)
-    band, utilization = noise_band(planning, spread, total)
+    band, utilization = noise_band(planning, None if spread is None else margin, total)
     raw = raw_need(max(total * (1.0 + planning.headroom), total + margin), 0.0,
                    target.capacity, utilization)
     return Demand(observed, forecast, drain, total, raw, margin, growth, censored,
                   "arrivals" if arrivals else "served", method, scores, band, utilization)
 
 
-def noise_band(planning: PlanningSpec, spread: float | None,
+def noise_band(planning: PlanningSpec, margin: float | None,
                demand: float) -> tuple[float, float]:
-    """``(band, utilization)``: the tolerance band narrowed to the demand's noise
-    (``spread / demand``, one standard deviation relative to the demand in tokens/s, at most
-    ``tolerance``, and not below ``ceiling - 1`` so the utilization stays at most 1) and the
-    planned utilization that keeps the ceiling ``targetUtilization × (1 + tolerance)``. The
-    user's own pair when the spread is unknown (None) or there is no demand."""
+    """``(band, utilization)``: the tolerance band narrowed to the demand's noise (the margin
+    ``z × σ`` relative to the demand, both in tokens/s; at most ``tolerance``, and not below
+    ``ceiling - 1`` so the utilization stays at most 1) and the planned utilization that keeps
+    the ceiling ``targetUtilization × (1 + tolerance)``. The user's own pair when the noise is
+    unknown (``margin`` None: fewer than three samples) or there is no demand."""
     tolerance, utilization = planning.tolerance, planning.target_utilization
-    if spread is None or demand <= 0:
+    if margin is None or demand <= 0:
         return tolerance, utilization
     ceiling = utilization * (1.0 + tolerance)
     # never so narrow that the plan would pass the full capacity within the SLO
-    band = min(tolerance, max(spread / demand, ceiling - 1.0))
+    band = min(tolerance, max(margin / demand, ceiling - 1.0))
     return band, ceiling / (1.0 + band)
 
 

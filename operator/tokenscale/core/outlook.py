@@ -18,19 +18,19 @@ profile yet (the first day) the forecast is the current demand.
 
 **Projection** (:func:`outlook`) from now to the period end, a half-hour slot at a time (and at
 price-window edges): every target runs its planned replicas (the decision) for the first
-interval, then the need of its forecast demand (``ceil(demand / per-replica rate)``, the
-planner's sizing at the capacity in use, utilisation and headroom) times the target's learned
-overhead, within [minReplicas, maxReplicas], at its price × the schedule's multiplier. The
-overhead is what the planner runs above the need of the mean demand (it sizes for the peaks of
-its short window and keeps replicas through stabilization): the ratio of the decided replicas
-to that need, averaged over an hour of cycles in which the target was neither held by the
-budget nor at a bound (:data:`OVERHEAD_BOUNDS`). Targets the planner does not steer
-(metric outage, conflict) and every target in DryRun keep their replicas. The budget caps each
-slot as the planner's pacing does: a cost rate of at most remaining / time left (never below
-the targets' floors) and served tokens of at most the remaining tokens / time left (Active
-only: in DryRun nothing holds the spend to the budget). Tokens: the
-forecast demand up to the replicas' capacity. The same sums without the caps are the cost and
-tokens *at the forecast demand*, what BudgetAtRisk compares with the limits. Beyond
+interval, then ``ceil(demand / per-replica rate × overhead)`` for its forecast demand (the
+per-replica rate is the planner's sizing at the capacity in use, the utilization it planned at
+this cycle and the headroom), within [minReplicas, maxReplicas], at its price × the schedule's
+multiplier. The overhead is what the planner runs above the need of the mean demand (it sizes
+for the peaks of its short window, rounds up and keeps replicas through stabilization): the
+ratio of the decided replicas to that unrounded need, averaged over an hour of cycles in which
+the target was neither held by the budget nor at a bound (:data:`OVERHEAD_BOUNDS`). Targets
+the planner does not steer (metric outage, conflict) and every target in DryRun keep their
+replicas. The budget caps each slot as the planner's pacing does: a cost rate of at most
+remaining / time left (never below the targets' floors) and served tokens of at most the
+remaining tokens / time left (Active only: in DryRun nothing holds the spend to the budget).
+Tokens: the forecast demand up to the replicas' capacity. The same sums without the caps are
+the cost and tokens *at the forecast demand*, what BudgetAtRisk compares with the limits. Beyond
 :data:`DEVIATION_HORIZON` the deviation has faded: the slots repeat day by day from precomputed
 rates and whole days are added at once, so a Month period costs little more than a Day.
 
@@ -183,8 +183,8 @@ def learn_all(spec: TokenBudgetSpec, allocation: Allocation,
             continue
         p = learn(old, zone, samples[-1][1], since, now)
         per_replica = planned_rate_per_replica(o, planning)
-        need = math.ceil(sum(r for _, r in samples) / len(samples) / per_replica - 1e-9)
-        if (spec.mode == "Active" and since is not None and since < now and need >= 1
+        need = sum(r for _, r in samples) / len(samples) / per_replica  # unrounded
+        if (spec.mode == "Active" and since is not None and since < now and need > 0
                 and o.reason not in ("BudgetCapped", "BudgetExhausted")
                 and t.min_replicas < o.final < t.max_replicas):
             ratio = min(max(o.final / need, OVERHEAD_BOUNDS[0]), OVERHEAD_BOUNDS[1])
@@ -253,9 +253,8 @@ def _run(lane: Lane, demand: float) -> tuple[int, float]:
     if lane.per_replica <= 0:
         replicas = lane.replicas
     else:
-        need = max(0, math.ceil(demand / lane.per_replica - 1e-9))
-        if lane.profile is not None and need > 0:
-            need = math.ceil(need * lane.profile.overhead - 1e-9)
+        overhead = lane.profile.overhead if lane.profile is not None else 1.0
+        need = max(0, math.ceil(demand / lane.per_replica * overhead - 1e-9))
         replicas = lane.low if need < lane.low else lane.high if need > lane.high else need
     served = min(demand, replicas * lane.capacity) if lane.capacity > 0 else demand
     return replicas, served
