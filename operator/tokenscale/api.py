@@ -151,8 +151,10 @@ class PlanningSpec(_Model):
 
     interval_seconds: int = Field(30, ge=5, le=3600, description="Seconds between decisions.")
     target_utilization: float = Field(
-        0.8, gt=0, le=1, description="Planned share of tokensPerReplicaPerSecond in use."
-    )
+        0.8, gt=0, le=1,
+        description="Planned share of the capacity within the SLO in use; with tolerance it "
+        "sets the load at which a replica is added, targetUtilization x (1 + tolerance) (where "
+        "the demand is quieter than the tolerance the plan moves up toward it).")
     headroom: float = Field(
         0.0, ge=0, le=10,
         description="Optional floor under the learned margin: at least this share of the "
@@ -162,8 +164,10 @@ class PlanningSpec(_Model):
         600, ge=60, le=86400, description="Window (s) the demand trend is fitted over."
     )
     tolerance: float = Field(
-        0.1, ge=0, lt=1, description="Relative change of need below which nothing is scaled."
-    )
+        0.1, ge=0, lt=1,
+        description="Relative change of need below which nothing is scaled, at most: the band "
+        "in force narrows to the demand's noise (its margin relative to the demand) when that "
+        "is smaller.")
     scale_down_stabilization_seconds: int = Field(
         300, ge=0, le=86400, description="Scale down only to the highest recent recommendation."
     )

@@ -425,7 +425,8 @@ def significant(status: Mapping[str, Any]) -> dict[str, Any]:
 
 
 #: Relative change of a float (vs. the last written status) that is worth a patch. Rates
-#: and queues are noisy from cycle to cycle (the planner's own tolerance band is 10%); spend
+#: and queues are noisy from cycle to cycle (the planner's own band is at most its tolerance,
+#: 10 % by default); spend
 #: grows steadily. Integers (replicas) and strings must match exactly.
 RATE_TOLERANCE = 0.10
 FLOAT_TOLERANCE = 0.01

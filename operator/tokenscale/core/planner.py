@@ -17,15 +17,17 @@ Pure: everything arrives as arguments, nothing is read from the clock, network o
    the served rate plus the queue's growth, censored at a published admission)
    ``max(observed, trend forecast coldStartSeconds ahead) + queue × tokensPerRequest /
    max(intervalSeconds, coldStartSeconds)``.
-4. **Need**: ``ceil(max(demand·(1+headroom), demand + z·σ)/(tokensPerReplicaPerSecond·
-   targetUtilization))`` (σ the demand's spread around its trend, z from slo.attainment) within
+4. **Need**: ``ceil(max(demand·(1+headroom), demand + z·σ)/(capacity within the SLO·
+   utilization))`` (σ the demand's spread around its trend, z from slo.attainment; utilization
+   ``targetUtilization·(1+tolerance)/(1+band)``, the band the tolerance narrowed to the margin
+   ``z·σ`` relative to the demand, :func:`~tokenscale.core.capacity.noise_band`) within
    ``[minReplicas, maxReplicas]`` (reasons MinReplicas / MaxReplicas when clamped).
 5. **Pacing and allocation** (:mod:`~tokenscale.core.pacing`): the counts from step 6 are the
    caps, cut by minMarginalValue (DiminishingReturns); if they fit the affordable rates they
    stand, else greedy by marginal value from the minReplicas floors (BudgetCapped). Spent →
    BudgetExhausted and onExhausted.
 6. **Behaviour** (:mod:`~tokenscale.core.capacity`, applied to the need before step 5):
-   tolerance band (WithinTolerance), scale-up at most ``max(current+4, 2·current)``
+   the band (WithinTolerance), scale-up at most ``max(current+4, 2·current)``
    (ScaleUpLimited), scale-down to the highest recommendation within the stabilization window
    (StabilizingScaleDown). The budget cap comes after these, so a budget-forced scale-down is
    never delayed.
