@@ -5,14 +5,15 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from core_world import NOW, flat, ramp
+from core_world import NOW, flat, noisy, ramp, seen, spec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokenscale.api import PlanningSpec
+from tokenscale.api import PlanningSpec, SloSpec
 from tokenscale.core.capacity import (
     DEFAULT_TOKENS_PER_REQUEST,
     compact_recommendations,
+    estimate_demand,
     noise_band,
     queue_drain_rate,
     raw_need,
@@ -59,7 +60,7 @@ def test_need(demand: float, headroom: float, per_replica: float, util: float,
     assert round_need(raw_need(demand, headroom, per_replica, util)) == replicas
 
 
-@pytest.mark.parametrize(("margin", "demand", "band", "utilization", "target"), [
+@pytest.mark.parametrize(("noise", "demand", "band", "utilization", "target"), [
     (None, 1000, 0.1, 0.8, 0.8),  # fewer than three samples: nothing known, the user's pair
     (50, 0, 0.1, 0.8, 0.8),  # no demand
     (0, 1000, 0.0, 0.88, 0.8),  # noiseless: planned at the ceiling 0.8 x (1 + 0.1)
@@ -67,25 +68,45 @@ def test_need(demand: float, headroom: float, per_replica: float, util: float,
     (300, 1000, 0.1, 0.8, 0.8),  # noisier than the tolerance: the user's pair
     (0, 1000, 0.045, 1.0, 0.95),  # ceiling 0.95 x 1.1 = 1.045: the band keeps the plan at 1
 ], ids=["unknown", "no-demand", "noiseless", "half-the-tolerance", "noisy", "capped-at-one"])
-def test_noise_band(margin: float | None, demand: float, band: float,
+def test_noise_band(noise: float | None, demand: float, band: float,
                     utilization: float, target: float) -> None:
     planning = PlanningSpec(target_utilization=target, tolerance=0.1)
-    assert noise_band(planning, margin, demand) == (pytest.approx(band),
+    assert noise_band(planning, noise, demand) == (pytest.approx(band),
                                                     pytest.approx(utilization))
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.floats(0.05, 1.0), st.floats(0.0, 0.5), st.floats(0.0, 1e4), st.floats(1.0, 1e5))
 def test_noise_band_keeps_the_ceiling_and_never_plans_cooler(
-        utilization: float, tolerance: float, margin: float, demand: float) -> None:
+        utilization: float, tolerance: float, noise: float, demand: float) -> None:
     """The load at which a scale-up happens, utilization x (1 + band), is the user's
     targetUtilization x (1 + tolerance); the planned utilization is between targetUtilization
     and 1."""
     planning = PlanningSpec(target_utilization=utilization, tolerance=tolerance)
-    band, planned = noise_band(planning, margin, demand)
+    band, planned = noise_band(planning, noise, demand)
     ceiling = utilization * (1 + tolerance)
     assert 0 <= band <= tolerance and utilization - 1e-12 <= planned <= 1.0 + 1e-12
     assert planned * (1 + band) == pytest.approx(ceiling)
+
+
+def test_at_full_utilization_the_band_is_exactly_the_users() -> None:
+    """targetUtilization 1: the ceiling 1 x (1 + tolerance) needs the whole band, so the user's
+    pair comes back exactly (no float residue reported as a narrowed band)."""
+    for tolerance in (0.0, 0.07, 0.13, 0.29, 0.5):
+        planning = PlanningSpec(target_utilization=1.0, tolerance=tolerance)
+        assert noise_band(planning, 0.0, 1000.0) == (tolerance, 1.0)
+
+
+@pytest.mark.parametrize("attainment", [0.5, 0.9, 0.99])
+def test_the_band_ignores_noise_at_99_percent_whatever_the_slo(attainment: float) -> None:
+    """At slo.attainment 0.5 the margin is 0 (z = 0), but the band still spans the noise at the
+    99 % quantile: a lower SLO does not let noise move replicas every cycle."""
+    s = spec(planning={"targetUtilization": 0.8})
+    t = s.targets[0].model_copy(update={"slo": SloSpec(attainment=attainment)})
+    d = estimate_demand(t, seen(5, token_rate_samples=noisy(4000, 0.02)), s.planning, NOW)
+    reference = estimate_demand(s.targets[0], seen(5, token_rate_samples=noisy(4000, 0.02)),
+                                s.planning, NOW)
+    assert d.band == pytest.approx(reference.band) and 0.03 < d.band < 0.1
 
 
 def test_tolerance_and_step_limits() -> None:

@@ -180,6 +180,21 @@ def test_a_target_removed_from_the_spec_drops_its_profile() -> None:
     assert datetime(2026, 3, 4, 12, tzinfo=UTC) == result.memory.demand_profiles["a"].slot_start
 
 
+def test_a_target_below_one_replicas_worth_learns_no_overhead() -> None:
+    """One replica (the floor the demand needs) for 50 tok/s of a 1,000 tok/s replica: the
+    unrounded need is 0.05, but the replica is no overhead; the projection's overhead stays at
+    1, so a later rise is projected at its need, not three times it."""
+    s = spec([target(minReplicas=0)])
+    memory = running()
+    at = NOW
+    for _ in range(120):
+        at += timedelta(seconds=30)
+        result = plan(s, world(llama=seen(1, 50, token_rate_samples=flat(50, at))), memory, at)
+        assert result.decisions["llama"].replicas == 1
+        memory = result.memory
+    assert memory.demand_profiles["llama"].overhead == pytest.approx(1.0)
+
+
 def test_the_overhead_of_what_the_planner_runs_over_the_mean_need_is_learned() -> None:
     # a stabilized target keeps 4 replicas for a mean demand that needs 1.5 (unrounded): after
     # an hour of such cycles the projection runs ceil(1.5 x 2.05) = 4, not 2

@@ -297,17 +297,13 @@ def test_old_samples_outside_window_are_ignored_by_trend() -> None:
     assert d.forecast_tokens_per_second == pytest.approx(2000)
 
 
-@pytest.mark.parametrize(("level", "noise"), [
-    (8760.0, 0.002), (8800.0, 0.002), (8400.0, 0.01), (8000.0, 0.03), (8800.0, 0.03)])
-def test_a_steady_noisy_demand_does_not_flap(level: float, noise: float) -> None:
-    """A steady demand with 0.2-3 % noise near a replica boundary (10 replicas at the 0.88
-    ceiling serve 8,800 tok/s): the band narrowed to the margin, the trend and the scale-down
-    window keep the count. After 10 minutes of settling, at most 6 changes in 80 minutes of
-    30 s cycles, never two within 5 minutes (a band of one standard deviation instead of the
-    margin: 6-10 at 3 %, some 2-4 cycles apart)."""
-    rng = random.Random(2)
+def _changes(level: float, noise: float, seed: int) -> list[tuple[int, int]]:
+    """(cycle, step) of each change of replicas after 10 minutes of settling, over 90 minutes
+    of 30 s cycles of a steady demand with Gaussian noise (seeded), near 10 replicas."""
+    rng = random.Random(seed)
     s = spec([target(coldStartSeconds=60, maxReplicas=30)], planning={"targetUtilization": 0.8})
-    memory, replicas, changes = running(), 10, []
+    memory, replicas = running(), 10
+    changes: list[tuple[int, int]] = []
     samples: list[tuple[datetime, float]] = []
     for k in range(180):
         now = NOW + timedelta(seconds=30 * k)
@@ -318,7 +314,20 @@ def test_a_steady_noisy_demand_does_not_flap(level: float, noise: float) -> None
                       memory, now)
         memory, decided = result.memory, result.decisions["llama"].replicas
         if decided != replicas and k >= 20:
-            changes.append(k)
+            changes.append((k, decided - replicas))
         replicas = decided
-    gaps = [b - a for a, b in pairwise(changes)]
-    assert len(changes) <= 6 and all(g >= 10 for g in gaps), changes
+    return changes
+
+
+@pytest.mark.parametrize(("level", "noise"), [
+    (8760.0, 0.002), (8800.0, 0.002), (8400.0, 0.01), (8000.0, 0.03), (8800.0, 0.03)])
+def test_a_steady_noisy_demand_does_not_flap(level: float, noise: float) -> None:
+    """A steady demand with 0.2-3 % noise near a replica boundary (10 replicas at the 0.88
+    ceiling serve 8,800 tok/s), 10 seeds: the band narrowed to the noise at 99 %, the trend and
+    the scale-down window keep the count: at most 8 changes in 80 minutes per seed, and over
+    the 10 seeds at most 2 reversals within 5 minutes (a band of one standard deviation
+    instead: 12-24 such reversals at 1-3 % noise)."""
+    runs = [_changes(level, noise, seed) for seed in range(10)]
+    quick = sum(1 for changes in runs for (a, up), (b, down) in pairwise(changes)
+                if b - a < 10 and up * down < 0)
+    assert max(len(changes) for changes in runs) <= 8 and quick <= 2, runs

@@ -66,6 +66,8 @@ def scenarios(draw: st.DrawFn, mode: str | None = None,
         budget={"maxCost": max_cost, "maxTokens": max_tokens,
                 "onExhausted": on_exhausted or draw(st.sampled_from(["ScaleToMinimum", "Hold"]))},
         planning={"tolerance": draw(st.sampled_from([0, 0.1, 0.3])),
+                  "targetUtilization": draw(st.sampled_from([0.5, 0.8, 0.95, 1.0])),
+                  "headroom": draw(st.sampled_from([0, 0, 0.2])),
                   "scaleDownStabilizationSeconds": draw(st.sampled_from([0, 300, 600])),
                   "minMarginalValue": draw(st.sampled_from([0, 0, 0, 0.001, 0.05]))},
         fallback={"afterSeconds": draw(st.sampled_from([0, 120])),
@@ -123,8 +125,12 @@ def test_planned_cost_within_affordable_unless_min_replicas_force_it(scenario: S
                 assert d.replicas <= max(current, t.min_replicas)
         return
     planned = sum(d.cost_per_hour or 0 for d in result.decisions.values())
-    served = sum(result.decisions[t.name].replicas * t.tokens_per_replica_per_second
-                 * s.planning.target_utilization for t in s.targets)
+    served = 0.0  # as the token cap counts it: at the utilization each target was planned at
+    for t in s.targets:
+        d = result.decisions[t.name]
+        utilization = (d.planned_utilization if d.planned_utilization is not None
+                       else s.planning.target_utilization)
+        served += d.replicas * t.tokens_per_replica_per_second * utilization
     affordable = result.affordable_cost_per_hour
     token_cap = result.affordable_tokens_per_second
     over_cost = affordable is not None and planned > affordable * (1 + 1e-9) + 1e-9
@@ -159,9 +165,12 @@ def test_missing_metrics_never_lower_replicas(scenario: Scenario) -> None:
 @given(scenarios(on_exhausted="ScaleToMinimum"), st.floats(1, 3000))
 def test_more_budget_never_fewer_replicas(scenario: Scenario, extra: float) -> None:
     s, observation, memory = scenario
-    assume(s.budget.max_cost is not None)
-    richer = s.model_copy(update={"budget": s.budget.model_copy(
-        update={"max_cost": s.budget.max_cost + extra})})
+    more: dict[str, float] = {}
+    if s.budget.max_cost is not None:
+        more["max_cost"] = s.budget.max_cost + extra
+    if s.budget.max_tokens is not None:
+        more["max_tokens"] = s.budget.max_tokens + extra * 1e6
+    richer = s.model_copy(update={"budget": s.budget.model_copy(update=more)})
     poor, rich = _run(scenario), plan(richer, observation, memory, NOW)
     for t in s.targets:
         assert rich.decisions[t.name].replicas >= poor.decisions[t.name].replicas

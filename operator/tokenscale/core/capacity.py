@@ -48,9 +48,11 @@ the need at ``targetUtilization`` may exceed the current replicas by ``tolerance
 reaches ``targetUtilization × (1 + tolerance)`` of the capacity within the SLO (the *ceiling*).
 The band exists so that noise in the metric moves nothing; how much noise there is, the samples
 say: a move of the need within the margin ``z × σ`` is one the margin already covers (up) or
-noise at the SLO's confidence (down). Where the margin, relative to the demand, is narrower than
-``tolerance`` the band narrows to it, and the planned utilization rises to ``targetUtilization
-× (1 + tolerance) / (1 + band)`` (at most 1) so that the ceiling stays where the user put it:
+noise at the SLO's confidence (down), ``z`` at least :data:`NOISE_QUANTILE` (99 %) for the
+band. Where that, relative to the demand, is narrower than ``tolerance`` the band narrows to
+it, and the planned utilization rises to ``targetUtilization × (1 + tolerance) / (1 + band)``
+(at most 1: the band stays at least ``ceiling - 1``) so that the ceiling stays where the user
+put it:
 smooth traffic is tracked closely at the same peak load, noisy traffic keeps the user's band
 and utilization. With fewer than three samples in the window nothing is known of the noise: the
 user's band and utilization stand. (Measured on the yardstick: ServeGen days at 0.898-0.952 of
@@ -96,6 +98,11 @@ from tokenscale.api import PlanningSpec, Reason, TargetSpec
 from tokenscale.core.level import level_forecast, score, use_level
 from tokenscale.core.types import ForecastScore, RecommendationEntry, TargetObservation
 
+#: The band ignores moves of the need that the demand's noise makes with this normal quantile
+#: (99 %), or the SLO's when that is higher: a lower slo.attainment (a thinner margin) does not
+#: let noise alone move replicas every cycle.
+NOISE_QUANTILE = NormalDist().inv_cdf(0.99)
+
 #: A served rate at this share of the published admission rate is censored by it.
 CENSORED_SHARE = 0.95
 
@@ -120,7 +127,7 @@ class Demand(NamedTuple):
     #: which forecast is in use: the trend's, or the level of now (its recent error is lower)
     method: Literal["trend", "level"] = "trend"
     score: ForecastScore | None = None  # both forecasts' recent errors, for the memory
-    #: the tolerance band in force: the user's, narrowed to the demand's noise (σ / demand)
+    #: the tolerance band in force: the user's, narrowed to the demand's noise (z·σ / demand)
     band: float = 0.0
     #: the planned share of the capacity within the SLO (keeps the ceiling, see noise_band)
     utilization: float = 1.0
@@ -179,27 +186,32 @@ def estimate_demand(target: TargetSpec, obs: TargetObservation, planning: Planni
         method, forecast = "level", level
     total = max(observed + growth, forecast, floor) + drain
     spread = trend_spread(samples, now, planning.forecast_window_seconds)
-    margin = slo_quantile(target.slo.attainment) * (spread or 0.0)
-    band, utilization = noise_band(planning, None if spread is None else margin, total)
+    z = slo_quantile(target.slo.attainment)
+    margin = z * (spread or 0.0)
+    noise = None if spread is None else max(z, NOISE_QUANTILE) * spread
+    band, utilization = noise_band(planning, noise, total)
     raw = raw_need(max(total * (1.0 + planning.headroom), total + margin), 0.0,
                    target.capacity, utilization)
     return Demand(observed, forecast, drain, total, raw, margin, growth, censored,
                   "arrivals" if arrivals else "served", method, scores, band, utilization)
 
 
-def noise_band(planning: PlanningSpec, margin: float | None,
+def noise_band(planning: PlanningSpec, noise: float | None,
                demand: float) -> tuple[float, float]:
-    """``(band, utilization)``: the tolerance band narrowed to the demand's noise (the margin
-    ``z × σ`` relative to the demand, both in tokens/s; at most ``tolerance``, and not below
-    ``ceiling - 1`` so the utilization stays at most 1) and the planned utilization that keeps
-    the ceiling ``targetUtilization × (1 + tolerance)``. The user's own pair when the noise is
-    unknown (``margin`` None: fewer than three samples) or there is no demand."""
+    """``(band, utilization)``: the tolerance band narrowed to the demand's noise (``noise``,
+    the margin ``z × σ`` with ``z`` at least :data:`NOISE_QUANTILE`, relative to the demand,
+    both in tokens/s; at most ``tolerance``, and not below ``ceiling - 1`` so the utilization
+    stays at most 1) and the planned utilization that keeps the ceiling ``targetUtilization ×
+    (1 + tolerance)``. The user's own pair when the noise is unknown (None: fewer than three
+    samples), when there is no demand, or when the band would not narrow."""
     tolerance, utilization = planning.tolerance, planning.target_utilization
-    if margin is None or demand <= 0:
+    if noise is None or demand <= 0:
         return tolerance, utilization
     ceiling = utilization * (1.0 + tolerance)
     # never so narrow that the plan would pass the full capacity within the SLO
-    band = min(tolerance, max(margin / demand, ceiling - 1.0))
+    band = max(noise / demand, ceiling - 1.0)
+    if band >= tolerance - 1e-12:
+        return tolerance, utilization
     return band, ceiling / (1.0 + band)
 
 

@@ -84,9 +84,13 @@ def band_text(planning: PlanningSpec, d: Demand) -> str:
     """How the band and the utilization follow from the user's pair, when they differ."""
     if d.band >= planning.tolerance:
         return ""
+    ceiling = (f"a replica is still added at {planning.target_utilization:g} x "
+               f"(1 + {planning.tolerance:g})")
+    if d.utilization >= 1.0 - 1e-9:
+        return (f" (band {d.band:.1%}, within tolerance {planning.tolerance:.0%}: the demand is "
+                f"quieter, the plan at the full capacity within the SLO, so {ceiling})")
     return (f" (band {d.band:.1%}: the demand's noise, within tolerance "
-            f"{planning.tolerance:.0%}; utilization raised so that a replica is still added "
-            f"at {planning.target_utilization:g} x (1 + {planning.tolerance:g}))")
+            f"{planning.tolerance:.0%}; utilization raised so that {ceiling})")
 
 
 def forecast_method(d: Demand) -> str:

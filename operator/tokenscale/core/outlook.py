@@ -187,7 +187,8 @@ def learn_all(spec: TokenBudgetSpec, allocation: Allocation,
         if (spec.mode == "Active" and since is not None and since < now and need > 0
                 and o.reason not in ("BudgetCapped", "BudgetExhausted")
                 and t.min_replicas < o.final < t.max_replicas):
-            ratio = min(max(o.final / need, OVERHEAD_BOUNDS[0]), OVERHEAD_BOUNDS[1])
+            # below one replica's worth the replicas say nothing of an overhead (a floor)
+            ratio = min(max(o.final / max(need, 1.0), OVERHEAD_BOUNDS[0]), OVERHEAD_BOUNDS[1])
             weight = min(1.0, (now - since).total_seconds() / OVERHEAD_SECONDS)
             p = replace(p, overhead=p.overhead + weight * (ratio - p.overhead))
         out[t.name] = p

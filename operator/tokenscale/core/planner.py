@@ -299,6 +299,7 @@ def _decision(o: Outcome, active: bool, message: str, binding: bool,
         needed_replicas=r.need if r else None,
         admission_tokens_per_second=_admission(o, r, binding),
         service_model=fit,
+        planned_utilization=r.demand.utilization if r else None,
     )
 
 

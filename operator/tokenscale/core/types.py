@@ -205,6 +205,8 @@ class Decision:
     #: affordable ready replicas serve within the SLO, for a gateway to admit (None: no limit).
     admission_tokens_per_second: float | None = None
     service_model: ServiceFit | None = None
+    #: The share of the capacity within the SLO the need was sized at (None on hold).
+    planned_utilization: float | None = None
 
 
 @dataclass(frozen=True)
