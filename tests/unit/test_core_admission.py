@@ -63,12 +63,14 @@ def test_under_a_binding_budget_a_target_held_within_tolerance_is_admitted_too()
 def test_the_token_cap_counts_replicas_at_the_utilization_they_are_planned_at() -> None:
     """A noiseless 8,750 tok/s is planned at 0.88 (the ceiling 0.8 x 1.1): 10 replicas would
     serve 8,800 tok/s, above the 8,000 tok/s the token budget leaves for the 12 h left, so
-    the budget caps the target at 9 (7,920 tok/s planned) and publishes admission at 9 ready
-    replicas x 1,000 x ADMISSION_SHARE. Counted at targetUtilization (10 x 800 = 8,000) the
-    cap would not bind and 8,750 tok/s would be served."""
+    the budget caps the target at 9 and admits what they were planned to serve, 7,920 tok/s
+    (with a token limit not ADMISSION_SHARE of their capacity, 8,550 tok/s, past the cap).
+    Counted at targetUtilization (10 x 800 = 8,000) the cap would not bind and 8,750 tok/s
+    would be served."""
     s = spec(budget={"maxCost": None, "maxTokens": 8000 * 12 * 3600},
              planning={"targetUtilization": 0.8})
     result = plan(s, world(llama=seen(9, 8750)), running(), NOW)
     d = result.decisions["llama"]
     assert (d.replicas, d.reason) == (9, "BudgetCapped")
-    assert d.admission_tokens_per_second == pytest.approx(9 * 1000 * ADMISSION_SHARE)
+    assert d.admission_tokens_per_second == pytest.approx(9 * 1000 * 0.88)
+    assert d.admission_tokens_per_second <= result.affordable_tokens_per_second

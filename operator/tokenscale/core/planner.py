@@ -272,16 +272,17 @@ def _decisions(allocation: Allocation, spec: TokenBudgetSpec, accounts: Accounts
     """The Decision of every target, in spec order."""
     active = spec.mode == "Active"
     binding = any(o.reason in ("BudgetCapped", "BudgetExhausted") for o in allocation.outcomes)
+    tokens_limited = math.isfinite(accounts.token_cap)
     return {
         o.proposal.seen.target.name: _decision(
             o, active, decision_message(o, spec, accounts, allocation), binding,
-            fits.get(o.proposal.seen.target.name))
+            fits.get(o.proposal.seen.target.name), tokens_limited)
         for o in allocation.outcomes
     }
 
 
 def _decision(o: Outcome, active: bool, message: str, binding: bool,
-              fit: ServiceFit | None) -> Decision:
+              fit: ServiceFit | None, tokens_limited: bool = False) -> Decision:
     """The Decision of one target; in DryRun the reason becomes DryRun (except Conflict)."""
     p = o.proposal
     steered = p.seen.kind != "Fixed"
@@ -297,13 +298,14 @@ def _decision(o: Outcome, active: bool, message: str, binding: bool,
         cost_per_hour=o.final * p.price,
         model=p.model,
         needed_replicas=r.need if r else None,
-        admission_tokens_per_second=_admission(o, r, binding),
+        admission_tokens_per_second=_admission(o, r, binding, tokens_limited),
         service_model=fit,
         planned_utilization=r.demand.utilization if r else None,
     )
 
 
-def _admission(o: Outcome, r: Recommendation | None, binding: bool) -> float | None:
+def _admission(o: Outcome, r: Recommendation | None, binding: bool,
+               tokens_limited: bool = False) -> float | None:
     """Step 5's admission: while the budget binds (some target is BudgetCapped or
     BudgetExhausted), or while the target's demand is censored by the admission it already
     has (its served rate sits at the limit, so the demand above it is unknown and withdrawing
@@ -313,12 +315,15 @@ def _admission(o: Outcome, r: Recommendation | None, binding: bool) -> float | N
     ones. A target held within its tolerance band under a binding budget is included: more
     replicas are not coming, so the excess would only queue. None otherwise. (Lowering it
     further to drain a backlog within the TTFT target was measured and dropped: tight case
-    31.2 % -> 28.3 % attainment.)"""
+    31.2 % -> 28.3 % attainment.) With a token limit (``maxTokens``) the share is at most the
+    utilization the target was planned at, what the token cap counted its replicas at, so the
+    admitted tokens stay within the cap."""
     if r is None or not (binding or r.demand.censored):
         return None
     t = o.proposal.seen.target
     serving = min(o.final, max(o.proposal.seen.obs.ready_replicas, 0))
-    admitted = serving * t.capacity * ADMISSION_SHARE
+    share = min(ADMISSION_SHARE, r.demand.utilization) if tokens_limited else ADMISSION_SHARE
+    admitted = serving * t.capacity * share
     if r.demand.total <= admitted and o.final >= r.need:
         return None
     return admitted
