@@ -43,22 +43,21 @@ utilization)`` replicas, rounded up (with a 1e-9 slack against float noise), the
 ``[minReplicas, maxReplicas]``, with the planned utilization of :func:`noise_band`.
 
 **The band is the demand's own noise** (:func:`noise_band`). The user's ``targetUtilization``
-and ``tolerance`` together say how loaded the replicas may get before the planner adds one:
-the need at ``targetUtilization`` may exceed the current replicas by ``tolerance``, so the load
+and ``tolerance`` together say how loaded the replicas may get before the planner adds one: the
+need at ``targetUtilization`` may exceed the current replicas by ``tolerance``, so the load
 reaches ``targetUtilization × (1 + tolerance)`` of the capacity within the SLO (the *ceiling*).
 The band exists so that noise in the metric moves nothing; how much noise there is, the samples
 say: a move of the need within the margin ``z × σ`` is one the margin already covers (up) or
-noise at the SLO's confidence (down), ``z`` at least :data:`NOISE_QUANTILE` (99 %) for the
-band. Where that, relative to the demand, is narrower than ``tolerance`` the band narrows to
-it, and the planned utilization rises to ``targetUtilization × (1 + tolerance) / (1 + band)``
-(at most 1: the band stays at least ``ceiling - 1``) so that the ceiling stays where the user
-put it:
-smooth traffic is tracked closely at the same peak load, noisy traffic keeps the user's band
-and utilization. With fewer than three samples in the window nothing is known of the noise: the
+noise at the SLO's confidence (down), ``z`` at least :data:`NOISE_QUANTILE` (99 %) for the band.
+Where that, relative to the demand, is narrower than ``tolerance`` the band narrows to it, and
+the planned utilization rises to ``targetUtilization × (1 + tolerance) / (1 + band)`` (at most
+1: the band stays at least ``ceiling - 1``) so that the ceiling stays where the user put it:
+smooth traffic is tracked closely at the same peak load, noisy traffic keeps the user's band and
+utilization. With fewer than three samples in the window nothing is known of the noise: the
 user's band and utilization stand. (Measured on the yardstick: ServeGen days at 0.898-0.952 of
-the envelope instead of 0.931-0.963, the bursty traces within their intervals; one σ instead
-of the margin saves a little more and flaps four times as often; tolerance 0 at a fixed
-utilization 0.8 costs 1-4 % more, BENCHMARKS.md.)
+the envelope instead of 0.931-0.963, the bursty traces within their intervals; one σ instead of
+the margin saves a little more and flaps four times as often; tolerance 0 at a fixed utilization
+0.8 costs 1-4 % more, BENCHMARKS.md.)
 
 SLO breach (steps 3 and 6): while the latency the requests see now (``recent_itl_seconds``,
 ``recent_ttft_seconds``) is above the target's ``slo`` and no replica is starting (every
