@@ -74,3 +74,14 @@ def test_the_token_cap_counts_replicas_at_the_utilization_they_are_planned_at() 
     assert (d.replicas, d.reason) == (9, "BudgetCapped")
     assert d.admission_tokens_per_second == pytest.approx(9 * 1000 * 0.88)
     assert d.admission_tokens_per_second <= result.affordable_tokens_per_second
+
+
+def test_a_token_limit_that_does_not_bind_leaves_admission_at_its_share() -> None:
+    """Both limits set, the cost binding (4 one-currency/h replicas affordable) and the token
+    limit far away: admission is the replicas' capacity x ADMISSION_SHARE, as for a cost-only
+    budget, not the planned utilization the token cap would count them at."""
+    s = spec(budget={"maxCost": 48, "maxTokens": 10**13}, planning={"targetUtilization": 0.8})
+    result = plan(s, world(llama=seen(9, 8750)), running(), NOW)
+    d = result.decisions["llama"]
+    assert (d.replicas, d.reason) == (4, "BudgetCapped")
+    assert d.admission_tokens_per_second == pytest.approx(4 * 1000 * ADMISSION_SHARE)

@@ -25,6 +25,7 @@ floor is BudgetCapped even if the value cut-off agreed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -64,6 +65,9 @@ class Allocation(NamedTuple):
     floors_cost: float  # currency/h of every target at its floor
     floors_tokens: float  # tokens/s served by every target at its floor
     floors_over: bool  # the floors alone exceed the affordable rates
+    #: the token limit holds some target back (without it the allocation would differ), or
+    #: a token-limited budget is exhausted: admission then counts at the planned utilization
+    tokens_bind: bool = False
 
 
 def pace(proposals: Sequence[Proposal], spec: TokenBudgetSpec, accounts: Accounts) -> Allocation:
@@ -79,16 +83,19 @@ def pace(proposals: Sequence[Proposal], spec: TokenBudgetSpec, accounts: Account
     floors_tokens = sum(it.floor * it.tokens_per_second for it in items)
     floors_over = floors_cost > accounts.affordable or floors_tokens > accounts.token_cap
     exhausted = accounts.exhausted
+    token_limited = math.isfinite(accounts.token_cap)
     if exhausted:
         finals = [_exhausted_count(p, it, spec.budget.on_exhausted)
                   for p, it in zip(proposals, items, strict=True)]
+        tokens_bind = token_limited
     else:
         finals = allocate(items, accounts.affordable, accounts.token_cap)
+        tokens_bind = token_limited and finals != allocate(items, accounts.affordable)
     outcomes = []
     for p, it, cut, final in zip(proposals, items, cuts, finals, strict=True):
         budget_cut = final < it.cap or (floors_over and final < p.behaviour)
         outcomes.append(Outcome(p, it.cap, final, cut, _reason(p, cut, budget_cut, exhausted)))
-    return Allocation(tuple(outcomes), floors_cost, floors_tokens, floors_over)
+    return Allocation(tuple(outcomes), floors_cost, floors_tokens, floors_over, tokens_bind)
 
 
 def _value_cap(p: Proposal, min_value: float) -> tuple[int, float | None]:

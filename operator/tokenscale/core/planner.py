@@ -272,7 +272,7 @@ def _decisions(allocation: Allocation, spec: TokenBudgetSpec, accounts: Accounts
     """The Decision of every target, in spec order."""
     active = spec.mode == "Active"
     binding = any(o.reason in ("BudgetCapped", "BudgetExhausted") for o in allocation.outcomes)
-    tokens_limited = math.isfinite(accounts.token_cap)
+    tokens_limited = allocation.tokens_bind
     return {
         o.proposal.seen.target.name: _decision(
             o, active, decision_message(o, spec, accounts, allocation), binding,
@@ -315,9 +315,10 @@ def _admission(o: Outcome, r: Recommendation | None, binding: bool,
     ones. A target held within its tolerance band under a binding budget is included: more
     replicas are not coming, so the excess would only queue. None otherwise. (Lowering it
     further to drain a backlog within the TTFT target was measured and dropped: tight case
-    31.2 % -> 28.3 % attainment.) With a token limit (``maxTokens``) the share is at most the
-    utilization the target was planned at, what the token cap counted its replicas at, so the
-    admitted tokens stay within the cap."""
+    31.2 % -> 28.3 % attainment.) While the token limit (``maxTokens``) is what holds the
+    allocation back (``tokens_limited``), the share is at most the utilization the target was
+    planned at, what the token cap counted its replicas at, so the admitted tokens stay within
+    the cap."""
     if r is None or not (binding or r.demand.censored):
         return None
     t = o.proposal.seen.target
