@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -50,8 +51,34 @@ def find_prometheus(binary: str | None = None) -> str:
         "apt-get install -y --no-install-recommends prometheus, or `make prometheus`)")
 
 
+#: Where free ports are drawn from: below the kernel's ephemeral range, so that the outgoing
+#: connections of everything running meanwhile (which take ephemeral ports) cannot take a port
+#: between the moment it is chosen here and the moment a server binds it.
+_PORTS_FLOOR = 10000
+
+
+def _ephemeral_floor() -> int:
+    """The lowest ephemeral port of the kernel (Linux), else 32768."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago."""
+    """A TCP port that was free a moment ago, drawn at random below the ephemeral range (an
+    ephemeral one, from the kernel, where that range leaves no room)."""
+    top = _ephemeral_floor()
+    rng = random.SystemRandom()
+    for _ in range(50) if top - _PORTS_FLOOR > 1000 else ():
+        port = rng.randrange(_PORTS_FLOOR, top)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
