@@ -29,13 +29,13 @@ from tokenscale.core.types import PROFILE_SLOTS, DemandProfile
 
 def _inputs() -> dict[str, Callable[[], object]]:
     samples = noisy(4000.0, 0.05, span=600, step=15)
-    single = (spec(), world(llama=seen(4, token_rate_samples=samples)), running())
+    single = (spec(), world(llama=seen(4, token_rate_samples=samples)), running(), NOW)
     pairs = tuple((x, 0.008 / (1 - x / 3800)) for x in (500.0 + 6.25 * i for i in range(400)))
     profile = DemandProfile(slots=tuple(4000.0 if 16 <= j < 40 else 800.0
                                         for j in range(PROFILE_SLOTS)))
     fitted = (spec([target(tokensPerReplicaPerSecond=None)]),
               world(llama=seen(4, token_rate_samples=samples, latency_samples=pairs)),
-              running(demand_profiles={"llama": profile}))
+              running(demand_profiles={"llama": profile}), NOW)
     capped_spec = spec([target("a"), target("b")], budget={"maxCost": 48})
     memory = running()
     first = plan(capped_spec, world(a=seen(2, 6000), b=seen(2, 2100)), memory, NOW)
@@ -43,13 +43,12 @@ def _inputs() -> dict[str, Callable[[], object]]:
     capped = (capped_spec,
               world(a=seen(2, token_rate_samples=noisy(1900.0, 0.01, now=later)),
                     b=seen(2, 2100)),
-              replace(first.memory, last_accounted=NOW))
+              replace(first.memory, last_accounted=NOW), later)
     cases = {"single target, 41 samples": single,
              "400 latency pairs to fit, learned profile": fitted,
              "two targets capped, one censored": capped}
     out: dict[str, Callable[[], object]] = {}
-    for name, (s, obs, mem) in cases.items():
-        now = later if name.startswith("two") else NOW
+    for name, (s, obs, mem, now) in cases.items():
         out[name] = lambda s=s, obs=obs, mem=mem, now=now: plan(s, obs, mem, now)
     return out
 

@@ -71,17 +71,16 @@ def free_port(host: str = "127.0.0.1") -> int:
     ephemeral one, from the kernel, where that range leaves no room)."""
     top = _ephemeral_floor()
     rng = random.SystemRandom()
-    for _ in range(50) if top - _PORTS_FLOOR > 1000 else ():
-        port = rng.randrange(_PORTS_FLOOR, top)
+    room = top - _PORTS_FLOOR > 1000
+    drawn = [rng.randrange(_PORTS_FLOOR, top) for _ in range(50)] if room else []
+    for port in (*drawn, 0):  # 0: the kernel's choice, always bindable
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind((host, port))
             except OSError:
                 continue
-            return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+            return int(sock.getsockname()[1])
+    raise OSError(f"no free port on {host}")
 
 
 def _fmt_seconds(seconds: float) -> str:

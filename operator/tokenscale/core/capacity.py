@@ -395,8 +395,8 @@ def history_seconds(obs: TargetObservation, now: datetime) -> float:
 
 
 def scale_down_window(planning: PlanningSpec, target: TargetSpec,
-                      samples: Sequence[tuple[datetime, float]] = (),
-                      utilization: float | None = None) -> int:
+                      samples: Sequence[tuple[datetime, float]],
+                      utilization: float) -> int:
     """How long (s) a replica the demand no longer needs is kept: the ski-rental rule. Keeping
     it costs its price per second; releasing it and needing it again costs a cold start (paid
     while not serving) and the requests that wait meanwhile. Keeping it for one cold start
@@ -408,8 +408,7 @@ def scale_down_window(planning: PlanningSpec, target: TargetSpec,
     upper bound in any case, applies in full."""
     user = planning.scale_down_stabilization_seconds
     keep = max(target.cold_start_seconds, planning.interval_seconds)
-    one_replica = target.capacity * (planning.target_utilization if utilization is None
-                                     else utilization)
+    one_replica = target.capacity * utilization
     if keep < user and rises_within(samples, keep) >= one_replica:
         return user
     return min(user, keep)

@@ -272,17 +272,16 @@ def _decisions(allocation: Allocation, spec: TokenBudgetSpec, accounts: Accounts
     """The Decision of every target, in spec order."""
     active = spec.mode == "Active"
     binding = any(o.reason in ("BudgetCapped", "BudgetExhausted") for o in allocation.outcomes)
-    tokens_limited = allocation.tokens_bind
     return {
         o.proposal.seen.target.name: _decision(
             o, active, decision_message(o, spec, accounts, allocation), binding,
-            fits.get(o.proposal.seen.target.name), tokens_limited)
+            fits.get(o.proposal.seen.target.name), allocation.tokens_bind)
         for o in allocation.outcomes
     }
 
 
 def _decision(o: Outcome, active: bool, message: str, binding: bool,
-              fit: ServiceFit | None, tokens_limited: bool = False) -> Decision:
+              fit: ServiceFit | None, tokens_bind: bool) -> Decision:
     """The Decision of one target; in DryRun the reason becomes DryRun (except Conflict)."""
     p = o.proposal
     steered = p.seen.kind != "Fixed"
@@ -298,14 +297,14 @@ def _decision(o: Outcome, active: bool, message: str, binding: bool,
         cost_per_hour=o.final * p.price,
         model=p.model,
         needed_replicas=r.need if r else None,
-        admission_tokens_per_second=_admission(o, r, binding, tokens_limited),
+        admission_tokens_per_second=_admission(o, r, binding, tokens_bind),
         service_model=fit,
         planned_utilization=r.demand.utilization if r else None,
     )
 
 
 def _admission(o: Outcome, r: Recommendation | None, binding: bool,
-               tokens_limited: bool = False) -> float | None:
+               tokens_bind: bool) -> float | None:
     """Step 5's admission: while the budget binds (some target is BudgetCapped or
     BudgetExhausted), or while the target's demand is censored by the admission it already
     has (its served rate sits at the limit, so the demand above it is unknown and withdrawing
@@ -316,14 +315,14 @@ def _admission(o: Outcome, r: Recommendation | None, binding: bool,
     replicas are not coming, so the excess would only queue. None otherwise. (Lowering it
     further to drain a backlog within the TTFT target was measured and dropped: tight case
     31.2 % -> 28.3 % attainment.) While the token limit (``maxTokens``) is what holds the
-    allocation back (``tokens_limited``), the share is at most the utilization the target was
+    allocation back (``tokens_bind``), the share is at most the utilization the target was
     planned at, what the token cap counted its replicas at, so the admitted tokens stay within
     the cap."""
     if r is None or not (binding or r.demand.censored):
         return None
     t = o.proposal.seen.target
     serving = min(o.final, max(o.proposal.seen.obs.ready_replicas, 0))
-    share = min(ADMISSION_SHARE, r.demand.utilization) if tokens_limited else ADMISSION_SHARE
+    share = min(ADMISSION_SHARE, r.demand.utilization) if tokens_bind else ADMISSION_SHARE
     admitted = serving * t.capacity * share
     if r.demand.total <= admitted and o.final >= r.need:
         return None
