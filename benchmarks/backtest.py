@@ -274,22 +274,29 @@ def markdown(docs: list[dict[str, Any]], out: Path, wall: float, jobs: int, seed
         lines += ["", f"### Tight budget: two targets share {budget:,.0f} USD/day "
                   f"(half the cost of their mean demand within the SLO, "
                   f"{d['case']['demand_cost_per_day']:,.0f} USD/day), one day, means over "
-                  f"{seeds} seeds", "",
+                  f"{seeds} seeds", "", "",
                   "| policy | cost USD | budget overrun USD | attainment | goodput tokens | "
-                  "shed | chat cost / attainment | coder cost / attainment |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "quality value | shed | chat cost / attainment | coder cost / attainment |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         if d.get("goodput_vs_budget_oracle") is not None:
-            lines[-3] = (lines[-3] + f" tokenscale's goodput is "
+            lines[-4] = (lines[-4] + f"tokenscale's goodput is "
                          f"{100 * d['goodput_vs_budget_oracle']:.0f} % of the oracle's within "
                          "the budget (perfect foresight, shaved to fit every day, shedding at "
                          "the gateway).")
         if d.get("goodput_vs_budget_oracle_same_split") is not None:
-            lines[-3] = (lines[-3] + " Held to the cost tokenscale gave each target in each "
+            lines[-4] = (lines[-4] + " Held to the cost tokenscale gave each target in each "
                          "period (its split by quality value per cost, not by goodput), the "
                          "oracle's goodput is "
                          f"{100 / d['goodput_vs_budget_oracle_same_split']:.0f} % of "
                          "tokenscale's: tokenscale gets "
                          f"{100 * d['goodput_vs_budget_oracle_same_split']:.0f} % of it.")
+        ts_value = d["policies"]["tokenscale"].get("quality_value")
+        oracle_value = (d.get("budget_oracle") or {}).get("quality_value")
+        if ts_value is not None and oracle_value is not None:
+            lines[-4] = (lines[-4] + " By the budget's own measure, the quality value "
+                         "`Σ weight × (a + b × ln(goodput tokens/s))` that its split raises, "
+                         f"tokenscale reaches {ts_value:.3f} and the oracle within the budget "
+                         f"{oracle_value:.3f}.")
         for label, key in (("oracle within the budget", "budget_oracle"),
                            ("oracle within tokenscale's split", "budget_oracle_same_split")):
             bo = d.get(key)
@@ -297,16 +304,22 @@ def markdown(docs: list[dict[str, Any]], out: Path, wall: float, jobs: int, seed
                 lines.append(
                     f"| {label} | {bo['cost']:,.0f} | {bo['budget_overrun']:,.2f} | "
                     f"{_pct(bo['slo_attainment'])} | {bo['goodput_tokens']:.3g} | "
-                    f"{_pct(bo['shed_share'])} | | |")
+                    f"{_value(bo)} | {_pct(bo['shed_share'])} | | |")
         for name, x in d["policies"].items():
             chat, coder = d["targets"]["chat"][name], d["targets"]["coder"][name]
             lines.append(
                 f"| {name} | {x['cost']:,.0f} | {x['budget_overrun']:,.2f} | "
                 f"{_pct(x['slo_attainment'])} | {x['goodput_tokens']:.3g} | "
-                f"{_pct(x['shed_share'])} | "
+                f"{_value(x)} | {_pct(x['shed_share'])} | "
                 f"{chat['cost']:,.0f} / {_pct(chat['slo_attainment'])} | "
                 f"{coder['cost']:,.0f} / {_pct(coder['slo_attainment'])} |")
     return "\n".join(lines) + "\n"
+
+
+def _value(summary: dict[str, Any]) -> str:
+    """The quality value of a policy summary, or n/a (a target served nothing in time)."""
+    value = summary.get("quality_value")
+    return f"{value:.3f}" if value is not None else "n/a"
 
 
 def _write_md(path: Path, body: str) -> None:

@@ -149,3 +149,47 @@ def test_the_same_split_oracle_keeps_each_target_within_what_tokenscale_spent_on
     doc = to_json(bt)
     assert doc["goodput_vs_budget_oracle_same_split"] > 0
     assert doc["budget_oracle_same_split"]["budget_overrun"] == 0.0
+
+
+def test_the_quality_value_is_the_budgets_own_measure_of_the_goodput() -> None:
+    """``quality_value`` is ``Σ weight × (a + b × ln(goodput tokens/s))`` over the counted
+    seconds, with each target's curve (the default a = 0, b = 1 where the spec has none)."""
+    import math
+
+    from test_backtest_sim import constant_trace
+
+    from tokenscale.api import parse_spec
+    from tokenscale.sim.engine import Settings, run_backtest
+
+    def target(name: str, weight: float, performance: dict[str, float]) -> dict[str, object]:
+        return {"name": name, "scaleTargetRef": {"name": name}, "minReplicas": 1,
+                "maxReplicas": 20, "tokensPerReplicaPerSecond": 3000,
+                "costPerReplicaHour": 3.6, "coldStartSeconds": 20, "weight": weight,
+                "performance": performance}
+
+    spec = parse_spec({"budget": {"period": "Hour", "maxCost": 14.4},
+                       "planning": {"intervalSeconds": 30, "targetUtilization": 0.8},
+                       "targets": [target("a", 1, {"a": 0.5, "b": 0.03}),
+                                   target("b", 2, {})]})
+    bt = run_backtest(spec, {"a": constant_trace(9000.0, 1800),
+                             "b": constant_trace(9000.0, 1800)},
+                      Settings(progress=False, warmup_s=120))
+    runs = bt.runs["tokenscale"]
+    seconds = bt.horizon - 120
+    goodput = [bt.target_summary(runs[n], i)["goodput_tokens"] for i, n in enumerate("ab")]
+    assert min(goodput) > 0
+    expected = (1 * (0.5 + 0.03 * math.log(goodput[0] / seconds))
+                + 2 * (0.0 + 1.0 * math.log(goodput[1] / seconds)))
+    assert bt.policy_summary(runs)["quality_value"] == pytest.approx(expected)
+    assert bt.quality_value([goodput[0], 0.0]) is None  # nothing in time: no finite value
+
+
+def test_seeds_average_the_figures_each_seed_has() -> None:
+    """The policies' floats are averaged over the seeds; a figure a seed lacks (a quality value
+    where a target served nothing in time) is averaged over the seeds that have it."""
+    from tokenscale.backtest.command import _averaged
+
+    out = _averaged([{"cost": 1.0, "quality_value": 2.0, "scale_events": 3},
+                     {"cost": 3.0, "scale_events": 5},
+                     {"cost": 5.0, "quality_value": 4.0, "scale_events": 7}])
+    assert out == {"cost": 3.0, "quality_value": 3.0, "scale_events": 3}

@@ -208,14 +208,29 @@ def _mean(values: list[float | None]) -> float | None:
     return round(sum(known) / len(known), 6) if known else None
 
 
+def _averaged(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """One policy summary for several seeds: the mean of each float figure (over the seeds
+    that have it: ``quality_value`` is missing where a target served nothing within the SLO),
+    the first seed's value of the others."""
+    out: dict[str, Any] = {}
+    for key, first in summaries[0].items():
+        values = [s.get(key) for s in summaries]
+        numbers = [float(v) for v in values if isinstance(v, float)]
+        if isinstance(first, float) and len(numbers) == len(values):
+            out[key] = sum(numbers) / len(numbers)
+        elif isinstance(first, float):
+            out[key] = _mean(list(numbers))
+        else:
+            out[key] = first
+    return out
+
+
 def _aggregate(docs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
     """One document for several seeds: the first seed's, with the policies' figures and the
     comparisons averaged, and each seed's row under ``seeds``."""
     doc = dict(docs[0])
-    doc["policies"] = {
-        p: {k: (sum(d["policies"][p][k] for d in docs) / len(docs)
-                if isinstance(v, float) else v) for k, v in s.items()}
-        for p, s in docs[0]["policies"].items()}
+    doc["policies"] = {p: _averaged([d["policies"][p] for d in docs])
+                       for p in docs[0]["policies"]}
     rows = []
     for seed, d in zip(seeds, docs, strict=True):
         ts = d["policies"]["tokenscale"]
@@ -245,9 +260,7 @@ def _aggregate(docs: list[dict[str, Any]], seeds: list[int]) -> dict[str, Any]:
     for oracle_key in ("budget_oracle", "budget_oracle_same_split"):
         budget_oracles = [d[oracle_key] for d in docs if d.get(oracle_key)]
         if budget_oracles:
-            doc[oracle_key] = {k: (sum(b[k] for b in budget_oracles) / len(budget_oracles)
-                                   if isinstance(v, float) else v)
-                               for k, v in budget_oracles[0].items()}
+            doc[oracle_key] = _averaged(budget_oracles)
     members = [d.get("frontier_member") for d in docs]
     doc["frontier_member"] = max(set(members), key=members.count)
     doc["wall_seconds"] = round(sum(d["wall_seconds"] for d in docs), 3)

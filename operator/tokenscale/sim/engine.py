@@ -29,6 +29,7 @@ import numpy.typing as npt
 
 from tokenscale.api import TokenBudgetSpec
 from tokenscale.core.budget import period_bounds, price_multiplier
+from tokenscale.core.costmodel import select_model
 from tokenscale.core.types import Memory
 from tokenscale.sim.cluster import (
     Group,
@@ -235,6 +236,21 @@ class Backtest:
         return np.bincount(self.period_index, weights=served,
                            minlength=len(self.period_starts)).astype(np.float64)
 
+    def quality_value(self, goodput_tokens: list[float]) -> float | None:
+        """The budget's own measure of what a policy served: ``Σ weight × (a + b × ln(goodput
+        tokens/s))`` over the targets, with each target's quality curve as the planner reads it
+        (``performance.a``/``b``, else a = 0, b = 1) and its goodput (prompt + output tokens of
+        the requests within the SLO) per counted second; DESIGN.md step 5 splits a binding
+        budget to raise it. None where a target served nothing within the SLO (-inf)."""
+        seconds = self.horizon - min(self.settings.warmup_s, self.horizon)
+        if seconds <= 0 or min(goodput_tokens, default=0.0) <= 0:
+            return None
+        total = 0.0
+        for target, goodput in zip(self.spec.targets, goodput_tokens, strict=True):
+            model = select_model(target.performance.a, target.performance.b, None)
+            total += target.weight * (model.a + model.b * math.log(goodput / seconds))
+        return total
+
     def policy_summary(self, runs: dict[str, TargetRun]) -> dict[str, float]:
         """Totals over targets plus budget_overrun (currency over maxCost, summed over periods)
         and token_overrun (tokens over maxTokens)."""
@@ -262,6 +278,9 @@ class Backtest:
                      "request_tokens": sum(p["request_tokens"] for p in per),
                      "shed_share": shed / requests if requests > 0 else 0.0}
             attainment = met / requests if requests > 0 else 1.0
+            value = self.quality_value([p["goodput_tokens"] for p in per])
+            if value is not None:
+                extra["quality_value"] = value
         return {
             "cost": sum(p["cost"] for p in per),
             "gpu_hours": sum(p["gpu_hours"] for p in per),
