@@ -31,6 +31,8 @@ from zoneinfo import ZoneInfo
 
 import yaml
 
+from tokenscale.api import PlanningSpec
+
 DEMO_INTERVAL_SECONDS = 5
 #: Candidate time zones: their full hours fall on UTC minutes :00, :30 and :15.
 ZONES = ("UTC", "Asia/Kolkata", "Asia/Kathmandu")
@@ -138,16 +140,18 @@ def peak_tokens_per_second(budget: dict[str, Any], target_name: str,
                            peak_replicas: float, prompt_fraction: float) -> float:
     """Total tokens/s (prompt + generation) at which ``target_name`` needs ``peak_replicas``.
 
-    need = demand × (1 + headroom) / (tokensPerReplicaPerSecond × targetUtilization); a
-    target whose tokenRateQuery counts generation tokens only sees ``1 - prompt_fraction``
-    of the total.
+    need = demand × (1 + headroom) / (tokensPerReplicaPerSecond × targetUtilization) (the
+    planner's floor: its learned margin and band move it by the demand's noise), with the
+    API's defaults where the budget sets neither; a target whose tokenRateQuery counts
+    generation tokens only sees ``1 - prompt_fraction`` of the total.
     """
     spec = budget["spec"]
     planning = spec.get("planning", {})
+    defaults = PlanningSpec()
     target = next(t for t in spec["targets"] if t["name"] == target_name)
     per_replica = float(target["tokensPerReplicaPerSecond"]) * float(
-        planning.get("targetUtilization", 0.8))
-    seen = peak_replicas * per_replica / (1 + float(planning.get("headroom", 0.1)))
+        planning.get("targetUtilization", defaults.target_utilization))
+    seen = peak_replicas * per_replica / (1 + float(planning.get("headroom", defaults.headroom)))
     query = (target.get("metrics") or {}).get("tokenRateQuery", "")
     if "generation_tokens" in query and "prompt_tokens" not in query:
         return seen / max(1e-9, 1 - prompt_fraction)
