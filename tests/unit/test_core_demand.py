@@ -92,24 +92,53 @@ def test_the_queue_and_admission_of_a_cycle_are_remembered() -> None:
 # ------------------------------------------------------------------ latency above the SLO
 
 @pytest.mark.parametrize(
-    ("case", "itl", "ttft", "ready", "expected", "reason"),
+    ("case", "itl", "ttft", "queue", "ready", "expected", "reason"),
     [
-        ("itl-over", 0.08, 0.3, 3, 4, "SloBreach"),  # demand fits 3, latency says otherwise
-        ("ttft-over", 0.02, 5.0, 3, 4, "SloBreach"),
-        ("within", 0.03, 0.3, 3, 3, "DemandDriven"),
-        ("not-read", None, None, 3, 3, "DemandDriven"),
+        ("itl-over", 0.08, 0.3, 0.0, 3, 4, "SloBreach"),  # demand fits 3, latency says not
+        ("ttft-over-requests-wait", 0.02, 5.0, 1.0, 3, 4, "SloBreach"),
+        # nobody waits: a TTFT above the target is the prompts' prefill, not the load's
+        ("ttft-over-nobody-waits", 0.02, 5.0, 0.0, 3, 3, "DemandDriven"),
+        ("within", 0.03, 0.3, 0.0, 3, 3, "DemandDriven"),
+        ("not-read", None, None, 0.0, 3, 3, "DemandDriven"),
         # a replica is already starting: it is the answer, no second one for the same breach
-        ("replica-starting", 0.08, 0.3, 2, 3, "DemandDriven"),
+        ("replica-starting", 0.08, 0.3, 0.0, 2, 3, "DemandDriven"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )
 def test_latency_above_the_slo_adds_a_replica_at_once(
-        case: str, itl: float | None, ttft: float | None, ready: int, expected: int,
-        reason: str) -> None:
-    obs = seen(3, 2500, recent_itl_seconds=itl, recent_ttft_seconds=ttft)
+        case: str, itl: float | None, ttft: float | None, queue: float, ready: int,
+        expected: int, reason: str) -> None:
+    obs = seen(3, 2500, recent_itl_seconds=itl, recent_ttft_seconds=ttft, queue_length=queue)
     obs = replace(obs, ready_replicas=ready)
     d = plan(spec(), world(llama=obs), running(), NOW).decisions["llama"]
     assert (d.replicas, d.reason) == (expected, reason), d.message
+    if case == "ttft-over-nobody-waits":
+        assert "not one more replica's to fix: no request waits" in d.message
+
+
+@pytest.mark.parametrize(
+    ("case", "pairs", "expected", "reason"),
+    [
+        # 2,500 tok/s on 3 replicas: one more leaves 625 per replica. Three windows at or
+        # below that load with the ITL above 50 ms: the engine is slow at any load
+        ("slow-at-every-load", ((300.0, 0.07), (500.0, 0.08), (600.0, 0.075)), 3,
+         "DemandDriven"),
+        # one window at a lighter load met the SLO: the load is the cause
+        ("one-light-window-fast", ((300.0, 0.04), (500.0, 0.08), (600.0, 0.075)), 4,
+         "SloBreach"),
+        # two windows are not enough evidence (a burst); loads above 625 do not count
+        ("too-few-windows", ((500.0, 0.08), (600.0, 0.075), (700.0, 0.09)), 4, "SloBreach"),
+        ("no-history", (), 4, "SloBreach"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_an_itl_above_the_slo_at_every_lighter_load_is_not_scaled_for(
+        case: str, pairs: tuple[tuple[float, float], ...], expected: int, reason: str) -> None:
+    obs = replace(seen(3, 2500, recent_itl_seconds=0.08), latency_samples=pairs)
+    d = plan(spec(), world(llama=obs), running(), NOW).decisions["llama"]
+    assert (d.replicas, d.reason) == (expected, reason), d.message
+    if reason == "DemandDriven":
+        assert "ITL 80 ms of 50 ms" in d.message and "625 tok/s per replica" in d.message
 
 
 def test_a_breach_is_not_a_scale_down_and_skips_the_tolerance_band() -> None:

@@ -299,12 +299,51 @@ def recommend(target: TargetSpec, obs: TargetObservation, planning: PlanningSpec
     return Recommendation(demand, current, need, rec, behaviour, reason, window)
 
 
+#: Pairs of the latency history that must show the ITL above the SLO at the load one more
+#: replica would leave before a breach is taken as not the load's (one window can be a burst).
+UNRELIEVED_PAIRS = 3
+
+
 def slo_breached(target: TargetSpec, obs: TargetObservation) -> bool:
-    """True when the latency seen now is above the target's SLO (ITL or TTFT)."""
+    """True when the latency seen now is above the target's SLO (ITL or TTFT) in a way one
+    replica more can relieve (:func:`breach_not_the_load` says when it cannot)."""
     slo = target.slo
     itl, ttft = obs.recent_itl_seconds, obs.recent_ttft_seconds
-    return ((itl is not None and itl > slo.inter_token_latency_seconds)
-            or (ttft is not None and ttft > slo.ttft_seconds))
+    itl_high = itl is not None and itl > slo.inter_token_latency_seconds
+    ttft_high = ttft is not None and ttft > slo.ttft_seconds
+    return (itl_high or ttft_high) and breach_not_the_load(target, obs) is None
+
+
+def breach_not_the_load(target: TargetSpec, obs: TargetObservation) -> str | None:
+    """Why the latency above the SLO now is not one more replica's to fix, or None when it may
+    be (or nothing is above the SLO). More replicas shorten the queue and lower each one's
+    load; they do not shorten a prompt's prefill or an engine's step at a light load. So a
+    TTFT above the target counts only while requests wait (``queue_length`` > 0: with nobody
+    waiting it is the prompts' own prefill), and an ITL above the target only unless the
+    latency history (``latency_samples``: load per replica, mean ITL) shows it above the
+    target in at least :data:`UNRELIEVED_PAIRS` windows at or below the load per replica one
+    more replica would leave (the newest served rate over ``ready_replicas + 1``). Without
+    that evidence a breach is taken as the load's, as before: bounded by maxReplicas and the
+    budget."""
+    slo = target.slo
+    itl, ttft = obs.recent_itl_seconds, obs.recent_ttft_seconds
+    itl_high = itl is not None and itl > slo.inter_token_latency_seconds
+    ttft_high = ttft is not None and ttft > slo.ttft_seconds and obs.queue_length > 0
+    if ttft_high:
+        return None
+    if not itl_high:
+        return ("no request waits: a TTFT above the target is the prompts' prefill"
+                if ttft is not None and ttft > slo.ttft_seconds else None)
+    served = obs.token_rate_samples[-1][1] if obs.token_rate_samples else 0.0
+    relieved = max(0.0, served) / (max(0, obs.ready_replicas) + 1)
+    slow = [x for x, latency in obs.latency_samples
+            if x <= relieved and latency > slo.inter_token_latency_seconds]
+    fast = [x for x, latency in obs.latency_samples
+            if x <= relieved and latency <= slo.inter_token_latency_seconds]
+    if len(slow) >= UNRELIEVED_PAIRS and not fast:
+        return (f"the ITL was above the target at every load up to {relieved:,.0f} tok/s per "
+                f"replica ({len(slow)} windows of the last hour)")
+    return None
 
 
 def trend_forecast(

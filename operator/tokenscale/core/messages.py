@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 
-from tokenscale.api import PlanningSpec, TokenBudgetSpec
+from tokenscale.api import PlanningSpec, SloSpec, TokenBudgetSpec
 from tokenscale.core.budget import Accounts
-from tokenscale.core.capacity import Demand, Recommendation
+from tokenscale.core.capacity import Demand, Recommendation, breach_not_the_load
 from tokenscale.core.outage import Hold, Seen
 from tokenscale.core.pacing import Allocation, Outcome, Proposal
+from tokenscale.core.types import TargetObservation
 
 
 def money(x: float) -> str:
@@ -104,22 +105,30 @@ def forecast_method(d: Demand) -> str:
     return f" by trend (level of now: {errors})"
 
 
+def latency_text(obs: TargetObservation, slo: SloSpec) -> str:
+    """The latency seen now against the SLO, e.g. ``ITL 62 ms of 50 ms, TTFT 0.40 s of 2 s``."""
+    itl = f"{obs.recent_itl_seconds * 1000:.0f} ms" if obs.recent_itl_seconds else "n/a"
+    ttft = f"{obs.recent_ttft_seconds:.2f} s" if obs.recent_ttft_seconds else "n/a"
+    return (f"ITL {itl} of {slo.inter_token_latency_seconds * 1000:.0f} ms, TTFT {ttft} of "
+            f"{slo.ttft_seconds:g} s")
+
+
 def recommendation_message(seen: Seen, planning: PlanningSpec, r: Recommendation) -> str:
-    """Demand, need and behaviour of a Control target."""
+    """Demand, need and behaviour of a Control target; a latency above the SLO that one more
+    replica would not relieve is said too (why the planner does not add one for it)."""
     t = seen.target
     text = demand_text(seen, planning, r)
+    unrelieved = breach_not_the_load(t, seen.obs)
+    if unrelieved is not None:
+        text = (f"{text}; latency above the SLO now ({latency_text(seen.obs, t.slo)}), not "
+                f"one more replica's to fix: {unrelieved}")
     if r.reason == "MinReplicas":
         return f"{text}; minReplicas is {t.min_replicas}"
     if r.reason == "MaxReplicas":
         return f"{text}; maxReplicas is {t.max_replicas}"
     if r.reason == "SloBreach":
-        obs, slo = seen.obs, t.slo
-        itl = f"{obs.recent_itl_seconds * 1000:.0f} ms" if obs.recent_itl_seconds else "n/a"
-        ttft = f"{obs.recent_ttft_seconds:.2f} s" if obs.recent_ttft_seconds else "n/a"
-        return (f"latency above the SLO now (ITL {itl} of "
-                f"{slo.inter_token_latency_seconds * 1000:.0f} ms, TTFT {ttft} of "
-                f"{slo.ttft_seconds:g} s): one replica more at once, {r.current} -> "
-                f"{r.need}; {text}")
+        return (f"latency above the SLO now ({latency_text(seen.obs, t.slo)}): one replica "
+                f"more at once, {r.current} -> {r.need}; {text}")
     if r.reason == "WithinTolerance":
         return (f"need {r.demand.raw_need:.2f} is within {r.demand.band:.1%} of current "
                 f"{r.current}; {text}")
