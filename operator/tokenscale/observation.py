@@ -15,8 +15,9 @@ Per target:
 * ``conflict``: another autoscaler on the workload; ``target_error``: the workload is missing.
 * ``latency_samples``: (tokens/s, mean inter-token latency in s) of each pod at each time step
   of the latency history, for the service model's fit.
-* ``recent_itl_seconds``: the mean inter-token latency the pods show over the last rate window
-  (the planner's SLO-breach signal); ``arrival_rate_samples``: a gateway's arriving tokens/s
+* ``recent_itl_seconds``, ``recent_ttft_seconds``: the mean inter-token latency and time to
+  first token the pods show over the last rate window (the planner's SLO-breach signal);
+  ``arrival_rate_samples``: a gateway's arriving tokens/s
   (``metrics.arrivalRateQuery``), when the target names one.
 
 ``tokens_in_period`` is the tokens served since period start summed over the targets' pods.
@@ -101,6 +102,7 @@ def build_observation(
             arrival_rate_samples=arrival_samples(answers, t.metrics.arrival_rate_query,
                                                  window_start),
             recent_itl_seconds=recent_latency(answers.recent_itl, ref),
+            recent_ttft_seconds=recent_latency(answers.recent_ttft, ref),
         )
     return Observation(targets=targets,
                        tokens_in_period=tokens_in_period(spec, answers, refs.values()))
@@ -214,9 +216,9 @@ def arrival_samples(answers: UrlAnswers, query: str, window_start: float) -> Rat
 
 
 def recent_latency(answer: Grouped, ref: WorkloadRef) -> float | None:
-    """The mean inter-token latency (s) the target's pods show now: the mean of each pod's
-    newest finite, positive value (pods without requests in the window give none); None
-    when unknown."""
+    """A mean latency (s; inter-token or first token) the target's pods show now: the mean of
+    each pod's newest finite, positive value (pods without requests in the window give
+    none); None when unknown."""
     if isinstance(answer, MetricFailure):
         return None
     group = answer.get(ref)

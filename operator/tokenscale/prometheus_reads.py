@@ -8,8 +8,9 @@ the pods (:func:`tokenscale.adapters.promql.node_prices_query`).
 Per Prometheus URL and cycle: one range query of the token rate (tokens/s; window = the
 longest ``forecastWindowSeconds`` among the due budgets; only the points since the last
 cycle are asked, the rest is kept, :mod:`tokenscale.range_cache`), one instant query of the
-queue (waiting requests), one instant query of the mean inter-token latency per pod over the
-rate window (what requests see now: above the SLO it is the planner's urgent signal), one
+queue (waiting requests), one instant query of the mean inter-token latency and time to
+first token per pod over the rate window (what requests see now: above the SLO it is the
+planner's urgent signal; both in one expression, told apart by a ``latency`` label), one
 ``increase()`` of tokens per distinct period start (budgets on the same
 calendar period share it), and one query per distinct user override. The count does not grow
 with the number of budgets. The model-fit history of each ``performance.query`` is cached and
@@ -125,8 +126,10 @@ class UrlAnswers:
     fits: dict[str, FitHistory] = field(default_factory=dict)
     itl: dict[WorkloadRef, TargetSeries] = field(default_factory=dict)
     itl_rate: dict[WorkloadRef, TargetSeries] = field(default_factory=dict)
-    #: mean inter-token latency (s) per pod over the rate window: what requests see now
+    #: mean inter-token latency and time to first token (s) per pod over the rate window:
+    #: what requests see now
     recent_itl: Grouped = field(default_factory=dict)
+    recent_ttft: Grouped = field(default_factory=dict)
     #: OpenCost's node prices per resource (gpu | cpu | ram; currency/h per unit) for the
     #: pods of targets priced by OpenCost, grouped like the default answers; None when no
     #: due target is, a failure when the query failed
@@ -150,6 +153,15 @@ def group_answer(
     if isinstance(refs, Mapping):
         return group_by_engine(answer, refs)
     return group_by_target(answer, refs)
+
+
+def latency_series(answer: list[Series] | MetricFailure, kind: str
+                   ) -> list[Series] | MetricFailure:
+    """The series of one latency (``itl`` or ``ttft``) of the recent-latency answer
+    (:func:`promql.recent_latency_query`); a failed query stays its failure."""
+    if isinstance(answer, MetricFailure):
+        return answer
+    return [s for s in answer if s.labels.get(promql.LATENCY_LABEL) == kind]
 
 
 def group_prices(
@@ -414,7 +426,7 @@ class PrometheusReads:
         own = [
             ("token rate", promql.token_rate_query(ns, self._settings.rate_window, engines)),
             ("queue", promql.queue_query(ns, engines)),
-            ("recent latency", promql.inter_token_latency_query(
+            ("recent latency", promql.recent_latency_query(
                 ns, self._settings.rate_window, engines)),
             *(("tokens in period", promql.tokens_increase_query(read.span, ns, engines))
               for read in reads),
@@ -466,7 +478,8 @@ class PrometheusReads:
             window=window,
             rate=group_answer(out[0], refs),
             queue=group_answer(out[1], refs),
-            recent_itl=group_answer(out[2], refs),
+            recent_itl=group_answer(latency_series(out[2], "itl"), refs),
+            recent_ttft=group_answer(latency_series(out[2], "ttft"), refs),
             increase={int(at_unix - since): group_answer(answer, refs)
                       for since, answer in zip(starts, out[3:3 + len(starts)], strict=True)},
             overrides={},

@@ -220,12 +220,21 @@ async def test_each_engine_is_read_with_its_own_names_in_one_query_per_family(
                 return None
             if abs(obs.latency_samples[-1][1] - itl) > 1e-6:
                 return None
+            if obs.recent_itl_seconds is None or abs(obs.recent_itl_seconds - itl) > 1e-6:
+                return None
         return seen
 
     seen = await async_wait_for(observed, 30, interval=0.5,
                                 message="every engine's rate, queue and ITL as exposed")
     for name, (rate, _, _) in expected.items():  # the fit's pairs: the pod's own rate
         assert abs(seen.targets[name].latency_samples[-1][0] - rate) < 0.02 * rate
+    # the time to first token seen now comes with the ITL in the same query, from the
+    # engines that export it (the V0 pods here and TGI do not)
+    ttft = {name: seen.targets[name].recent_ttft_seconds for name in expected}
+    assert ttft == {"llama-8b": pytest.approx(0.09), "llama-70b": None,
+                    "qwen": pytest.approx(0.2), "mistral": None}
+    assert "vllm:time_to_first_token_seconds" in metrics_status(mixed.spec, seen)[
+        "llama-8b"].series
 
     # a target whose pods export none of its engine's series: Empty, with the names
     wrong = seen.targets["mislabelled"]

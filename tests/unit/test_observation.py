@@ -20,7 +20,7 @@ from tokenscale.adapters.prometheus import MetricFailure, Series, TargetSeries, 
 from tokenscale.adapters.promql import WorkloadRef
 from tokenscale.core.types import Observation, TargetObservation
 from tokenscale.observation import build_observation, latency_samples
-from tokenscale.prometheus_reads import FitHistory, UrlAnswers, group_answer
+from tokenscale.prometheus_reads import FitHistory, UrlAnswers, group_answer, latency_series
 
 NS = "inference"
 AT = NOW.timestamp()  # the cycle's time (unix s): Wednesday noon UTC
@@ -348,3 +348,22 @@ def test_the_latency_seen_now_is_the_mean_of_the_pods_newest_values() -> None:
                    ).targets["llama"].recent_itl_seconds is None
     assert observe(UrlAnswers(**{**got.__dict__, "recent_itl": TIMEOUT})
                    ).targets["llama"].recent_itl_seconds is None
+
+
+def test_the_recent_latency_answer_is_split_into_itl_and_ttft_by_its_label() -> None:
+    """One query answers both latencies, each series tagged ``latency``; a failure is both's."""
+    def tagged(kind: str, name: str, value: float) -> Series:
+        series = pod(name, (5, value))
+        return Series({**series.labels, "latency": kind}, series.samples)
+
+    answer = [tagged("itl", POD_A, 0.04), tagged("ttft", POD_A, 0.5),
+              tagged("itl", POD_B, 0.08), tagged("ttft", POD_B, 1.5)]
+    got = answers(rate=[pod(POD_A, (60, 1000.0))])
+    llama = observe(UrlAnswers(**{
+        **got.__dict__,
+        "recent_itl": group_answer(latency_series(answer, "itl"), [LLAMA, MISTRAL]),
+        "recent_ttft": group_answer(latency_series(answer, "ttft"), [LLAMA, MISTRAL]),
+    })).targets["llama"]
+    assert llama.recent_itl_seconds == pytest.approx(0.06)
+    assert llama.recent_ttft_seconds == pytest.approx(1.0)
+    assert latency_series(TIMEOUT, "ttft") is TIMEOUT

@@ -48,7 +48,7 @@ class EnginePreset:
 
     def series_read(self) -> tuple[str, ...]:
         """Every metric name the operator reads for a target of this engine (status)."""
-        return (self.prompt, self.generation, self.queue, *self.itl)
+        return (self.prompt, self.generation, self.queue, *self.itl, *self.ttft)
 
 
 VLLM = EnginePreset(

@@ -99,16 +99,39 @@ def inter_token_latency_query(
     both; summing the two names in one ``rate()`` would also trip Prometheus 2.x over equal
     label sets). No request in the window gives 0/0 = NaN, which the observation leaves out.
     """
-    def ratios(p: EnginePreset) -> str:
-        parts = [
-            f"sum by ({_GROUP}) (rate({_selector(name_regex(n) + '_sum', namespaces)}"
+    return _per_engine(
+        lambda p: " or ".join(f"({r})" for r in _mean_of(p.itl, rate_window, namespaces)),
+        engines)
+
+
+#: The label that tells which latency a series of :func:`recent_latency_query` is.
+LATENCY_LABEL = "latency"
+
+
+def _mean_of(names: Iterable[str], rate_window: str, namespaces: Sequence[str]) -> list[str]:
+    """``rate(_sum) / rate(_count)`` per (namespace, pod) for each histogram name."""
+    return [f"sum by ({_GROUP}) (rate({_selector(name_regex(n) + '_sum', namespaces)}"
             f"[{rate_window}])) / sum by ({_GROUP}) "
             f"(rate({_selector(name_regex(n) + '_count', namespaces)}[{rate_window}]))"
-            for n in p.itl
-        ]
+            for n in names]
+
+
+def recent_latency_query(
+    namespaces: Sequence[str] = (), rate_window: str = "5m",
+    engines: Iterable[str] = DEFAULT_ENGINES,
+) -> str:
+    """What requests see now, in one query: the mean inter-token latency and the mean time to
+    first token (s) per (namespace, pod, engine) over ``rate_window``, each series tagged
+    ``latency="itl"`` or ``latency="ttft"`` (:data:`LATENCY_LABEL`). As in
+    :func:`inter_token_latency_query`, each name of a latency is one ratio joined by ``or``;
+    an engine without a TTFT histogram (TGI) gives the ITL only."""
+    def tagged(p: EnginePreset) -> str:
+        parts = [f'label_replace({ratio}, "{LATENCY_LABEL}", "{kind}", "", "")'
+                 for kind, names in (("itl", p.itl), ("ttft", p.ttft))
+                 for ratio in _mean_of(names, rate_window, namespaces)]
         return " or ".join(f"({r})" for r in parts)
 
-    return _per_engine(ratios, engines)
+    return _per_engine(tagged, engines)
 
 
 def tokens_increase_query(

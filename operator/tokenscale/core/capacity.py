@@ -63,6 +63,8 @@ SLO breach (steps 3 and 6): while the latency the requests see now (``recent_itl
 ``recent_ttft_seconds``) is above the target's ``slo`` and no replica is starting (every
 requested one is ready), the need is at least one replica more than current, at once: the
 tolerance band and the stabilization do not apply (reason SloBreach; the scale-up limit does).
+Only a breach a replica more can relieve counts (:func:`breach_not_the_load`): a TTFT while
+requests wait, an ITL unless the latency history shows it above the SLO at lighter loads too.
 
 Behaviour (step 6), HPA-like:
 * Tolerance: when the unrounded need is within ``±band`` of the current replicas (ratio
