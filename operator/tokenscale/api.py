@@ -418,6 +418,17 @@ class ServiceModelStatus(_Model):
     )
 
 
+class LatencyStatus(_Model):
+    """The latency a target's requests see now, to read against its slo: the means of the
+    engines' histograms over the operator's rate window, averaged over the pods."""
+
+    inter_token_latency_seconds: float | None = Field(
+        None, ge=0, description="Mean inter-token latency (s); none while no request decodes.")
+    ttft_seconds: float | None = Field(
+        None, ge=0, description="Mean time to first token (s); none while no request starts, "
+        "or for an engine without the histogram (TGI).")
+
+
 class AdmissionStatus(_Model):
     """What a gateway should let through to a target the budget holds below its need."""
 
@@ -480,6 +491,8 @@ class TargetStatus(_Model):
     model: ModelStatus | None = None
     admission: AdmissionStatus | None = None
     service_model: ServiceModelStatus | None = None
+    latency: LatencyStatus | None = Field(
+        None, description="The latency the requests see now (means over the rate window).")
     metrics: TargetMetricsStatus | None = None
     price: PriceStatus | None = None
     forecast_score: ForecastScoreStatus | None = Field(

@@ -7,8 +7,9 @@ Events are posted for condition changes worth one; a failed post is logged, neve
 **Spread, not all at once** (issue 15): what many budgets do together is paced per cycle.
 
 * *Heartbeat and drift writes* (nothing changed beyond tolerance and the last write is a
-  heartbeat old, or only token rates and queue lengths moved) get an allowance per cycle of
-  :attr:`OperatorSettings.status_heartbeat_burst` x the heartbeats' steady rate (the cycle's
+  heartbeat old, or only token rates, queue lengths and latencies moved) get an allowance
+  per cycle of :attr:`OperatorSettings.status_heartbeat_burst` x the heartbeats' steady rate
+  (the cycle's
   budgets x their interval / the heartbeat), given to the budgets written longest ago and
   sent at the cycle's end (:class:`CycleWrites`); the rest wait for the next cycle, still
   due (a drift that settles back within tolerance meanwhile is not written at all). Budgets created

@@ -37,6 +37,7 @@ from tokenscale.core.types import (
     Plan,
     RecommendationEntry,
     ServiceFit,
+    TargetObservation,
 )
 
 CONDITION_ORDER = (
@@ -248,6 +249,16 @@ def _service_model(fit: ServiceFit | None) -> api.ServiceModelStatus | None:
     )
 
 
+def _latency(seen: TargetObservation | None) -> api.LatencyStatus | None:
+    """The latency the target's requests see now (None: neither mean is known)."""
+    if seen is None:
+        return None
+    itl, ttft = _finite(seen.recent_itl_seconds), _finite(seen.recent_ttft_seconds)
+    if itl is None and ttft is None:
+        return None
+    return api.LatencyStatus(inter_token_latency_seconds=itl, ttft_seconds=ttft)
+
+
 def build_status(
     plan: Plan,
     observation: Observation,
@@ -289,6 +300,7 @@ def build_status(
                                            reason=decision.reason)
                        if decision.admission_tokens_per_second is not None else None),
             service_model=_service_model(decision.service_model),
+            latency=_latency(seen),
             metrics=(metrics or {}).get(name),
             price=(prices or {}).get(name),
             forecast_score=_score_status(plan.memory.forecast_scores.get(name)),
@@ -424,13 +436,14 @@ def significant(status: Mapping[str, Any]) -> dict[str, Any]:
     return result
 
 
-#: Relative change of a float (vs. the last written status) that is worth a patch. Rates
-#: and queues are noisy from cycle to cycle (the planner's own band is at most its tolerance,
-#: 10 % by default); spend
-#: grows steadily. Integers (replicas) and strings must match exactly.
+#: Relative change of a float (vs. the last written status) that is worth a patch. Rates,
+#: queues and the latency seen now are noisy from cycle to cycle (the planner's own band is
+#: at most its tolerance, 10 % by default); spend grows steadily. Integers (replicas) and
+#: strings must match exactly.
 RATE_TOLERANCE = 0.10
 FLOAT_TOLERANCE = 0.01
-_RATE_KEYS = frozenset({"tokensPerSecond", "forecastTokensPerSecond", "queueLength"})
+_RATE_KEYS = frozenset({"tokensPerSecond", "forecastTokensPerSecond", "queueLength",
+                        "latency", "interTokenLatencySeconds", "ttftSeconds"})
 #: The period's running totals in ``spend`` and ``budget`` and the projection of each to the
 #: period's end:
 #: a total is compared against the larger of itself and that projection, so it is written
@@ -485,8 +498,8 @@ def patch_cause(
     heartbeat: float,
 ) -> Literal["first", "changed", "drift", "heartbeat"] | None:
     """Why ``new`` is worth a patch: the first write (nothing written, or not since a start),
-    a significant change, a *drift* (only token rates and queue lengths moved beyond their
-    tolerance: what the status reports of the traffic, not what the operator decided or
+    a significant change, a *drift* (only token rates, queue lengths and latencies moved
+    beyond their tolerance: what the status reports of the traffic, not what the operator decided or
     remembers), or only the heartbeat (the last write is ``heartbeat`` seconds old); None when
     it is not."""
     if old is None or seconds_since_patch is None:
@@ -498,7 +511,8 @@ def patch_cause(
 
 
 def _without_rates(view: Any) -> Any:
-    """A significant view without its token rates and queue lengths (:data:`_RATE_KEYS`)."""
+    """A significant view without its token rates, queue lengths and latencies
+    (:data:`_RATE_KEYS`)."""
     if isinstance(view, dict):
         return {k: _without_rates(v) for k, v in view.items() if k not in _RATE_KEYS}
     if isinstance(view, list):

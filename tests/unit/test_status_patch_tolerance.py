@@ -135,3 +135,21 @@ def test_a_budget_whose_patches_fail_does_not_take_every_turn() -> None:
     cycle.offer(BudgetEntry("ns", "waiting", {}, last_patch=2.0), {"phase": "Active"})
     assert [entry.name for *_, entry, _, _ in cycle.kept] == ["waiting"]
 
+
+
+def test_the_latency_seen_now_is_traffic_drift_never_a_change() -> None:
+    """A latency within 10 % is no patch; beyond it, or appearing, it is a drift (paced like
+    token rates), never a change that bypasses the pacing."""
+    def with_latency(itl: float | None) -> dict[str, Any]:
+        status = a_status()
+        if itl is not None:
+            status["targets"][0]["latency"] = {"interTokenLatencySeconds": itl,
+                                               "ttftSeconds": 0.5}
+        return status
+
+    old = with_latency(0.040)
+    assert patch_cause(old, with_latency(0.043), seconds_since_patch=30, heartbeat=300) is None
+    assert patch_cause(old, with_latency(0.060), seconds_since_patch=30,
+                       heartbeat=300) == "drift"
+    assert patch_cause(with_latency(None), old, seconds_since_patch=30,
+                       heartbeat=300) == "drift"
