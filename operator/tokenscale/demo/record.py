@@ -45,11 +45,24 @@ class TargetTrack:
     backlog: float = 0.0  # tokens waiting (fleet)
     #: the operator's service model ("Spec 3,192" / "Fitted 2,870") and admitted tokens/s
     service: str = ""
+    #: the latency the operator reports the requests see now ("ITL 32 ms, TTFT 0.41 s")
+    latency: str = ""
     admission: float | None = None
     #: requests within the SLO / all (shed ones included) since the start, and the share of
     #: the offered tokens shed at the gateway (None: not known)
     attainment: float | None = None
     shed_share: float = 0.0
+
+
+def latency_text(latency: dict[str, Any]) -> str:
+    """A status' ``latency`` in words: ``ITL 32 ms, TTFT 0.41 s`` (what is known of it)."""
+    parts = []
+    itl, ttft = latency.get("interTokenLatencySeconds"), latency.get("ttftSeconds")
+    if isinstance(itl, int | float):
+        parts.append(f"ITL {1000 * itl:.0f} ms")
+    if isinstance(ttft, int | float):
+        parts.append(f"TTFT {ttft:.2f} s")
+    return ", ".join(parts)
 
 
 @dataclass
@@ -287,6 +300,7 @@ class Recorder:
                 model = st.get("serviceModel") or {}
                 target.service = (f"{model.get('source', '')} {model['capacityWithinSlo']:,.0f}"
                                   if model.get("capacityWithinSlo") is not None else "")
+                target.latency = latency_text(st.get("latency") or {})
                 admitted = (st.get("admission") or {}).get("tokensPerSecond")
                 target.admission = float(admitted) if admitted is not None else None
                 within, requests, shed = (service or {}).get(name, (0.0, 0.0, 0.0))

@@ -90,6 +90,8 @@ def _target_line(t: TargetTrack) -> str:
     if desired is not None and desired != t.replicas[-1]:
         reps += f" -> {desired}"
     extra = f"  capacity/replica {t.service}" if t.service else ""
+    if t.latency:
+        extra += f"  {t.latency}"
     if t.attainment is not None:
         extra += f"  SLO {100 * t.attainment:.1f}%"
     if t.admission is not None:
