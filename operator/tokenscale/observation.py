@@ -9,7 +9,8 @@ Per target:
 
 * ``token_rate_samples``: the target's pods' tokens/s summed per timestamp, over the budget's
   forecast window; a workload scaled to zero with no series serves 0 tokens/s.
-* ``queue_length``: the newest waiting-requests value of each pod, summed.
+* ``queue_length``: the newest waiting-requests value of each pod, summed; ``queue_known``
+  False when none of the pods exports the queue series (the length then reads 0).
 * ``metrics_error``: the first failure kind (:data:`tokenscale.core.types.METRIC_FAILURES`)
   of the token rate, else of the queue; ``None`` when both are usable.
 * ``conflict``: another autoscaler on the workload; ``target_error``: the workload is missing.
@@ -89,11 +90,13 @@ def build_observation(
         samples, rate_error = token_rate(rate, ref, workload, window_start, answers.at,
                                          stale_after_seconds)
         queue_length, queue_error = waiting_requests(queue, ref)
+        queue_series = queue.get(ref) if not isinstance(queue, MetricFailure) else None
         targets[t.name] = TargetObservation(
             current_replicas=workload.replicas,
             ready_replicas=workload.ready_replicas,
             token_rate_samples=samples,
             queue_length=queue_length,
+            queue_known=queue_series is not None and bool(queue_series.pods),
             metrics_error=rate_error or queue_error,
             metrics_detail=missing_detail(t, ref) if rate_error == "Empty" else None,
             conflict=conflict,

@@ -184,12 +184,19 @@ def test_the_quality_value_is_the_budgets_own_measure_of_the_goodput() -> None:
     assert bt.quality_value([goodput[0], 0.0]) is None  # nothing in time: no finite value
 
 
-def test_seeds_average_the_figures_each_seed_has() -> None:
-    """The policies' floats are averaged over the seeds; a figure a seed lacks (a quality value
-    where a target served nothing in time) is averaged over the seeds that have it."""
+def test_seeds_average_every_figure_and_leave_out_one_a_seed_lacks() -> None:
+    """The policies' figures are means over the seeds (counts as rounded means); a figure a
+    seed lacks (a quality value where a target served nothing in time), whichever seed it
+    is, is left out rather than averaged over the seeds that have it; names are the first
+    seed's."""
     from tokenscale.backtest.command import _averaged
 
-    out = _averaged([{"cost": 1.0, "quality_value": 2.0, "scale_events": 3},
-                     {"cost": 3.0, "scale_events": 5},
-                     {"cost": 5.0, "quality_value": 4.0, "scale_events": 7}])
-    assert out == {"cost": 3.0, "quality_value": 3.0, "scale_events": 3}
+    out = _averaged([{"cost": 1.0, "scale_events": 3, "member": "hpa@0.7"},
+                     {"cost": 3.0, "quality_value": 2.0, "scale_events": 5,
+                      "member": "hpa@0.8"},
+                     {"cost": 5.0, "quality_value": 4.0, "scale_events": 8,
+                      "member": "hpa@0.7"}])
+    assert out == {"cost": 3.0, "scale_events": 5, "member": "hpa@0.7"}
+    every = _averaged([{"quality_value": 2.0, "peak_replicas": 4},
+                       {"quality_value": 3.0, "peak_replicas": 5}])
+    assert every == {"quality_value": 2.5, "peak_replicas": 4}  # 4.5 rounds to even

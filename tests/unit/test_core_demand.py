@@ -116,29 +116,61 @@ def test_latency_above_the_slo_adds_a_replica_at_once(
         assert "not one more replica's to fix: no request waits" in d.message
 
 
+#: 2,500 tok/s on 3 replicas: one more leaves 625 tok/s per replica. Twelve windows (pods x
+#: steps) at or below that load with the ITL above 50 ms: the engine is slow at any load
+SLOW = tuple((300.0 + 25.0 * i, 0.07 + 0.001 * i) for i in range(12))
+
+
 @pytest.mark.parametrize(
-    ("case", "pairs", "expected", "reason"),
+    ("case", "pairs", "own_query", "expected", "reason"),
     [
-        # 2,500 tok/s on 3 replicas: one more leaves 625 per replica. Three windows at or
-        # below that load with the ITL above 50 ms: the engine is slow at any load
-        ("slow-at-every-load", ((300.0, 0.07), (500.0, 0.08), (600.0, 0.075)), 3,
-         "DemandDriven"),
+        ("slow-at-every-lighter-load", SLOW, False, 3, "DemandDriven"),
         # one window at a lighter load met the SLO: the load is the cause
-        ("one-light-window-fast", ((300.0, 0.04), (500.0, 0.08), (600.0, 0.075)), 4,
+        ("one-lighter-window-fast", (*SLOW, (280.0, 0.04)), False, 4, "SloBreach"),
+        # eleven are not the evidence a fit needs; heavier windows do not count
+        ("too-few-lighter-windows", (*SLOW[:11], (700.0, 0.09), (900.0, 0.1)), False, 4,
          "SloBreach"),
-        # two windows are not enough evidence (a burst); loads above 625 do not count
-        ("too-few-windows", ((500.0, 0.08), (600.0, 0.075), (700.0, 0.09)), 4, "SloBreach"),
-        ("no-history", (), 4, "SloBreach"),
+        ("no-history", (), False, 4, "SloBreach"),
+        # its own tokenRateQuery counts other tokens than the history's pairs: no evidence
+        ("own-token-query", SLOW, True, 4, "SloBreach"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )
 def test_an_itl_above_the_slo_at_every_lighter_load_is_not_scaled_for(
-        case: str, pairs: tuple[tuple[float, float], ...], expected: int, reason: str) -> None:
+        case: str, pairs: tuple[tuple[float, float], ...], own_query: bool, expected: int,
+        reason: str) -> None:
+    query = {"metrics": {"tokenRateQuery": "sum by (pod) (rate(tokens_total[1m]))"}} \
+        if own_query else {}
     obs = replace(seen(3, 2500, recent_itl_seconds=0.08), latency_samples=pairs)
-    d = plan(spec(), world(llama=obs), running(), NOW).decisions["llama"]
+    d = plan(spec([target(**query)]), world(llama=obs), running(), NOW).decisions["llama"]
     assert (d.replicas, d.reason) == (expected, reason), d.message
     if reason == "DemandDriven":
-        assert "ITL 80 ms of 50 ms" in d.message and "625 tok/s per replica" in d.message
+        assert "ITL 80 ms of 50 ms" in d.message and "all 12 windows" in d.message
+        assert "625 tok/s per replica" in d.message
+
+
+@pytest.mark.parametrize(
+    ("case", "fields", "expected"),
+    [
+        # the engine is slow at any load: no replica added for it, and none removed either
+        ("itl-not-the-load", {"recent_itl_seconds": 0.09,
+                              "latency_samples": tuple((x / 3, v) for x, v in SLOW)}, 3),
+        # nobody waits: the prompts' prefill; held, not scaled down
+        ("ttft-nobody-waits", {"recent_ttft_seconds": 5.0}, 3),
+        # the queue series is missing: a TTFT above the target may be the load's
+        ("ttft-queue-unknown", {"recent_ttft_seconds": 5.0, "queue_known": False}, 4),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_a_latency_above_the_slo_is_never_a_scale_down(
+        case: str, fields: dict[str, object], expected: int) -> None:
+    # 1,000 tok/s on 3 replicas would scale down to 1 without the latency above the SLO
+    obs = replace(seen(3, 1000), **fields)
+    d = plan(spec(), world(llama=obs), running(), NOW).decisions["llama"]
+    assert (d.replicas, d.reason) == (expected, "SloBreach"), d.message
+    if expected == 3:
+        assert "not one more replica's to fix" in d.message
+        assert "holding 3, no scale-down while it lasts" in d.message
 
 
 def test_a_breach_is_not_a_scale_down_and_skips_the_tolerance_band() -> None:

@@ -367,3 +367,14 @@ def test_the_recent_latency_answer_is_split_into_itl_and_ttft_by_its_label() -> 
     assert llama.recent_itl_seconds == pytest.approx(0.06)
     assert llama.recent_ttft_seconds == pytest.approx(1.0)
     assert latency_series(TIMEOUT, "ttft") is TIMEOUT
+
+
+def test_a_queue_no_pod_exports_is_unknown_not_empty() -> None:
+    """The queue reads 0 either way; whether a pod exports it tells a TTFT above the SLO
+    with nobody waiting (the prompts' prefill) from one whose queue is not seen."""
+    exported = answers(rate=[pod(POD_A, (60, 1000.0))], queue=[pod(POD_A, (5, 0.0))])
+    missing = answers(rate=[pod(POD_A, (60, 1000.0))])
+    for got, known in ((exported, True), (missing, False)):
+        llama = observe(got).targets["llama"]
+        assert (llama.queue_length, llama.queue_known) == (0.0, known)
+        assert llama.metrics_error is None

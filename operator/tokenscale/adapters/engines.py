@@ -8,10 +8,13 @@ reads to that engine's metric names:
   the sum of their rates is the target's tokens/s.
 * ``queue``: a gauge of requests waiting in the engine.
 * ``itl``: histograms of the inter-token latency (s), newest name first; the mean
-  ``rate(_sum) / rate(_count)`` feeds the service model's fit.
+  ``rate(_sum) / rate(_count)`` feeds the service model's fit and, over the rate window,
+  the latency seen now.
+* ``ttft``: histograms of the time to first token (s); its mean over the rate window is read
+  with the ITL's (the latency seen now, the planner's SLO-breach signal).
 
-The others (``ttft``, ``running``, ``kv_usage``) are mapped and documented so a status and
-the README name them, but the planner does not read them yet.
+The others (``running``, ``kv_usage``) are mapped and documented so a status and the README
+name them, but the planner does not read them yet.
 
 Names are written as each engine's documentation spells them (``vllm:…``, ``sglang:…``).
 Python engines export through prometheus-client, which since 0.23 writes ``:`` as ``_``

@@ -209,19 +209,22 @@ def _mean(values: list[float | None]) -> float | None:
 
 
 def _averaged(summaries: list[dict[str, Any]]) -> dict[str, Any]:
-    """One policy summary for several seeds: the mean of each float figure (over the seeds
-    that have it: ``quality_value`` is missing where a target served nothing within the SLO),
-    the first seed's value of the others."""
+    """One policy summary for several seeds: every figure any seed has, the mean over the
+    seeds (a count, an int, its rounded mean); a figure some seed lacks (``quality_value``,
+    where a target served nothing within the SLO) is left out, not averaged over the others;
+    what is not a number (a name) is the first seed's."""
     out: dict[str, Any] = {}
-    for key, first in summaries[0].items():
+    keys = list(dict.fromkeys(k for s in summaries for k in s))
+    for key in keys:
         values = [s.get(key) for s in summaries]
-        numbers = [float(v) for v in values if isinstance(v, float)]
-        if isinstance(first, float) and len(numbers) == len(values):
-            out[key] = sum(numbers) / len(numbers)
-        elif isinstance(first, float):
-            out[key] = _mean(list(numbers))
-        else:
-            out[key] = first
+        numbers = [v for v in values
+                   if isinstance(v, int | float) and not isinstance(v, bool)]
+        if len(numbers) == len(values):
+            mean = sum(numbers) / len(numbers)
+            out[key] = round(mean) if all(isinstance(v, int) for v in numbers) else mean
+        elif not numbers:
+            out[key] = next(v for v in values if v is not None) if any(
+                v is not None for v in values) else None
     return out
 
 

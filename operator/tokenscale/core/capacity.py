@@ -63,8 +63,9 @@ SLO breach (steps 3 and 6): while the latency the requests see now (``recent_itl
 ``recent_ttft_seconds``) is above the target's ``slo`` and no replica is starting (every
 requested one is ready), the need is at least one replica more than current, at once: the
 tolerance band and the stabilization do not apply (reason SloBreach; the scale-up limit does).
-Only a breach a replica more can relieve counts (:func:`breach_not_the_load`): a TTFT while
-requests wait, an ITL unless the latency history shows it above the SLO at lighter loads too.
+Only a breach a replica more can relieve adds one (:func:`breach_not_the_load`): a TTFT while
+requests wait, an ITL unless the latency history shows it above the SLO at lighter loads too;
+otherwise the target holds (reason SloBreach): a latency above the SLO is never a scale-down.
 
 Behaviour (step 6), HPA-like:
 * Tolerance: when the unrounded need is within ``±band`` of the current replicas (ratio
@@ -97,6 +98,7 @@ from typing import Literal, NamedTuple
 
 from tokenscale.api import PlanningSpec, Reason, TargetSpec
 from tokenscale.core.level import level_forecast, score, use_level
+from tokenscale.core.service import MIN_SAMPLES
 from tokenscale.core.types import ForecastScore, RecommendationEntry, TargetObservation
 
 #: The band ignores moves of the need that the demand's noise makes with this normal quantile
@@ -276,9 +278,15 @@ def recommend(target: TargetSpec, obs: TargetObservation, planning: PlanningSpec
     )
     current = max(0, obs.current_replicas)
     rec = need
-    if slo_breached(target, obs) and obs.ready_replicas >= current and current < high:
+    above = latency_above_slo(target, obs)
+    if (above and breach_not_the_load(target, obs) is None
+            and obs.ready_replicas >= current and current < high):
         rec = need = max(need, current + 1)
         reason = "SloBreach"
+    elif above and need < min(current, high):
+        # never a scale-down while the latency is above the SLO, relieved by one more
+        # replica or not (a replica starting, or the cause not the load)
+        rec, reason = min(current, high), "SloBreach"
     elif (need != current and low <= current <= high
             and within_tolerance(demand.raw_need, current, demand.band)):
         rec, reason = current, "WithinTolerance"
@@ -301,50 +309,59 @@ def recommend(target: TargetSpec, obs: TargetObservation, planning: PlanningSpec
     return Recommendation(demand, current, need, rec, behaviour, reason, window)
 
 
-#: Pairs of the latency history that must show the ITL above the SLO at the load one more
-#: replica would leave before a breach is taken as not the load's (one window can be a burst).
-UNRELIEVED_PAIRS = 3
+#: Pairs of the latency history (one per pod and step) that must show the ITL above the SLO
+#: at the load one more replica would leave, none within it, before a breach is taken as not
+#: the load's: as many as the service model needs for a fit (a burst, or one instant seen on
+#: a few pods, is not that evidence).
+UNRELIEVED_PAIRS = MIN_SAMPLES
+
+
+def latency_above_slo(target: TargetSpec, obs: TargetObservation) -> bool:
+    """True when the latency seen now (mean ITL or TTFT) is above the target's SLO."""
+    slo = target.slo
+    itl, ttft = obs.recent_itl_seconds, obs.recent_ttft_seconds
+    return ((itl is not None and itl > slo.inter_token_latency_seconds)
+            or (ttft is not None and ttft > slo.ttft_seconds))
 
 
 def slo_breached(target: TargetSpec, obs: TargetObservation) -> bool:
     """True when the latency seen now is above the target's SLO (ITL or TTFT) in a way one
     replica more can relieve (:func:`breach_not_the_load` says when it cannot)."""
-    slo = target.slo
-    itl, ttft = obs.recent_itl_seconds, obs.recent_ttft_seconds
-    itl_high = itl is not None and itl > slo.inter_token_latency_seconds
-    ttft_high = ttft is not None and ttft > slo.ttft_seconds
-    return (itl_high or ttft_high) and breach_not_the_load(target, obs) is None
+    return latency_above_slo(target, obs) and breach_not_the_load(target, obs) is None
 
 
 def breach_not_the_load(target: TargetSpec, obs: TargetObservation) -> str | None:
     """Why the latency above the SLO now is not one more replica's to fix, or None when it may
     be (or nothing is above the SLO). More replicas shorten the queue and lower each one's
     load; they do not shorten a prompt's prefill or an engine's step at a light load. So a
-    TTFT above the target counts only while requests wait (``queue_length`` > 0: with nobody
-    waiting it is the prompts' own prefill), and an ITL above the target only unless the
-    latency history (``latency_samples``: load per replica, mean ITL) shows it above the
-    target in at least :data:`UNRELIEVED_PAIRS` windows at or below the load per replica one
-    more replica would leave (the newest served rate over ``ready_replicas + 1``). Without
-    that evidence a breach is taken as the load's, as before: bounded by maxReplicas and the
-    budget."""
+    TTFT above the target counts while requests wait (``queue_length`` > 0), or when the
+    queue is not known (``queue_known``: its series missing); with nobody waiting it is the
+    prompts' own prefill. An ITL above the target counts unless the latency history
+    (``latency_samples``: load per replica and mean ITL, per pod and step) has at least
+    :data:`UNRELIEVED_PAIRS` pairs at or below the load per replica one more replica would
+    leave (the newest served rate over ``ready_replicas + 1``), all of them above the target;
+    a target with its own ``tokenRateQuery`` measures its load in other tokens than that
+    history, so it has no such evidence. Without it a breach is taken as the load's, as
+    before (bounded by maxReplicas and the budget). Either way a latency above the SLO is
+    never a scale-down (:func:`recommend`)."""
     slo = target.slo
     itl, ttft = obs.recent_itl_seconds, obs.recent_ttft_seconds
     itl_high = itl is not None and itl > slo.inter_token_latency_seconds
-    ttft_high = ttft is not None and ttft > slo.ttft_seconds and obs.queue_length > 0
-    if ttft_high:
+    ttft_high = ttft is not None and ttft > slo.ttft_seconds
+    if ttft_high and (obs.queue_length > 0 or not obs.queue_known):
         return None
     if not itl_high:
-        return ("no request waits: a TTFT above the target is the prompts' prefill"
-                if ttft is not None and ttft > slo.ttft_seconds else None)
+        return "no request waits: a TTFT above the target is the prompts' prefill" \
+            if ttft_high else None
+    if target.metrics.token_rate_query:
+        return None
     served = obs.token_rate_samples[-1][1] if obs.token_rate_samples else 0.0
     relieved = max(0.0, served) / (max(0, obs.ready_replicas) + 1)
-    slow = [x for x, latency in obs.latency_samples
-            if x <= relieved and latency > slo.inter_token_latency_seconds]
-    fast = [x for x, latency in obs.latency_samples
-            if x <= relieved and latency <= slo.inter_token_latency_seconds]
-    if len(slow) >= UNRELIEVED_PAIRS and not fast:
-        return (f"the ITL was above the target at every load up to {relieved:,.0f} tok/s per "
-                f"replica ({len(slow)} windows of the last hour)")
+    lighter = [latency for x, latency in obs.latency_samples if x <= relieved]
+    slow = sum(1 for latency in lighter if latency > slo.inter_token_latency_seconds)
+    if slow >= UNRELIEVED_PAIRS and slow == len(lighter):
+        return (f"the ITL was above the target in all {slow} windows of its latency history "
+                f"at loads up to {relieved:,.0f} tok/s per replica, none within it")
     return None
 
 

@@ -118,6 +118,15 @@ def recommendation_message(seen: Seen, planning: PlanningSpec, r: Recommendation
     replica would not relieve is said too (why the planner does not add one for it)."""
     t = seen.target
     text = demand_text(seen, planning, r)
+    if r.reason == "SloBreach":
+        latency = f"latency above the SLO now ({latency_text(seen.obs, t.slo)})"
+        if r.need > r.current:
+            return f"{latency}: one replica more at once, {r.current} -> {r.need}; {text}"
+        unrelieved = breach_not_the_load(t, seen.obs)
+        why = (f"not one more replica's to fix ({unrelieved})" if unrelieved is not None
+               else "a replica is starting")
+        return (f"{latency}, {why}: holding {r.recommendation}, no scale-down while it lasts; "
+                f"{text}")
     unrelieved = breach_not_the_load(t, seen.obs)
     if unrelieved is not None:
         text = (f"{text}; latency above the SLO now ({latency_text(seen.obs, t.slo)}), not "
@@ -126,9 +135,6 @@ def recommendation_message(seen: Seen, planning: PlanningSpec, r: Recommendation
         return f"{text}; minReplicas is {t.min_replicas}"
     if r.reason == "MaxReplicas":
         return f"{text}; maxReplicas is {t.max_replicas}"
-    if r.reason == "SloBreach":
-        return (f"latency above the SLO now ({latency_text(seen.obs, t.slo)}): one replica "
-                f"more at once, {r.current} -> {r.need}; {text}")
     if r.reason == "WithinTolerance":
         return (f"need {r.demand.raw_need:.2f} is within {r.demand.band:.1%} of current "
                 f"{r.current}; {text}")

@@ -54,6 +54,8 @@ class TargetObservation:
     ready_replicas: int
     token_rate_samples: tuple[tuple[datetime, float], ...] = ()
     queue_length: float = 0.0  # waiting requests (vllm:num_requests_waiting summed)
+    #: False when none of the target's pods exports the queue series (it reads as 0 then)
+    queue_known: bool = True
     tokens_per_request: float | None = None  # mean tokens per request, to size the queue
     metrics_error: str | None = None
     #: what is behind ``metrics_error`` in words, e.g. the engine series none of the
