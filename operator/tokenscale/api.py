@@ -526,7 +526,10 @@ class DemandProfileStatus(_Model):
                                                      "(RFC 3339).")
     slot_tokens: float = Field(0, description="Tokens served in it so far.")
     slot_seconds: float = Field(0, description="Seconds of it observed so far.")
-    overhead: float = Field(1.0, description="Replicas run / the need of the mean demand.")
+    overhead: float = Field(1.0, description="Replicas run / the need of the mean demand "
+                                             "(the ratio of their sums over about a day).")
+    overhead_need: float = Field(0, ge=0, description="The need's sum behind overhead "
+                                 "(replica-seconds, fading over a day; 0: none yet).")
 
 
 class Recommendation(_Model):

@@ -141,9 +141,11 @@ def _profile(p: api.DemandProfileStatus) -> DemandProfile:
     slots += [-1.0] * (PROFILE_SLOTS - len(slots))
     level = p.level if math.isfinite(p.level) and p.level > 0 else 1.0
     overhead = p.overhead if math.isfinite(p.overhead) and p.overhead > 0 else 1.0
+    need = p.overhead_need if math.isfinite(p.overhead_need) and p.overhead_need > 0 else 0.0
     return DemandProfile(slots=tuple(slots), level=level, slot_start=parse_time(p.slot_start),
                          slot_tokens=max(0.0, p.slot_tokens),
-                         slot_seconds=max(0.0, p.slot_seconds), overhead=overhead)
+                         slot_seconds=max(0.0, p.slot_seconds), overhead=overhead,
+                         overhead_need=need)
 
 
 def _profile_status(target: str, p: DemandProfile) -> api.DemandProfileStatus:
@@ -154,7 +156,8 @@ def _profile_status(target: str, p: DemandProfile) -> api.DemandProfileStatus:
     return api.DemandProfileStatus(
         target=target, tokens_per_second=[r(v) if v >= 0 else -1.0 for v in p.slots],
         level=r(p.level), slot_start=to_rfc3339(p.slot_start) if p.slot_start else None,
-        slot_tokens=r(p.slot_tokens), slot_seconds=r(p.slot_seconds), overhead=r(p.overhead))
+        slot_tokens=r(p.slot_tokens), slot_seconds=r(p.slot_seconds), overhead=r(p.overhead),
+        overhead_need=max(0.0, r(p.overhead_need)))
 
 
 def _amount(x: float, unit: str) -> str:

@@ -4,6 +4,7 @@ replicas, the price schedule and the budget's pacing; what status shows of it.""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,7 +12,14 @@ from core_world import NOW, flat, running, seen, spec, target, world
 
 from tokenscale import api
 from tokenscale.core.budget import accrue_cost
-from tokenscale.core.outlook import DAY_WEIGHT, LEVEL_WEIGHT, learn
+from tokenscale.core.outlook import (
+    DAY_WEIGHT,
+    LEVEL_WEIGHT,
+    OVERHEAD_PRIOR_SECONDS,
+    OVERHEAD_SECONDS,
+    learn,
+    learn_overhead,
+)
 from tokenscale.core.planner import plan
 from tokenscale.core.types import (
     PROFILE_SLOTS,
@@ -156,7 +164,8 @@ def test_the_binding_limit_is_the_one_used_most_in_its_unit() -> None:
 
 
 def test_the_profile_survives_a_restart_and_never_forces_a_patch() -> None:
-    memory = running(now=SIX, demand_profiles={"llama": day_shape()})
+    shape = replace(day_shape(), overhead=1.3, overhead_need=5000.0)
+    memory = running(now=SIX, demand_profiles={"llama": shape})
     result = plan(spec(), world(llama=seen(1, 500, token_rate_samples=flat(500, SIX))), memory,
                   SIX + timedelta(seconds=30))
     status, _ = build_status(result, Observation({}), api.TokenBudgetStatus(), SIX, 1)
@@ -164,6 +173,10 @@ def test_the_profile_survives_a_restart_and_never_forces_a_patch() -> None:
     restored = memory_from_status(api.parse_status(wire)).demand_profiles["llama"]
     assert restored.slots == day_shape().slots
     assert restored.slot_start == SIX and restored.slot_seconds == pytest.approx(30)
+    learned = result.memory.demand_profiles["llama"]
+    assert (restored.overhead, restored.overhead_need) == (
+        pytest.approx(learned.overhead, rel=1e-3), pytest.approx(learned.overhead_need, rel=1e-3))
+    assert restored.overhead_need > 0
     moved = {**wire, "demandProfiles": [{**wire["demandProfiles"][0], "slotSeconds": 60.0}]}
     assert significant(moved) == significant(wire)
     broken = {**wire, "demandProfiles": [{"target": "llama", "tokensPerSecond": [1.0]}]}
@@ -207,7 +220,28 @@ def test_the_overhead_of_what_the_planner_runs_over_the_mean_need_is_learned() -
         result = plan(s, obs, memory, at)
         assert result.decisions["llama"].replicas == 4
         memory = result.memory
-    # an hour is one time constant: 1 + (4/1.5 - 1) x (1 - 1/e) of the way to 4/1.5
-    learned = 1 + (4 / 1.5 - 1) * (1 - math.exp(-1))
-    assert memory.demand_profiles["llama"].overhead == pytest.approx(learned, rel=0.01)
-    assert result.spend.projected_cost - result.spend.cost == pytest.approx(4 * 11, rel=0.05)
+    # the ratio of the sums: the overhead so far (1) as an hour's worth of the need, then an
+    # hour of 4 replicas for 1.5, all fading over a day
+    fade = [math.exp(-30 * k / OVERHEAD_SECONDS) for k in range(120)]
+    prior = 1.5 * OVERHEAD_PRIOR_SECONDS * math.exp(-3600 / OVERHEAD_SECONDS)
+    learned = (prior + 4 * 30 * sum(fade)) / (prior + 1.5 * 30 * sum(fade))
+    assert memory.demand_profiles["llama"].overhead == pytest.approx(learned, rel=1e-6)
+    # ceil(1.5 x 1.84) = 3 replicas for the 11 hours left, not 2
+    assert result.spend.projected_cost - result.spend.cost == pytest.approx(3 * 11, rel=0.05)
+
+
+def test_the_overhead_weighs_each_cycle_by_its_need() -> None:
+    """A day at 11 replicas for a need of 10, then a night at 2 for a need of 1: in the
+    morning the overhead is the day's 1.1 or near it, not the night's 2 (each cycle counts
+    by its need), and the first cycles move it from 1 as an hour's worth would."""
+    p = DemandProfile()
+    for _ in range(16 * 120):
+        p = learn_overhead(p, 11, 10.0, 30.0)
+    assert p.overhead == pytest.approx(1.1, abs=0.01)
+    for _ in range(6 * 120):
+        p = learn_overhead(p, 2, 1.0, 30.0)
+    assert 1.1 < p.overhead < 1.25
+    first = learn_overhead(DemandProfile(), 3, 1.0, 30.0)  # a start-up's 3 for a need of 1
+    assert first.overhead == pytest.approx((3600 + 3 * 30) / (3600 + 30), rel=1e-3)
+    # below one replica's worth the replicas are a floor: counted at a need of 1
+    assert learn_overhead(DemandProfile(), 1, 0.05, 30.0).overhead == pytest.approx(1.0)

@@ -23,8 +23,9 @@ per-replica rate is the planner's sizing at the capacity in use, the utilization
 this cycle and the headroom), within [minReplicas, maxReplicas], at its price × the schedule's
 multiplier. The overhead is what the planner runs above the need of the mean demand (it sizes
 for the peaks of its short window, rounds up and keeps replicas through stabilization): the
-ratio of the decided replicas to that unrounded need, averaged over an hour of cycles in which
-the target was neither held by the budget nor at a bound (:data:`OVERHEAD_BOUNDS`). Targets
+ratio of the decided replicas to that unrounded need, as the ratio of their sums over about a
+day of cycles in which the target was neither held by the budget nor at a bound, so each
+cycle counts by its need (:func:`learn_overhead`). Targets
 the planner does not steer (metric outage, conflict) and every target in DryRun keep their
 replicas. The budget caps each slot as the planner's pacing does: a cost rate of at most
 remaining / time left (never below the targets' floors) and served tokens of at most the
@@ -69,9 +70,12 @@ LEVEL_BOUNDS = (0.1, 10.0)
 #: a half hour counts when at least this share of it was observed
 MIN_COVERAGE = 0.5
 #: the overhead of the replicas run over the need of the mean demand (bursts, stabilization)
-#: is averaged over this time constant (s), within OVERHEAD_BOUNDS
-OVERHEAD_SECONDS = 3600.0
+#: is the ratio of their sums fading with this time constant (s, a day: the period's daily
+#: shape), within OVERHEAD_BOUNDS
+OVERHEAD_SECONDS = 86400.0
 OVERHEAD_BOUNDS = (0.5, 3.0)
+#: what the overhead so far weighs when nothing is learned yet (s of the first need)
+OVERHEAD_PRIOR_SECONDS = 3600.0
 #: today's deviation from the profile fades with this time constant (s)
 DEVIATION_SECONDS = 3600.0
 #: beyond this (s) the deviation is below 1e-5 of itself: slots repeat from precomputed rates
@@ -187,12 +191,34 @@ def learn_all(spec: TokenBudgetSpec, allocation: Allocation,
         if (spec.mode == "Active" and since is not None and since < now and need > 0
                 and o.reason not in ("BudgetCapped", "BudgetExhausted")
                 and t.min_replicas < o.final < t.max_replicas):
-            # below one replica's worth the replicas say nothing of an overhead (a floor)
-            ratio = min(max(o.final / max(need, 1.0), OVERHEAD_BOUNDS[0]), OVERHEAD_BOUNDS[1])
-            weight = min(1.0, (now - since).total_seconds() / OVERHEAD_SECONDS)
-            p = replace(p, overhead=p.overhead + weight * (ratio - p.overhead))
+            p = learn_overhead(p, o.final, need, (now - since).total_seconds())
         out[t.name] = p
     return out
+
+
+def learn_overhead(p: DemandProfile, replicas: int, need: float, seconds: float
+                   ) -> DemandProfile:
+    """``p`` with this cycle's replicas and unrounded need (at least one replica's worth:
+    below it the replicas are a floor and say nothing of an overhead) held for ``seconds``
+    added to the sums of both, which fade with the time constant :data:`OVERHEAD_SECONDS`;
+    the overhead is the ratio of the sums, within :data:`OVERHEAD_BOUNDS`. A ratio of sums
+    weighs each cycle by its need: the hours that cost the most say the most of what the
+    rest of the period will cost (an average of per-cycle ratios let the night's thin
+    demand, where the margin and the rounding are a large share, set the morning's
+    projection of the day). Nothing learned yet, the sums start from the overhead so far (1
+    by default) as :data:`OVERHEAD_PRIOR_SECONDS` of the first need: a start-up's first
+    cycles move it as an hour's average would, and a day of the planner's record outweighs
+    it."""
+    need, seconds = max(need, 1.0), max(0.0, seconds)
+    if p.overhead_need <= 0:  # nothing learned: the overhead so far (1) as an hour's worth
+        p = replace(p, overhead_need=need * OVERHEAD_PRIOR_SECONDS)
+    fade = math.exp(-seconds / OVERHEAD_SECONDS)
+    need_sum = p.overhead_need * fade + need * seconds
+    if need_sum <= 0:
+        return p
+    replica_sum = p.overhead * p.overhead_need * fade + replicas * seconds
+    ratio = min(max(replica_sum / need_sum, OVERHEAD_BOUNDS[0]), OVERHEAD_BOUNDS[1])
+    return replace(p, overhead=ratio, overhead_need=need_sum)
 
 
 def lanes(spec: TokenBudgetSpec, allocation: Allocation,
