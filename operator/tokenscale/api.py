@@ -528,7 +528,7 @@ class DemandProfileStatus(_Model):
     slot_seconds: float = Field(0, description="Seconds of it observed so far.")
     overhead: float = Field(1.0, description="Replicas run / the need of the mean demand "
                                              "(the ratio of their sums over about a day).")
-    overhead_need: float = Field(0, ge=0, description="The need's sum behind overhead "
+    overhead_need: float = Field(0, description="The need's sum behind overhead "
                                  "(replica-seconds, fading over a day; 0: none yet).")
 
 

@@ -170,7 +170,29 @@ def test_a_latency_above_the_slo_is_never_a_scale_down(
     assert (d.replicas, d.reason) == (expected, "SloBreach"), d.message
     if expected == 3:
         assert "not one more replica's to fix" in d.message
-        assert "holding 3, no scale-down while it lasts" in d.message
+        assert "the demand's count kept at 3 while it lasts" in d.message
+
+
+@pytest.mark.parametrize(
+    ("case", "current", "ready", "rate", "expected", "says"),
+    [
+        # above maxReplicas (10): down to it, no lower
+        ("above-max", 12, 12, 1000.0, 10, "down to maxReplicas 10 only"),
+        ("at-max", 10, 10, 1000.0, 10, "maxReplicas 10 reached"),
+        ("replica-starting", 4, 3, 1000.0, 4, "a replica is starting"),
+        # the demand alone needs 6: more than one replica at once, and said so
+        ("demand-needs-more", 3, 3, 5500.0, 6, "at once, the tolerance band skipped, 3 -> 6"),
+        ("one-more", 3, 3, 2500.0, 4, "one replica more at once, 3 -> 4"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_each_slo_breach_says_what_it_does(case: str, current: int, ready: int, rate: float,
+                                           expected: int, says: str) -> None:
+    obs = replace(seen(current, rate, recent_itl_seconds=0.09), ready_replicas=ready)
+    d = plan(spec([target(maxReplicas=10)]), world(llama=obs), running(), NOW
+             ).decisions["llama"]
+    assert d.replicas == expected, d.message
+    assert says in d.message, d.message
 
 
 def test_a_breach_is_not_a_scale_down_and_skips_the_tolerance_band() -> None:

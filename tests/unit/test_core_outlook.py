@@ -179,6 +179,10 @@ def test_the_profile_survives_a_restart_and_never_forces_a_patch() -> None:
     assert restored.overhead_need > 0
     moved = {**wire, "demandProfiles": [{**wire["demandProfiles"][0], "slotSeconds": 60.0}]}
     assert significant(moved) == significant(wire)
+    # a bad need's sum loses that figure only, not the profile's slots
+    odd = {**wire, "demandProfiles": [{**wire["demandProfiles"][0], "overheadNeed": -1.0}]}
+    kept = memory_from_status(api.parse_status(odd)).demand_profiles["llama"]
+    assert kept.slots == day_shape().slots and kept.overhead_need == 0.0
     broken = {**wire, "demandProfiles": [{"target": "llama", "tokensPerSecond": [1.0]}]}
     partial = memory_from_status(api.parse_status(broken)).demand_profiles["llama"]
     assert partial.slots[0] == 1.0 and partial.slots[1:] == (-1.0,) * (PROFILE_SLOTS - 1)
@@ -245,3 +249,16 @@ def test_the_overhead_weighs_each_cycle_by_its_need() -> None:
     assert first.overhead == pytest.approx((3600 + 3 * 30) / (3600 + 30), rel=1e-3)
     # below one replica's worth the replicas are a floor: counted at a need of 1
     assert learn_overhead(DemandProfile(), 1, 0.05, 30.0).overhead == pytest.approx(1.0)
+
+
+def test_a_gap_before_a_cycle_is_not_learned_as_that_cycles_overhead() -> None:
+    """After a 12-hour gap (a restart) one cycle adds one interval's worth at most: a day
+    learned at an overhead of 2 stays there, not the gap's 12 hours of this cycle's 1.2."""
+    learned = replace(DemandProfile(), overhead=2.0, overhead_need=10.0 * 86400 * 0.6)
+    at = NOW + timedelta(hours=12)
+    memory = running(now=NOW, demand_profiles={"llama": learned})
+    result = plan(spec(), world(llama=seen(3, 2500, token_rate_samples=flat(2500, at))),
+                  memory, at)
+    assert result.decisions["llama"].replicas == 3  # 3 for a need of 2.5: 1.2
+    overhead = result.memory.demand_profiles["llama"].overhead
+    assert 1.99 < overhead < 2.0

@@ -121,12 +121,21 @@ def recommendation_message(seen: Seen, planning: PlanningSpec, r: Recommendation
     if r.reason == "SloBreach":
         latency = f"latency above the SLO now ({latency_text(seen.obs, t.slo)})"
         if r.need > r.current:
-            return f"{latency}: one replica more at once, {r.current} -> {r.need}; {text}"
+            step = ("one replica more at once" if r.need == r.current + 1
+                    else "at once, the tolerance band skipped")
+            return f"{latency}: {step}, {r.current} -> {r.need}; {text}"
         unrelieved = breach_not_the_load(t, seen.obs)
-        why = (f"not one more replica's to fix ({unrelieved})" if unrelieved is not None
-               else "a replica is starting")
-        return (f"{latency}, {why}: holding {r.recommendation}, no scale-down while it lasts; "
-                f"{text}")
+        high = t.max_replicas
+        if r.current > high:
+            why = f"down to maxReplicas {high} only"
+        elif unrelieved is not None:
+            why = f"not one more replica's to fix ({unrelieved})"
+        elif r.current >= high:
+            why = f"maxReplicas {high} reached"
+        else:
+            why = "a replica is starting"
+        return (f"{latency}, {why}: the demand's count kept at {r.recommendation} while it "
+                f"lasts (no scale-down for lower demand); {text}")
     unrelieved = breach_not_the_load(t, seen.obs)
     if unrelieved is not None:
         text = (f"{text}; latency above the SLO now ({latency_text(seen.obs, t.slo)}), not "

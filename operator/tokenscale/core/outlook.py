@@ -191,7 +191,10 @@ def learn_all(spec: TokenBudgetSpec, allocation: Allocation,
         if (spec.mode == "Active" and since is not None and since < now and need > 0
                 and o.reason not in ("BudgetCapped", "BudgetExhausted")
                 and t.min_replicas < o.final < t.max_replicas):
-            p = learn_overhead(p, o.final, need, (now - since).total_seconds())
+            # a cycle stands for its own interval: a gap before it (a restart, an outage)
+            # is not this cycle's replicas and need
+            held = min((now - since).total_seconds(), 2.0 * planning.interval_seconds)
+            p = learn_overhead(p, o.final, need, held)
         out[t.name] = p
     return out
 
