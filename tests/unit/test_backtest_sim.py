@@ -175,3 +175,34 @@ def test_sliding_windows_match_their_definitions() -> None:
         window_max = [values[max(0, i - before) : i + after + 1].max()
                       for i in range(len(values))]
         assert sliding_max(values, before, after).tolist() == window_max
+
+
+def test_the_planner_in_the_backtest_sees_the_ttft_with_the_prompts_prefill() -> None:
+    """As the engine's TTFT histogram has it: the queue's wait + a request's prefill + one ITL.
+    Long prompts at a light load (3 s of prefill, nobody waiting) are no SloBreach."""
+    from datetime import UTC, datetime
+
+    from tokenscale.sim.latency import EngineModel
+    from tokenscale.sim.policies import TokenscaleController
+
+    engine = EngineModel()
+    spec = spec_for(target={"tokensPerReplicaPerSecond": 3000})
+    arrivals = np.full((1, 300), 500.0)
+    targets = [SimTarget("m", engine.decode_tokens_per_s, 3.6, 20, 1, 50)]
+
+    def recent(prefill: list[float] | None) -> tuple[TokenscaleController, int]:
+        group = Group(arrivals, np.cumsum(arrivals, axis=1), targets, [0], [2], 30)
+        controller = TokenscaleController(spec, datetime(2026, 3, 4, tzinfo=UTC), [1000.0], 15,
+                                          60, engine, prefill_seconds=prefill)
+        replicas = np.array([2])
+        while group.t < 240:
+            replicas = controller.decide(group, group.t)
+            group.advance(replicas)
+        return controller, int(controller.decide(group, group.t)[0])
+
+    plain, _ = recent(None)
+    itl, ttft = plain.recent[0]
+    assert ttft == pytest.approx(itl)  # no queue: no wait, no prefill counted
+    long_prompts, replicas = recent([3.0])
+    assert long_prompts.recent[0][1] == pytest.approx(3.0 + itl)
+    assert ("m", "SloBreach") not in long_prompts.reasons and replicas <= 2

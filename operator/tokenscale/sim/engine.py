@@ -432,9 +432,12 @@ def _run_tokenscale(w: _World, probe: ProjectionProbe | None = None,
     initial = [w.initial(i, plan.target_utilization, plan.headroom) for i in range(len(w.names))]
     group = Group(w.arrivals, w.cumulative, w.targets, list(range(len(w.names))), initial,
                   plan.interval_seconds)
+    engine = w.cfg.engine
+    prefill = [float(np.average(r.input_tokens, weights=r.weight)) / engine.prefill_tokens_per_s
+               if engine is not None and r.count > 0 else 0.0 for r in w.requests] or None
     controller = TokenscaleController(w.spec, w.cfg.start, w.tokens_per_request, w.cfg.scrape_s,
-                                      w.cfg.rate_window_s, w.cfg.engine,
-                                      w.cfg.arrival_counter)
+                                      w.cfg.rate_window_s, engine, w.cfg.arrival_counter,
+                                      prefill)
     if memory is not None:
         controller.memory = memory
     elif history:

@@ -152,8 +152,11 @@ class TokenscaleController:
         rate_window_s: int,
         engine: EngineModel | None = None,
         arrival_counter: bool = False,
+        prefill_seconds: list[float] | None = None,
     ) -> None:
         self.spec = spec
+        #: per target, a request's mean prefill time (s): part of the TTFT the engine reports
+        self.prefill_seconds = prefill_seconds or [0.0] * len(spec.targets)
         #: also read a gateway's arrival counter (the demand before admission and queueing)
         self.arrival_counter = arrival_counter
         self._arrivals: list[deque[tuple[datetime, float]]] = [deque() for _ in spec.targets]
@@ -195,12 +198,14 @@ class TokenscaleController:
                 util = np.where(ready > 0, (arrived + before - queue)
                                 / (ready * cap_per_replica), 1.0)
             itl = np.where(queue > 0, engine.itl_max_s, engine.itl(util)).mean(axis=1)
-            # what the requests see now: the mean ITL and the queue's wait (TTFT) at the scrape
+            # what the requests see now: the mean ITL, and the TTFT as the engine's histogram
+            # has it: the queue's wait at the scrape + a request's mean prefill + one ITL
             with np.errstate(divide="ignore", invalid="ignore"):
                 wait = np.where(queue[:, -1] <= 0, 0.0,
                                 np.where(ready[:, -1] > 0,
                                          queue[:, -1] / (ready[:, -1] * cap_per_replica), np.inf))
-            self.recent = [(float(i), float(w + i)) for i, w in zip(itl, wait, strict=True)]
+            self.recent = [(float(i), float(w + p + i)) for i, w, p
+                           in zip(itl, wait, self.prefill_seconds, strict=True)]
             mean_ready = ready.mean(axis=1)
             with np.errstate(divide="ignore", invalid="ignore"):
                 load = np.where(mean_ready > 0, rates[:, k] / mean_ready, 0.0)
