@@ -113,8 +113,8 @@ class DemandProfile:
     slot_start: datetime | None = None
     slot_tokens: float = 0.0
     slot_seconds: float = 0.0
-    #: replicas the planner runs / the need of the mean demand (bursts, stabilization), as a
-    #: ratio of their averages over the last day (see :mod:`tokenscale.core.outlook`)
+    #: replicas the planner runs / the need of the mean demand (bursts, stabilization), as
+    #: the ratio of their sums over about a day (:func:`tokenscale.core.outlook.learn_overhead`)
     overhead: float = 1.0
     #: that ratio's denominator: the need (replicas) x seconds summed, fading over a day;
     #: 0: nothing learned yet
