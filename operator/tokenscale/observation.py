@@ -101,7 +101,11 @@ def build_observation(
             metrics_detail=missing_detail(t, ref) if rate_error == "Empty" else None,
             conflict=conflict,
             quality_samples=quality_samples(answers.fits.get(t.performance.query), ref),
-            latency_samples=latency_samples(answers.itl.get(ref), answers.itl_rate.get(ref)),
+            latency_samples=in_own_tokens(
+                latency_samples(answers.itl.get(ref), answers.itl_rate.get(ref)),
+                engine_rate(answers.rate, ref, window_start), samples)
+            if t.metrics.token_rate_query
+            else latency_samples(answers.itl.get(ref), answers.itl_rate.get(ref)),
             arrival_rate_samples=arrival_samples(answers, t.metrics.arrival_rate_query,
                                                  window_start),
             recent_itl_seconds=recent_latency(answers.recent_itl, ref),
@@ -323,6 +327,39 @@ def latency_samples(
                 pairs.append((ts, pod_name, served, latency))
     pairs.sort()
     return tuple((served, latency) for _, _, served, latency in pairs[-limit:]) if limit > 0 else ()
+
+
+def engine_rate(rate: Grouped, ref: WorkloadRef, window_start: float) -> list[float]:
+    """The engine preset's tokens/s of the target's pods (the cycle's batched token-rate
+    answer, summed per timestamp) from ``window_start`` on; empty when unknown."""
+    if isinstance(rate, MetricFailure):
+        return []
+    group = rate.get(ref)
+    if group is None or group.failure:
+        return []
+    return [v for ts, v in sum_by_time(group.pods) if ts >= window_start]
+
+
+def in_own_tokens(pairs: tuple[tuple[float, float], ...], engine: list[float],
+                  own: RateSamples) -> tuple[tuple[float, float], ...]:
+    """The latency pairs of a target with its own ``tokenRateQuery``, their loads counted in
+    that query's tokens. The latency history pairs each pod's ITL with its engine's
+    prompt + generation tokens/s, while the planner sizes in the tokens the target's own
+    query counts (generation only, say): a capacity fitted in the engine's tokens would
+    over-state what a replica serves in the target's by their ratio. The loads are scaled by
+    the mean of the target's own rate over the mean of the engine's (``engine``, the same
+    pods over the same forecast window, tokens/s); none when either is not a positive rate
+    (the spec's capacity stands then)."""
+    if not pairs or not engine or not own:
+        return ()
+    mine = [v for _, v in own]
+    if not all(math.isfinite(v) for v in (*engine, *mine)):
+        return ()
+    engine_mean, own_mean = sum(engine) / len(engine), sum(mine) / len(mine)
+    if engine_mean <= 0 or own_mean <= 0:
+        return ()
+    ratio = own_mean / engine_mean
+    return tuple((load * ratio, latency) for load, latency in pairs)
 
 
 # ------------------------------------------------------------------------------ prices

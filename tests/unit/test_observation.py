@@ -378,3 +378,26 @@ def test_a_queue_no_pod_exports_is_unknown_not_empty() -> None:
         llama = observe(got).targets["llama"]
         assert (llama.queue_length, llama.queue_known) == (0.0, known)
         assert llama.metrics_error is None
+
+
+def test_a_target_with_its_own_token_query_gets_its_latency_loads_in_those_tokens() -> None:
+    """The latency history counts the engine's prompt + generation tokens; a target whose own
+    tokenRateQuery counts half of them (generation only, say) gets the loads halved, so the
+    capacity fitted from them is in the tokens its demand is counted in."""
+    own_query = "sum by (pod) (rate(vllm:generation_tokens_total[1m]))"
+    itl = [pod(POD_A, (120, 0.02), (60, 0.03))]
+    itl_rate = [pod(POD_A, (120, 1000.0), (60, 1600.0))]
+    engine = [pod(POD_A, (60, 2000.0), (30, 2000.0))]
+    own = [pod(POD_A, (60, 1000.0), (30, 1000.0))]
+    got = answers(rate=engine, itl=itl, itl_rate=itl_rate,
+                  overrides={("rate", own_query): own})
+    plain = observe(got).targets["llama"]
+    assert plain.latency_samples == ((1000.0, 0.02), (1600.0, 0.03))
+    mine = observe(got, [target("llama", metrics={"tokenRateQuery": own_query})]
+                   ).targets["llama"]
+    assert mine.token_rate_samples[-1][1] == 1000.0
+    assert mine.latency_samples == ((500.0, 0.02), (800.0, 0.03))
+    # the engine's rate unknown for its pods: no pairs, the spec's capacity stands
+    alone = answers(itl=itl, itl_rate=itl_rate, overrides={("rate", own_query): own})
+    assert observe(alone, [target("llama", metrics={"tokenRateQuery": own_query})]
+                   ).targets["llama"].latency_samples == ()

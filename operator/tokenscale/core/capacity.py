@@ -339,9 +339,9 @@ def breach_not_the_load(target: TargetSpec, obs: TargetObservation) -> str | Non
     prompts' own prefill. An ITL above the target counts unless the latency history
     (``latency_samples``: load per replica and mean ITL, per pod and step) has at least
     :data:`UNRELIEVED_PAIRS` pairs at or below the load per replica one more replica would
-    leave (the newest served rate over ``ready_replicas + 1``), all of them above the target;
-    a target with its own ``tokenRateQuery`` measures its load in other tokens than that
-    history, so it has no such evidence. Without it a breach is taken as the load's, as
+    leave (the newest served rate over ``ready_replicas + 1``; the history's loads are in the
+    tokens the target's rate counts, see :func:`tokenscale.observation.in_own_tokens`), all
+    of them above the target. Without that evidence a breach is taken as the load's, as
     before (bounded by maxReplicas and the budget). Either way a latency above the SLO is
     never a scale-down (:func:`recommend`)."""
     slo = target.slo
@@ -353,8 +353,6 @@ def breach_not_the_load(target: TargetSpec, obs: TargetObservation) -> str | Non
     if not itl_high:
         return "no request waits: a TTFT above the target is the prompts' prefill" \
             if ttft_high else None
-    if target.metrics.token_rate_query:
-        return None
     served = obs.token_rate_samples[-1][1] if obs.token_rate_samples else 0.0
     relieved = max(0.0, served) / (max(0, obs.ready_replicas) + 1)
     lighter = [latency for x, latency in obs.latency_samples if x <= relieved]

@@ -65,7 +65,8 @@ class TargetObservation:
     target_error: str | None = None
     quality_samples: tuple[tuple[float, float], ...] = ()  # (tokens/s, quality) for the fit
     #: (tokens/s per ready replica, mean inter-token latency in s) per pod and time step, from
-    #: the engine's latency histograms, for the service model's fit
+    #: the engine's latency histograms, for the service model's fit; tokens/s counted as the
+    #: target's token rate counts them (its own tokenRateQuery's, when it has one)
     latency_samples: tuple[tuple[float, float], ...] = ()
     #: ``(time, tokens/s)`` arriving at a gateway in front of the target (its arrival counter,
     #: when one is configured), oldest first: the demand before admission sheds or the engine
