@@ -191,12 +191,17 @@ def token_rate(
     stale_after_seconds: float,
 ) -> tuple[RateSamples, str | None]:
     """The target's tokens/s samples from ``window_start`` (unix s) on, and the failure kind
-    (None: usable). A spec edited while the cycle queried has refs the answers were not
-    grouped for: no series this cycle (Empty, held), grouped next cycle."""
+    (None: usable). Older samples that are not finite numbers are left out; a newest one
+    makes the rate unusable (NotANumber, Infinite). A spec edited while the cycle queried
+    has refs the answers were not grouped for: no series this cycle (Empty, held), grouped
+    next cycle."""
     if isinstance(rate, MetricFailure):
         return (), rate.kind
     group = rate.get(ref) or TargetSeries()
     summed = [(ts, v) for ts, v in sum_by_time(group.pods) if ts >= window_start]
+    # an older sample that is not a number says nothing of the trend (a user query's 0/0,
+    # say); the newest decides whether the rate is usable at all
+    summed = [(ts, v) for ts, v in summed[:-1] if math.isfinite(v)] + summed[-1:]
     error: str | None
     if group.failure:
         error = group.failure
@@ -348,16 +353,18 @@ def in_own_tokens(pairs: tuple[tuple[float, float], ...], engine: list[float],
     query counts (generation only, say): a capacity fitted in the engine's tokens would
     over-state what a replica serves in the target's by their ratio. The loads are scaled by
     the mean of the target's own rate over the mean of the engine's (``engine``, the same
-    pods over the same forecast window, tokens/s); none when either is not a positive rate
-    (the spec's capacity stands then)."""
-    if not pairs or not engine or not own:
-        return ()
-    mine = [v for _, v in own]
-    if not all(math.isfinite(v) for v in (*engine, *mine)):
-        return ()
-    engine_mean, own_mean = sum(engine) / len(engine), sum(mine) / len(mine)
+    pods over the same forecast window, tokens/s; non-finite values left out). When this
+    window gives no ratio (the target idle, the engine's rate not answered for its pods) the
+    pairs stay in the engine's tokens: dropping them would leave a target without a spec
+    capacity with no service model at all, held as in an outage, and with no demand the
+    capacity's unit decides nothing."""
+    mine = [v for _, v in own if math.isfinite(v)]
+    theirs = [v for v in engine if math.isfinite(v)]
+    if not pairs or not mine or not theirs:
+        return pairs
+    engine_mean, own_mean = sum(theirs) / len(theirs), sum(mine) / len(mine)
     if engine_mean <= 0 or own_mean <= 0:
-        return ()
+        return pairs
     ratio = own_mean / engine_mean
     return tuple((load * ratio, latency) for load, latency in pairs)
 

@@ -206,3 +206,21 @@ def test_the_planner_in_the_backtest_sees_the_ttft_with_the_prompts_prefill() ->
     long_prompts, replicas = recent([3.0])
     assert long_prompts.recent[0][1] == pytest.approx(3.0 + itl)
     assert ("m", "SloBreach") not in long_prompts.reasons and replicas <= 2
+
+
+def test_the_backtest_gives_its_planner_each_targets_mean_prefill() -> None:
+    """The wiring: run as the backtest runs it, the planner's TTFT signal carries each
+    target's mean prefill (input tokens per request / the engine's prefill rate)."""
+    from tokenscale.sim import engine as engine_mod
+    from tokenscale.sim.latency import EngineModel
+
+    model = EngineModel()
+    spec = spec_for(target={"tokensPerReplicaPerSecond": 3000})
+    cfg = engine_mod.Settings(progress=False, engine=model, warmup_s=60)
+    w = engine_mod._world(spec, {"m": constant_trace(4000.0, 600)}, cfg)
+    w.bar = engine_mod._progress(1, False, "")
+    _, controller = engine_mod._run_tokenscale(w)
+    # one request a second of 2,000 input tokens
+    assert controller.prefill_seconds == [pytest.approx(2000.0 / model.prefill_tokens_per_s)]
+    itl, ttft = controller.recent[0]
+    assert ttft >= 2000.0 / model.prefill_tokens_per_s + itl - 1e-9

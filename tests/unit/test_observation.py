@@ -397,7 +397,26 @@ def test_a_target_with_its_own_token_query_gets_its_latency_loads_in_those_token
                    ).targets["llama"]
     assert mine.token_rate_samples[-1][1] == 1000.0
     assert mine.latency_samples == ((500.0, 0.02), (800.0, 0.03))
-    # the engine's rate unknown for its pods: no pairs, the spec's capacity stands
+    # no ratio this window (the engine's rate not answered for its pods, or the target
+    # idle): the pairs stay as they are, never none (no service model: held as an outage)
     alone = answers(itl=itl, itl_rate=itl_rate, overrides={("rate", own_query): own})
-    assert observe(alone, [target("llama", metrics={"tokenRateQuery": own_query})]
-                   ).targets["llama"].latency_samples == ()
+    idle = answers(rate=engine, itl=itl, itl_rate=itl_rate,
+                   overrides={("rate", own_query): [pod(POD_A, (60, 0.0), (30, 0.0))]})
+    for got in (alone, idle):
+        assert observe(got, [target("llama", metrics={"tokenRateQuery": own_query})]
+                       ).targets["llama"].latency_samples == ((1000.0, 0.02), (1600.0, 0.03))
+
+
+def test_an_older_sample_that_is_not_a_number_is_left_out_and_the_plan_goes_on() -> None:
+    """A NaN in the middle of the window (a user query's 0/0) is dropped; before, the trend
+    through it made the need NaN and the plan raised."""
+    from tokenscale.core.planner import plan as plan_budget
+    from tokenscale.core.types import Memory
+
+    got = answers(rate=[pod(POD_A, (90, 1000.0), (60, NAN), (30, 1100.0), (5, 1200.0))])
+    llama = observe(got).targets["llama"]
+    assert [v for _, v in llama.token_rate_samples] == [1000.0, 1100.0, 1200.0]
+    assert llama.metrics_error is None
+    result = plan_budget(spec(planning={"forecastWindowSeconds": 600}), observe(got), Memory(),
+                         datetime.fromtimestamp(AT, UTC))
+    assert result.decisions["llama"].replicas >= 1
