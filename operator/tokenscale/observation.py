@@ -15,7 +15,8 @@ Per target:
   of the token rate, else of the queue; ``None`` when both are usable.
 * ``conflict``: another autoscaler on the workload; ``target_error``: the workload is missing.
 * ``latency_samples``: (tokens/s, mean inter-token latency in s) of each pod at each time step
-  of the latency history, for the service model's fit.
+  of the latency history, for the service model's fit; tokens/s in the tokens the target's
+  own ``tokenRateQuery`` counts when it has one (:func:`in_own_tokens`).
 * ``recent_itl_seconds``, ``recent_ttft_seconds``: the mean inter-token latency and time to
   first token the pods show over the last rate window (the planner's SLO-breach signal);
   ``arrival_rate_samples``: a gateway's arriving tokens/s
@@ -91,6 +92,9 @@ def build_observation(
                                          stale_after_seconds)
         queue_length, queue_error = waiting_requests(queue, ref)
         queue_series = queue.get(ref) if not isinstance(queue, MetricFailure) else None
+        pairs = latency_samples(answers.itl.get(ref), answers.itl_rate.get(ref))
+        if t.metrics.token_rate_query:
+            pairs = in_own_tokens(pairs, engine_rate(answers.rate, ref, window_start), samples)
         targets[t.name] = TargetObservation(
             current_replicas=workload.replicas,
             ready_replicas=workload.ready_replicas,
@@ -101,11 +105,7 @@ def build_observation(
             metrics_detail=missing_detail(t, ref) if rate_error == "Empty" else None,
             conflict=conflict,
             quality_samples=quality_samples(answers.fits.get(t.performance.query), ref),
-            latency_samples=in_own_tokens(
-                latency_samples(answers.itl.get(ref), answers.itl_rate.get(ref)),
-                engine_rate(answers.rate, ref, window_start), samples)
-            if t.metrics.token_rate_query
-            else latency_samples(answers.itl.get(ref), answers.itl_rate.get(ref)),
+            latency_samples=pairs,
             arrival_rate_samples=arrival_samples(answers, t.metrics.arrival_rate_query,
                                                  window_start),
             recent_itl_seconds=recent_latency(answers.recent_itl, ref),
