@@ -160,6 +160,8 @@ class Recommendation(NamedTuple):
     behaviour: int  # after the scale-up limit and scale-down stabilization
     reason: Reason
     window: int = 0  # s an unneeded replica is kept (scale_down_window), when scaling down
+    #: why a latency above the SLO now is not one more replica's to fix (breach_not_the_load)
+    unrelieved: str | None = None
 
 
 def estimate_demand(target: TargetSpec, obs: TargetObservation, planning: PlanningSpec,
@@ -279,8 +281,8 @@ def recommend(target: TargetSpec, obs: TargetObservation, planning: PlanningSpec
     current = max(0, obs.current_replicas)
     rec = need
     above = latency_above_slo(target, obs)
-    if (above and breach_not_the_load(target, obs) is None
-            and obs.ready_replicas >= current and current < high):
+    unrelieved = breach_not_the_load(target, obs) if above else None
+    if above and unrelieved is None and obs.ready_replicas >= current and current < high:
         rec = need = max(need, current + 1)
         reason = "SloBreach"
     elif above and need < min(current, high):
@@ -306,7 +308,7 @@ def recommend(target: TargetSpec, obs: TargetObservation, planning: PlanningSpec
         reason = "ScaleUpLimited"
     elif behaviour > rec:
         reason = "StabilizingScaleDown"
-    return Recommendation(demand, current, need, rec, behaviour, reason, window)
+    return Recommendation(demand, current, need, rec, behaviour, reason, window, unrelieved)
 
 
 #: Pairs of the latency history (one per pod and step) that must show the ITL above the SLO
@@ -322,12 +324,6 @@ def latency_above_slo(target: TargetSpec, obs: TargetObservation) -> bool:
     itl, ttft = obs.recent_itl_seconds, obs.recent_ttft_seconds
     return ((itl is not None and itl > slo.inter_token_latency_seconds)
             or (ttft is not None and ttft > slo.ttft_seconds))
-
-
-def slo_breached(target: TargetSpec, obs: TargetObservation) -> bool:
-    """True when the latency seen now is above the target's SLO (ITL or TTFT) in a way one
-    replica more can relieve (:func:`breach_not_the_load` says when it cannot)."""
-    return latency_above_slo(target, obs) and breach_not_the_load(target, obs) is None
 
 
 def breach_not_the_load(target: TargetSpec, obs: TargetObservation) -> str | None:

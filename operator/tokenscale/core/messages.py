@@ -11,7 +11,7 @@ import math
 
 from tokenscale.api import PlanningSpec, SloSpec, TokenBudgetSpec
 from tokenscale.core.budget import Accounts
-from tokenscale.core.capacity import Demand, Recommendation, breach_not_the_load
+from tokenscale.core.capacity import Demand, Recommendation
 from tokenscale.core.outage import Hold, Seen
 from tokenscale.core.pacing import Allocation, Outcome, Proposal
 from tokenscale.core.types import TargetObservation
@@ -118,28 +118,26 @@ def recommendation_message(seen: Seen, planning: PlanningSpec, r: Recommendation
     replica would not relieve is said too (why the planner does not add one for it)."""
     t = seen.target
     text = demand_text(seen, planning, r)
+    latency = (f"latency above the SLO now ({latency_text(seen.obs, t.slo)})"
+               if r.reason == "SloBreach" or r.unrelieved is not None else "")
     if r.reason == "SloBreach":
-        latency = f"latency above the SLO now ({latency_text(seen.obs, t.slo)})"
         if r.need > r.current:
             step = ("one replica more at once" if r.need == r.current + 1
                     else "at once, the tolerance band skipped")
             return f"{latency}: {step}, {r.current} -> {r.need}; {text}"
-        unrelieved = breach_not_the_load(t, seen.obs)
         high = t.max_replicas
         if r.current > high:
             why = f"down to maxReplicas {high} only"
-        elif unrelieved is not None:
-            why = f"not one more replica's to fix ({unrelieved})"
+        elif r.unrelieved is not None:
+            why = f"not one more replica's to fix ({r.unrelieved})"
         elif r.current >= high:
             why = f"maxReplicas {high} reached"
         else:
             why = "a replica is starting"
         return (f"{latency}, {why}: the demand's count kept at {r.recommendation} while it "
                 f"lasts (no scale-down for lower demand); {text}")
-    unrelieved = breach_not_the_load(t, seen.obs)
-    if unrelieved is not None:
-        text = (f"{text}; latency above the SLO now ({latency_text(seen.obs, t.slo)}), not "
-                f"one more replica's to fix: {unrelieved}")
+    if r.unrelieved is not None:
+        text = f"{text}; {latency}, not one more replica's to fix: {r.unrelieved}"
     if r.reason == "MinReplicas":
         return f"{text}; minReplicas is {t.min_replicas}"
     if r.reason == "MaxReplicas":
