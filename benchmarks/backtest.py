@@ -271,32 +271,31 @@ def markdown(docs: list[dict[str, Any]], out: Path, wall: float, jobs: int, seed
         if d["case"]["kind"] != "tight":
             continue
         budget = d["case"]["budget_max_cost"]
-        lines += ["", f"### Tight budget: two targets share {budget:,.0f} USD/day "
-                  f"(half the cost of their mean demand within the SLO, "
-                  f"{d['case']['demand_cost_per_day']:,.0f} USD/day), one day, means over "
-                  f"{seeds} seeds", "", "",
-                  "| policy | cost USD | budget overrun USD | attainment | goodput tokens | "
-                  "quality value | shed | chat cost / attainment | coder cost / attainment |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        said = []
         if d.get("goodput_vs_budget_oracle") is not None:
-            lines[-4] = (lines[-4] + f"tokenscale's goodput is "
-                         f"{100 * d['goodput_vs_budget_oracle']:.0f} % of the oracle's within "
-                         "the budget (perfect foresight, shaved to fit every day, shedding at "
-                         "the gateway).")
+            said.append(f"tokenscale's goodput is {100 * d['goodput_vs_budget_oracle']:.0f} % of "
+                        "the oracle's within the budget (perfect foresight, shaved to fit every "
+                        "day, shedding at the gateway).")
         if d.get("goodput_vs_budget_oracle_same_split") is not None:
-            lines[-4] = (lines[-4] + " Held to the cost tokenscale gave each target in each "
-                         "period (its split by quality value per cost, not by goodput), the "
-                         "oracle's goodput is "
-                         f"{100 / d['goodput_vs_budget_oracle_same_split']:.0f} % of "
-                         "tokenscale's: tokenscale gets "
-                         f"{100 * d['goodput_vs_budget_oracle_same_split']:.0f} % of it.")
+            said.append("Held to the cost tokenscale gave each target in each period (its split "
+                        "by quality value per cost, not by goodput), the oracle's goodput is "
+                        f"{100 / d['goodput_vs_budget_oracle_same_split']:.0f} % of "
+                        "tokenscale's: tokenscale gets "
+                        f"{100 * d['goodput_vs_budget_oracle_same_split']:.0f} % of it.")
         ts_value = d["policies"]["tokenscale"].get("quality_value")
         oracle_value = (d.get("budget_oracle") or {}).get("quality_value")
         if ts_value is not None and oracle_value is not None:
-            lines[-4] = (lines[-4] + " By the budget's own measure, the quality value "
-                         "`Σ weight × (a + b × ln(goodput tokens/s))` that its split raises, "
-                         f"tokenscale reaches {ts_value:.3f} and the oracle within the budget "
-                         f"{oracle_value:.3f}.")
+            said.append("By the budget's own measure, the quality value "
+                        "`Σ weight × (a + b × ln(goodput tokens/s))` that its split raises, "
+                        f"tokenscale reaches {ts_value:.3f} and the oracle within the budget "
+                        f"{oracle_value:.3f}.")
+        lines += ["", f"### Tight budget: two targets share {budget:,.0f} USD/day "
+                  f"(half the cost of their mean demand within the SLO, "
+                  f"{d['case']['demand_cost_per_day']:,.0f} USD/day), one day, means over "
+                  f"{seeds} seeds", " ".join(said), "",
+                  "| policy | cost USD | budget overrun USD | attainment | goodput tokens | "
+                  "quality value | shed | chat cost / attainment | coder cost / attainment |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for label, key in (("oracle within the budget", "budget_oracle"),
                            ("oracle within tokenscale's split", "budget_oracle_same_split")):
             bo = d.get(key)

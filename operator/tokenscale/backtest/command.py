@@ -223,8 +223,7 @@ def _averaged(summaries: list[dict[str, Any]]) -> dict[str, Any]:
             mean = sum(numbers) / len(numbers)
             out[key] = round(mean) if all(isinstance(v, int) for v in numbers) else mean
         elif not numbers:
-            out[key] = next(v for v in values if v is not None) if any(
-                v is not None for v in values) else None
+            out[key] = next((v for v in values if v is not None), None)
     return out
 
 

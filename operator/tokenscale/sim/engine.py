@@ -434,7 +434,7 @@ def _run_tokenscale(w: _World, probe: ProjectionProbe | None = None,
                   plan.interval_seconds)
     engine = w.cfg.engine
     prefill = [float(np.average(r.input_tokens, weights=r.weight)) / engine.prefill_tokens_per_s
-               if engine is not None and r.count > 0 else 0.0 for r in w.requests] or None
+               if engine is not None and r.count > 0 else 0.0 for r in w.requests]
     controller = TokenscaleController(w.spec, w.cfg.start, w.tokens_per_request, w.cfg.scrape_s,
                                       w.cfg.rate_window_s, engine, w.cfg.arrival_counter,
                                       prefill)
