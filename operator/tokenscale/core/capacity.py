@@ -25,12 +25,12 @@ arrival counter two corrections recover what the served rate hides:
 residual standard deviation ``σ`` (:func:`trend_spread`) is how far the rate strays from the
 forecast within the window. The planner provisions ``z × σ`` above the demand, with ``z`` the
 normal quantile of the target's ``slo.attainment`` (2.33 for 99 %): smooth traffic gets a thin
-margin, bursty traffic a wide one. Where the demand changed course within the window (a
-ramp that levelled off, a step: :mod:`tokenscale.core.regime`), the trend is the line through
-the samples since, and ``σ`` the two lines' pooled residuals: the change itself is not noise,
-and a line through it forecasts a rise that is over. Recurring bursts are no change of course,
-and keep the whole window's spread. ``headroom`` is an optional user floor under it:
-``max(demand × (1 + headroom), demand + z × σ)``.
+margin, bursty traffic a wide one. A level shift (a step, a restarted Prometheus' partial
+readings) widens the spread too, until it leaves the forecast window: the planner is careful for
+that long after a sudden change (measured cheaper overall than a fixed headroom; spreads over
+shorter windows or robust to shifts gave back most of the gain on the smooth ServeGen days).
+``headroom`` is an optional user floor under it: ``max(demand × (1 + headroom), demand + z ×
+σ)``.
 
 Queued requests add ``queue × tokensPerRequest / drainSeconds`` tokens/s, with
 ``tokensPerRequest`` from the observation or :data:`DEFAULT_TOKENS_PER_REQUEST`, and
@@ -98,7 +98,6 @@ from typing import Literal, NamedTuple
 
 from tokenscale.api import PlanningSpec, Reason, TargetSpec
 from tokenscale.core.level import level_forecast, score, use_level
-from tokenscale.core.regime import current_regime
 from tokenscale.core.service import MIN_SAMPLES
 from tokenscale.core.types import ForecastScore, RecommendationEntry, TargetObservation
 
@@ -135,9 +134,6 @@ class Demand(NamedTuple):
     band: float = 0.0
     #: the planned share of the capacity within the SLO (keeps the ceiling, see noise_band)
     utilization: float = 1.0
-    #: s since the demand changed course (core/regime.py): the trend, the spread and the
-    #: rises the scale-down weighs read the samples since; None: the whole window
-    changed_seconds: float | None = None
 
 
 class Previous(NamedTuple):
@@ -174,11 +170,8 @@ def estimate_demand(target: TargetSpec, obs: TargetObservation, planning: Planni
     raw need (see the module docstring)."""
     arrivals = bool(obs.arrival_rate_samples)
     samples = obs.arrival_rate_samples if arrivals else obs.token_rate_samples
-    regime = current_regime(samples, now, planning.forecast_window_seconds)
-    recent = samples if regime.since is None else [s for s in samples if s[0] >= regime.since]
-    changed = None if regime.since is None else (now - regime.since).total_seconds()
     observed, forecast = trend_forecast(
-        recent, now, planning.forecast_window_seconds, target.cold_start_seconds
+        samples, now, planning.forecast_window_seconds, target.cold_start_seconds
     )
     growth = 0.0
     censored = False
@@ -197,8 +190,7 @@ def estimate_demand(target: TargetSpec, obs: TargetObservation, planning: Planni
     if level is not None and use_level(scores):
         method, forecast = "level", level
     total = max(observed + growth, forecast, floor) + drain
-    spread = (regime.spread if regime.spread is not None
-              else trend_spread(samples, now, planning.forecast_window_seconds))
+    spread = trend_spread(samples, now, planning.forecast_window_seconds)
     z = slo_quantile(target.slo.attainment)
     margin = z * (spread or 0.0)
     noise = None if spread is None else max(z, NOISE_QUANTILE) * spread
@@ -206,18 +198,7 @@ def estimate_demand(target: TargetSpec, obs: TargetObservation, planning: Planni
     raw = raw_need(max(total * (1.0 + planning.headroom), total + margin), 0.0,
                    target.capacity, utilization)
     return Demand(observed, forecast, drain, total, raw, margin, growth, censored,
-                  "arrivals" if arrivals else "served", method, scores, band, utilization,
-                  changed)
-
-
-def since_course_change(samples: Sequence[tuple[datetime, float]], demand: Demand,
-                        now: datetime) -> Sequence[tuple[datetime, float]]:
-    """The samples of the demand's current regime: those since it changed course
-    (``demand.changed_seconds`` before now), all of them when it did not."""
-    if demand.changed_seconds is None:
-        return samples
-    since = now - timedelta(seconds=demand.changed_seconds)
-    return [s for s in samples if s[0] >= since]
+                  "arrivals" if arrivals else "served", method, scores, band, utilization)
 
 
 def noise_band(planning: PlanningSpec, noise: float | None,
@@ -316,8 +297,7 @@ def recommend(target: TargetSpec, obs: TargetObservation, planning: PlanningSpec
     if rec > current:
         behaviour = min(rec, max(low, scale_up_limit(current)))
     elif rec < current:
-        window = scale_down_window(planning, target,
-                                   since_course_change(obs.token_rate_samples, demand, now),
+        window = scale_down_window(planning, target, obs.token_rate_samples,
                                    demand.utilization)
         stable = stabilized_recommendation(history, target.name, now, window, rec)
         behaviour = min(current, clamp(stable, low, high))
@@ -477,9 +457,7 @@ def scale_down_window(planning: PlanningSpec, target: TargetSpec,
     cycles). Where the recent samples show the demand rising by a replica's worth within one
     cold start (:func:`rises_within`), a released replica would be missed before a new one is
     ready: the SLO risk outweighs the price and the user's scaleDownStabilizationSeconds, the
-    upper bound in any case, applies in full. The caller passes the samples of the demand's
-    current regime (:func:`since_course_change`): the rise that brought a new level is the
-    change of course, not a swing the new level makes."""
+    upper bound in any case, applies in full."""
     user = planning.scale_down_stabilization_seconds
     keep = max(target.cold_start_seconds, planning.interval_seconds)
     one_replica = target.capacity * utilization

@@ -72,8 +72,7 @@ def demand_text(seen: Seen, planning: PlanningSpec, r: Recommendation) -> str:
         extra += ", censored: served at the admission rate, so at least one replica more"
     return (
         f"demand {rate(d.total)} tok/s ({d.source} {rate(d.observed)}, forecast "
-        f"{rate(d.forecast)} in {t.cold_start_seconds}s{forecast_method(d)}{course_text(d)}"
-        f"{extra}, queue "
+        f"{rate(d.forecast)} in {t.cold_start_seconds}s{forecast_method(d)}{extra}, queue "
         f"{seen.obs.queue_length:g} -> "
         f"+{rate(d.drain)}) at {rate(t.capacity)} tok/s/replica x "
         f"{d.utilization:.3g} utilization{band_text(planning, d)}, margin +{rate(d.margin)} "
@@ -93,13 +92,6 @@ def band_text(planning: PlanningSpec, d: Demand) -> str:
                 f"quieter, the plan at the full capacity within the SLO, so {ceiling})")
     return (f" (band {d.band:.1%}: the demand's noise, within tolerance "
             f"{planning.tolerance:.0%}; utilization raised so that {ceiling})")
-
-
-def course_text(d: Demand) -> str:
-    """Since when the trend and the spread read the demand, when it changed course."""
-    if d.changed_seconds is None:
-        return ""
-    return f", trend and spread since the demand changed course {d.changed_seconds:.0f}s ago"
 
 
 def forecast_method(d: Demand) -> str:
