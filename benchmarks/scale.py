@@ -137,6 +137,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, Path | None]:
                    "(the status heartbeat is 300 s: 270 puts the first heartbeat wave of the "
                    "budgets, created together, in a window of 4 intervals)")
     p.add_argument("--keep", type=Path, help="copy the work dir (logs) here")
+    p.add_argument("--no-latency", action="store_true",
+                   help="the pods export no latency histograms (token counters and queue only, "
+                   "as before 2026-12-02)")
     p.add_argument("--json", type=Path, help="write the result here")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
@@ -153,7 +156,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, Path | None]:
                  shards=a.shards,
                  profile=a.profile, memory_profile=a.memory_profile, keep=a.keep,
                  quiet=a.quiet, hours_into_period=a.hours_into_period,
-                 measure_after=a.measure_after)
+                 measure_after=a.measure_after, latency=not a.no_latency)
     return cfg, a.json
 
 

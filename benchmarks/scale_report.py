@@ -52,6 +52,7 @@ def result(cfg: Config, fig: Figures, first_status: float, total: float) -> dict
         "total_seconds": round(total, 1),
         "prometheus_errors_per_cycle": round(fig.prometheus_errors_per_cycle, 2),
         "shards": cfg.shards,
+        "latency_histograms": cfg.latency,
         "per_shard": [{
             "budgets": int(s.budgets),
             "cycles": s.cycles,

@@ -136,7 +136,7 @@ def start_exporter(rig: Rig, origin: float, now: float) -> Path:
     start the synthetic vLLM exporter; returns the blocks directory."""
     cfg, work = rig.cfg, rig.work
     loads = pods(cfg)
-    fleet = SyntheticFleet(loads, origin)
+    fleet = SyntheticFleet(loads, origin, latency=cfg.latency)
     rig.exporter_port = free_port()
     rig.say(f"writing {(now - origin) / 3600:.1f} h of history for {len(loads)} pods")
     blocks = history_blocks(
@@ -147,7 +147,8 @@ def start_exporter(rig: Rig, origin: float, now: float) -> Path:
         [[p.namespace, p.pod, p.tokens_per_second] for p in loads]))
     rig.exporter = subprocess.Popen(
         [sys.executable, str(HERE / "synthetic_vllm.py"), "--pods", str(work / "pods.json"),
-         "--origin", repr(origin), "--port", str(rig.exporter_port)],
+         "--origin", repr(origin), "--port", str(rig.exporter_port),
+         *([] if cfg.latency else ["--no-latency"])],
         stdout=subprocess.DEVNULL, stderr=(work / "exporter.log").open("wb"))
     wait_for(lambda: alive(f"http://127.0.0.1:{rig.exporter_port}/metrics"), timeout=30,
              message="the synthetic exporter")

@@ -48,6 +48,8 @@ class Config:
     measure_after: float = 0.0
     #: UTC offset (h) of the budgets' time zone, chosen at the start (:func:`zone_offset_hours`)
     utc_offset_hours: int = 0
+    #: the pods also export the latency histograms' _sum and _count (as vLLM does)
+    latency: bool = True
 
 
 def zone_offset_hours(now: float, hours_into_period: float) -> int:

@@ -1,8 +1,11 @@
 """Synthetic vLLM metrics for thousands of pods from one HTTP endpoint (scale benchmark).
 
 One process serves, for every pod of a list, the counters ``vllm:prompt_tokens_total`` and
-``vllm:generation_tokens_total`` and the gauge ``vllm:num_requests_waiting`` with labels
-``namespace`` and ``pod`` (Prometheus scrapes it with ``honor_labels: true``, as a
+``vllm:generation_tokens_total``, the gauge ``vllm:num_requests_waiting`` and (unless
+``--no-latency``) the ``_sum`` and ``_count`` of the inter-token latency and TTFT histograms
+(:data:`ITL_SECONDS` per generation token, :data:`TTFT_SECONDS` per request of
+:data:`TOKENS_PER_REQUEST` tokens; the operator reads their means), with labels ``namespace``
+and ``pod`` (Prometheus scrapes it with ``honor_labels: true``, as a
 ServiceMonitor with honorLabels keeps a vLLM pod's own labels). A pod's token counters grow
 at its constant rate (tokens/s, split evenly between prompt and generation) plus any *load
 steps* added at run time (``POST /step``), so ``rate()`` over them is exactly the offered load.
@@ -30,6 +33,13 @@ from aiohttp import web
 PROMPT = "vllm:prompt_tokens_total"
 GENERATION = "vllm:generation_tokens_total"
 WAITING = "vllm:num_requests_waiting"
+ITL = "vllm:inter_token_latency_seconds"
+TTFT = "vllm:time_to_first_token_seconds"
+#: the synthetic engine's latencies (s): well within the default SLO (50 ms, 2 s)
+ITL_SECONDS = 0.02
+TTFT_SECONDS = 0.2
+#: prompt + generation tokens per request (the TTFT histogram counts requests)
+TOKENS_PER_REQUEST = 1000.0
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,8 @@ class SyntheticFleet:
     pods: Sequence[PodLoad]
     origin: float
     steps: dict[int, list[tuple[float, float]]] = field(default_factory=dict)
+    #: also the latency histograms' _sum and _count (a real vLLM pod exports them)
+    latency: bool = True
 
     def __post_init__(self) -> None:
         self._labels = [f'{{namespace="{p.namespace}",pod="{p.pod}"}}' for p in self.pods]
@@ -75,14 +87,29 @@ class SyntheticFleet:
             total += extra * max(0.0, t - at)
         return total
 
+    def counters(self, i: int, t: float) -> dict[str, float]:
+        """Every counter of pod ``i`` at ``t``, by series name: tokens, and the latency
+        histograms' ``_sum`` (s) and ``_count`` when :attr:`latency` is set."""
+        tokens = self.tokens(i, t)
+        out = {PROMPT: tokens / 2, GENERATION: tokens / 2}
+        if self.latency:
+            requests = tokens / TOKENS_PER_REQUEST
+            out |= {f"{ITL}_count": tokens / 2, f"{ITL}_sum": tokens / 2 * ITL_SECONDS,
+                    f"{TTFT}_count": requests, f"{TTFT}_sum": requests * TTFT_SECONDS}
+        return out
+
+    def series_per_pod(self) -> int:
+        """Series each pod exports (the counters and the queue gauge)."""
+        return len(self.counters(0, self.origin)) + 1 if self.pods else 0
+
     def exposition(self, t: float) -> str:
         """Prometheus text format (0.0.4) of all pods at ``t``."""
-        totals = [self.tokens(i, t) / 2 for i in range(len(self.pods))]
-        lines = [f"# TYPE {PROMPT} counter"]
-        lines += [f"{PROMPT}{lab} {v:.1f}" for lab, v in zip(self._labels, totals, strict=True)]
-        lines.append(f"# TYPE {GENERATION} counter")
-        lines += [f"{GENERATION}{lab} {v:.1f}" for lab, v in zip(self._labels, totals,
-                                                                  strict=True)]
+        values = [self.counters(i, t) for i in range(len(self.pods))]
+        lines: list[str] = []
+        for name in (values[0] if values else {}):
+            lines.append(f"# TYPE {name} counter")
+            lines += [f"{name}{lab} {v[name]:.3f}" for lab, v in zip(self._labels, values,
+                                                                     strict=True)]
         lines.append(f"# TYPE {WAITING} gauge")
         lines += [f"{WAITING}{lab} 0" for lab in self._labels]
         lines.append("")
@@ -97,11 +124,13 @@ class SyntheticFleet:
         so history and live samples form one series."""
         count = 0
         extra = f",{target_labels}}}" if target_labels else "}"
-        for name in (PROMPT, GENERATION):
+        names = list(self.counters(0, self.origin)) if self.pods else []
+        values = [[self.counters(i, ts) for ts in times] for i in range(len(self.pods))]
+        for name in names:
             for i, lab in enumerate(self._labels):
                 lab = lab[:-1] + extra
-                out.write("".join(f"{name}{lab} {self.tokens(i, ts) / 2:.1f} {ts:.3f}\n"
-                                  for ts in times))
+                out.write("".join(f"{name}{lab} {v[name]:.3f} {ts:.3f}\n"
+                                  for v, ts in zip(values[i], times, strict=True)))
                 count += len(times)
         out.write("# EOF\n")
         return count
@@ -120,7 +149,8 @@ def app(fleet: SyntheticFleet) -> web.Application:
     async def metrics(_: web.Request) -> web.Response:
         body = fleet.exposition(time.time())
         return web.Response(text=body, content_type="text/plain",
-                            headers={"X-Series": str(3 * len(fleet.pods))})
+                            headers={"X-Series": str(fleet.series_per_pod()
+                                                     * len(fleet.pods))})
 
     async def step(request: web.Request) -> web.Response:
         data = await request.json()
@@ -140,8 +170,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--origin", type=float, required=True, help="unix time counters are 0")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--no-latency", action="store_true",
+                        help="token counters and queue only, no latency histograms")
     args = parser.parse_args(argv)
-    fleet = SyntheticFleet(load_pods(args.pods), args.origin)
+    fleet = SyntheticFleet(load_pods(args.pods), args.origin, latency=not args.no_latency)
 
     async def serve() -> None:
         runner = web.AppRunner(app(fleet), access_log=None)
