@@ -30,11 +30,14 @@ from typing import IO
 
 from aiohttp import web
 
-PROMPT = "vllm:prompt_tokens_total"
-GENERATION = "vllm:generation_tokens_total"
-WAITING = "vllm:num_requests_waiting"
-ITL = "vllm:inter_token_latency_seconds"
-TTFT = "vllm:time_to_first_token_seconds"
+from tokenscale.adapters.engines import VLLM
+
+#: the names a vLLM V1 pod exports, as the operator's vLLM preset reads them
+PROMPT = VLLM.prompt
+GENERATION = VLLM.generation
+WAITING = VLLM.queue
+ITL = VLLM.itl[0]
+TTFT = VLLM.ttft[0]
 #: the synthetic engine's latencies (s): well within the default SLO (50 ms, 2 s)
 ITL_SECONDS = 0.02
 TTFT_SECONDS = 0.2
@@ -87,9 +90,17 @@ class SyntheticFleet:
             total += extra * max(0.0, t - at)
         return total
 
+    def counter_names(self) -> list[str]:
+        """The counter series each pod exports, in exposition order: tokens, and the latency
+        histograms' ``_sum`` and ``_count`` when :attr:`latency` is set."""
+        names = [PROMPT, GENERATION]
+        if self.latency:
+            names += [f"{ITL}_count", f"{ITL}_sum", f"{TTFT}_count", f"{TTFT}_sum"]
+        return names
+
     def counters(self, i: int, t: float) -> dict[str, float]:
-        """Every counter of pod ``i`` at ``t``, by series name: tokens, and the latency
-        histograms' ``_sum`` (s) and ``_count`` when :attr:`latency` is set."""
+        """Every counter of pod ``i`` at ``t`` by :meth:`counter_names`: tokens, the latency
+        histograms' ``_sum`` (s) and ``_count``."""
         tokens = self.tokens(i, t)
         out = {PROMPT: tokens / 2, GENERATION: tokens / 2}
         if self.latency:
@@ -100,13 +111,13 @@ class SyntheticFleet:
 
     def series_per_pod(self) -> int:
         """Series each pod exports (the counters and the queue gauge)."""
-        return len(self.counters(0, self.origin)) + 1 if self.pods else 0
+        return len(self.counter_names()) + 1
 
     def exposition(self, t: float) -> str:
         """Prometheus text format (0.0.4) of all pods at ``t``."""
         values = [self.counters(i, t) for i in range(len(self.pods))]
         lines: list[str] = []
-        for name in (values[0] if values else {}):
+        for name in self.counter_names():
             lines.append(f"# TYPE {name} counter")
             lines += [f"{name}{lab} {v[name]:.3f}" for lab, v in zip(self._labels, values,
                                                                      strict=True)]
@@ -124,9 +135,8 @@ class SyntheticFleet:
         so history and live samples form one series."""
         count = 0
         extra = f",{target_labels}}}" if target_labels else "}"
-        names = list(self.counters(0, self.origin)) if self.pods else []
         values = [[self.counters(i, ts) for ts in times] for i in range(len(self.pods))]
-        for name in names:
+        for name in self.counter_names():
             for i, lab in enumerate(self._labels):
                 lab = lab[:-1] + extra
                 out.write("".join(f"{name}{lab} {v[name]:.3f} {ts:.3f}\n"
